@@ -1,0 +1,885 @@
+"""Tests of blog_api as its users see it: status codes, headers, bodies, and what the
+database holds afterwards. Each test gets a fresh app on its own temporary database."""
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from litestar.testing import AsyncTestClient, TestClient
+
+import blog_api
+from blog_api import Config, Database, create_app
+
+PROJECT_DIR = Path(__file__).parent
+RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
+SEED_POST = {
+    "title": "My First Litestar Blog Post",
+    "content": "This is the content of my first blog post. Litestar makes API development easy and enjoyable!",
+}
+SEED_DRAFT = {"title": "Draft Post", "content": "This is an unpublished draft post.", "published": False}
+
+
+# --------------------------------------------------------------------------------------
+# Fixtures and helpers
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "blog.db"
+
+
+@pytest.fixture
+def client(db_path: Path) -> Iterator[TestClient]:
+    """A fresh app on a temporary database, started and stopped around the test."""
+    with TestClient(create_app(Config(db_path=str(db_path))), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def create(client: TestClient, **fields) -> dict:
+    response = client.post("/api/posts", json={**SEED_POST, **fields})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def stored_posts(db_path: Path) -> list[dict]:
+    """The posts table as another program sees it, in insertion order."""
+    with sqlite3.connect(db_path) as connection:
+        connection.row_factory = sqlite3.Row
+        return [dict(row) for row in connection.execute("SELECT * FROM posts ORDER BY rowid")]
+
+
+def fixed_clock(monkeypatch: pytest.MonkeyPatch, *instants: int) -> None:
+    """Make the service's clock return these microseconds, in order, then the last forever."""
+    remaining = list(instants)
+    monkeypatch.setattr(blog_api, "utc_now_us", lambda: remaining.pop(0) if len(remaining) > 1 else remaining[0])
+
+
+def assert_validation_error(response: httpx.Response, key: str | None, source: str = "body") -> None:
+    """Litestar's 400 shape, with ``extra`` naming the field at fault (or none for the whole body)."""
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["status_code"] == 400
+    assert isinstance(body["detail"], str) and body["detail"]
+    [error] = body["extra"]
+    assert error["source"] == source
+    assert error.get("key") == key, error
+    assert error["message"]
+
+
+# --------------------------------------------------------------------------------------
+# The tutorial's API, answer for answer
+# --------------------------------------------------------------------------------------
+
+
+def test_root_welcomes(client: TestClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.json() == {"message": "Welcome to the Blog API"}
+
+
+def test_create_answers_201_with_the_tutorial_fields(client: TestClient, db_path: Path) -> None:
+    response = client.post("/api/posts", json=SEED_POST)
+
+    assert response.status_code == 201
+    post = response.json()
+    assert list(post) == ["id", "title", "content", "created_at", "updated_at", "published"]
+    assert uuid.UUID(post["id"]).version == 4
+    assert post["title"] == SEED_POST["title"] and post["content"] == SEED_POST["content"]
+    assert post["published"] is True
+    assert RFC3339_UTC.match(post["created_at"]) and post["created_at"] == post["updated_at"]
+    assert response.headers["location"] == f"/api/posts/{post['id']}"
+    [row] = stored_posts(db_path)
+    assert (row["id"], row["title"], row["content"], row["published"]) == (
+        post["id"],
+        SEED_POST["title"],
+        SEED_POST["content"],
+        1,
+    )
+
+
+def test_create_keeps_a_draft_unpublished(client: TestClient, db_path: Path) -> None:
+    post = create(client, **SEED_DRAFT)
+    assert post["published"] is False
+    assert stored_posts(db_path)[0]["published"] == 0
+
+
+def test_timestamps_are_utc_rfc3339_with_microseconds(client: TestClient, monkeypatch) -> None:
+    fixed_clock(monkeypatch, 1_741_776_155_700_944)
+    post = create(client)
+    assert post["created_at"] == "2025-03-12T10:42:35.700944Z"
+
+
+def test_get_returns_the_post(client: TestClient) -> None:
+    post = create(client)
+    response = client.get(f"/api/posts/{post['id']}")
+    assert response.status_code == 200
+    assert response.json() == post
+
+
+def test_get_of_a_missing_post_is_404_with_the_tutorial_message(client: TestClient) -> None:
+    response = client.get("/api/posts/non-existent-id")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"status_code": 404, "detail": "Post with ID non-existent-id not found"}
+
+
+def test_list_is_newest_first(client: TestClient, monkeypatch) -> None:
+    fixed_clock(monkeypatch, 1_000, 2_000, 3_000)
+    first, second, third = (create(client, title=title) for title in ("one", "two", "three"))
+    response = client.get("/api/posts")
+    assert response.status_code == 200
+    assert response.json() == [third, second, first]
+
+
+def test_list_breaks_ties_of_created_at_by_id(client: TestClient, monkeypatch) -> None:
+    fixed_clock(monkeypatch, 5_000)
+    posts = [create(client, title=f"post {n}") for n in range(5)]
+    listed = client.get("/api/posts").json()
+    assert [post["id"] for post in listed] == sorted((post["id"] for post in posts), reverse=True)
+
+
+def test_list_of_an_empty_blog_is_an_empty_array(client: TestClient) -> None:
+    response = client.get("/api/posts")
+    assert response.status_code == 200
+    assert response.json() == []
+
+
+@pytest.mark.parametrize(("value", "published"), [("true", True), ("false", False), ("1", True), ("0", False)])
+def test_list_filters_by_published(client: TestClient, value: str, published: bool) -> None:
+    post = create(client)
+    draft = create(client, **SEED_DRAFT)
+    response = client.get("/api/posts", params={"published": value})
+    assert response.status_code == 200
+    assert response.json() == [post if published else draft]
+
+
+@pytest.mark.parametrize("value", ["maybe", "", "2", "yes please"])
+def test_list_refuses_a_published_filter_that_is_not_a_boolean(client: TestClient, value: str) -> None:
+    response = client.get("/api/posts", params={"published": value})
+    assert_validation_error(response, key="published", source="query")
+
+
+def test_put_changes_only_the_fields_sent(client: TestClient, db_path: Path) -> None:
+    post = create(client)
+    changes = {"title": "Updated Blog Post Title", "content": "This content has been updated."}
+
+    response = client.put(f"/api/posts/{post['id']}", json=changes)
+
+    assert response.status_code == 200
+    updated = response.json()
+    assert updated == {**post, **changes, "updated_at": updated["updated_at"]}
+    assert updated["updated_at"] > post["updated_at"]
+    assert client.get(f"/api/posts/{post['id']}").json() == updated
+    [row] = stored_posts(db_path)
+    assert (row["title"], row["content"], row["published"]) == (changes["title"], changes["content"], 1)
+
+
+def test_put_of_published_alone_keeps_title_and_content(client: TestClient) -> None:
+    post = create(client)
+    updated = client.put(f"/api/posts/{post['id']}", json={"published": False}).json()
+    assert (updated["title"], updated["content"], updated["published"]) == (post["title"], post["content"], False)
+
+
+def test_put_keeps_created_at(client: TestClient, monkeypatch) -> None:
+    fixed_clock(monkeypatch, 1_000_000, 9_000_000)
+    post = create(client)
+    updated = client.put(f"/api/posts/{post['id']}", json={"title": "New"}).json()
+    assert updated["created_at"] == post["created_at"] == "1970-01-01T00:00:01Z"
+    assert updated["updated_at"] == "1970-01-01T00:00:09Z"
+
+
+def test_updated_at_strictly_increases_even_within_one_microsecond(client: TestClient, db_path: Path, monkeypatch):
+    fixed_clock(monkeypatch, 1_741_776_155_700_944)
+    post = create(client)
+    seen = [post["updated_at"]]
+    for n in range(3):
+        seen.append(client.patch(f"/api/posts/{post['id']}", json={"title": f"edit {n}"}).json()["updated_at"])
+    assert seen == [
+        "2025-03-12T10:42:35.700944Z",
+        "2025-03-12T10:42:35.700945Z",
+        "2025-03-12T10:42:35.700946Z",
+        "2025-03-12T10:42:35.700947Z",
+    ]
+    assert stored_posts(db_path)[0]["updated_at"] == 1_741_776_155_700_947
+
+
+@pytest.mark.parametrize("changes", [{}, {"title": None, "content": None, "published": None}, dict(SEED_POST)])
+def test_put_that_changes_nothing_keeps_updated_at(client: TestClient, changes: dict) -> None:
+    post = create(client)
+    response = client.put(f"/api/posts/{post['id']}", json=changes)
+    assert response.status_code == 200
+    assert response.json() == post
+
+
+def test_put_with_null_fields_leaves_them_unchanged(client: TestClient) -> None:
+    post = create(client)
+    updated = client.put(f"/api/posts/{post['id']}", json={"title": None, "content": "New content"}).json()
+    assert (updated["title"], updated["content"]) == (post["title"], "New content")
+
+
+def test_patch_behaves_like_put(client: TestClient) -> None:
+    post = create(client)
+    response = client.patch(f"/api/posts/{post['id']}", json={"published": False})
+    assert response.status_code == 200
+    assert response.json() == {**post, "published": False, "updated_at": response.json()["updated_at"]}
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+def test_update_of_a_missing_post_is_404(client: TestClient, db_path: Path, method: str) -> None:
+    response = client.request(method, "/api/posts/no-such-post", json={"title": "x"})
+    assert response.status_code == 404
+    assert response.json() == {"status_code": 404, "detail": "Post with ID no-such-post not found"}
+    assert stored_posts(db_path) == []
+
+
+def test_delete_answers_204_and_removes_the_post(client: TestClient, db_path: Path) -> None:
+    keep, gone = create(client, title="keep"), create(client, title="gone")
+    response = client.delete(f"/api/posts/{gone['id']}")
+    assert response.status_code == 204
+    assert response.content == b""
+    assert client.get(f"/api/posts/{gone['id']}").status_code == 404
+    assert [row["id"] for row in stored_posts(db_path)] == [keep["id"]]
+
+
+def test_delete_of_a_missing_post_is_404(client: TestClient) -> None:
+    post = create(client)
+    assert client.delete(f"/api/posts/{post['id']}").status_code == 204
+    response = client.delete(f"/api/posts/{post['id']}")
+    assert response.status_code == 404
+    assert response.json() == {"status_code": 404, "detail": f"Post with ID {post['id']} not found"}
+
+
+def test_unknown_route_is_a_json_404(client: TestClient) -> None:
+    response = client.get("/api/nothing-here")
+    assert response.status_code == 404
+    assert response.json()["status_code"] == 404
+
+
+def test_wrong_method_is_405(client: TestClient) -> None:
+    response = client.post("/api/posts/some-id", json=SEED_POST)
+    assert response.status_code == 405
+    assert response.json()["status_code"] == 405
+
+
+# --------------------------------------------------------------------------------------
+# Bad input: a clear 400 naming the problem, and nothing written
+# --------------------------------------------------------------------------------------
+
+BAD_CREATE_BODIES = {
+    "empty title": ({"title": "", "content": "x"}, "title"),
+    "title of 101 characters": ({"title": "x" * 101, "content": "x"}, "title"),
+    "empty content": ({"title": "x", "content": ""}, "content"),
+    "missing title": ({"content": "x"}, "title"),
+    "missing content": ({"title": "x"}, "content"),
+    "title a number": ({"title": 5, "content": "x"}, "title"),
+    "title null": ({"title": None, "content": "x"}, "title"),
+    "content a list": ({"title": "x", "content": ["x"]}, "content"),
+    "published a string": ({**SEED_POST, "published": "true"}, "published"),
+    "published a number": ({**SEED_POST, "published": 1}, "published"),
+    "published null": ({**SEED_POST, "published": None}, "published"),
+    "unknown field": ({**SEED_POST, "author": "me"}, "author"),
+    "an array": ([SEED_POST], None),
+    "a string": ("post", None),
+    "a number": (1, None),
+    "null": (None, None),
+}
+
+
+@pytest.mark.parametrize(("body", "key"), BAD_CREATE_BODIES.values(), ids=BAD_CREATE_BODIES.keys())
+def test_create_refuses_bad_bodies_and_writes_nothing(client: TestClient, db_path: Path, body, key) -> None:
+    response = client.post("/api/posts", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert_validation_error(response, key)
+    assert stored_posts(db_path) == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"{", b'{"title": "x",}', b"{'title': 'x'}", b'{"title": "\\ud800", "content": "x"}', b"\xff\xfe"],
+    ids=["empty", "unclosed", "trailing comma", "single quotes", "lone surrogate", "not utf-8"],
+)
+def test_create_refuses_malformed_json(client: TestClient, db_path: Path, raw: bytes) -> None:
+    response = client.post("/api/posts", content=raw, headers={"content-type": "application/json"})
+    assert_validation_error(response, key=None)
+    assert stored_posts(db_path) == []
+
+
+BAD_UPDATE_BODIES = {
+    key: value
+    for key, value in BAD_CREATE_BODIES.items()
+    if key not in ("missing title", "missing content", "title null", "published null")
+}
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+@pytest.mark.parametrize(("body", "key"), BAD_UPDATE_BODIES.values(), ids=BAD_UPDATE_BODIES.keys())
+def test_update_refuses_bad_bodies_and_changes_nothing(client, db_path: Path, method: str, body, key) -> None:
+    post = create(client)
+    before = stored_posts(db_path)
+    response = client.request(
+        method, f"/api/posts/{post['id']}", content=json.dumps(body), headers={"content-type": "application/json"}
+    )
+    assert_validation_error(response, key)
+    assert stored_posts(db_path) == before
+
+
+def test_create_ignores_read_only_fields_echoed_back(client: TestClient, monkeypatch) -> None:
+    fixed_clock(monkeypatch, 2_000_000)
+    echoed = {"id": "my-own-id", "created_at": "1999-01-01T00:00:00Z", "updated_at": 7}
+    post = create(client, **echoed)
+    assert post["id"] != "my-own-id" and uuid.UUID(post["id"]).version == 4
+    assert post["created_at"] == post["updated_at"] == "1970-01-01T00:00:02Z"
+
+
+def test_put_of_a_whole_post_as_returned_ignores_its_read_only_fields(client: TestClient) -> None:
+    post = create(client)
+    response = client.put(f"/api/posts/{post['id']}", json={**post, "id": "other", "title": "Renamed"})
+    assert response.status_code == 200
+    assert response.json()["id"] == post["id"] and response.json()["title"] == "Renamed"
+    assert client.get("/api/posts/other").status_code == 404
+
+
+def test_titles_count_characters_not_bytes(client: TestClient) -> None:
+    assert create(client, title="é" * 100)["title"] == "é" * 100
+    assert create(client, title="🦀" * 100)["title"] == "🦀" * 100
+    response = client.post("/api/posts", json={**SEED_POST, "title": "🦀" * 101})
+    assert_validation_error(response, key="title")
+
+
+def test_text_round_trips_exactly(client: TestClient) -> None:
+    content = "nul \x00 tab \t quotes \"' emoji 🦀 rtl \u202e sql '); DROP TABLE posts; --"
+    post = create(client, title="x", content=content)
+    assert client.get(f"/api/posts/{post['id']}").json()["content"] == content
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+def test_bodies_over_one_mebibyte_are_413_and_write_nothing(client: TestClient, db_path: Path, method: str) -> None:
+    post = create(client)
+    before = stored_posts(db_path)
+    url = "/api/posts" if method == "POST" else f"/api/posts/{post['id']}"
+    body = json.dumps({"title": "big", "content": "x" * blog_api.MAX_BODY_BYTES}).encode()
+    response = client.request(method, url, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.json() == {"status_code": 413, "detail": "Request Entity Too Large"}
+    assert stored_posts(db_path) == before
+
+
+def test_a_body_just_under_one_mebibyte_is_accepted(client: TestClient) -> None:
+    envelope = len(json.dumps({"title": "big", "content": ""}))
+    content = "x" * (blog_api.MAX_BODY_BYTES - envelope)
+    response = client.post("/api/posts", content=json.dumps({"title": "big", "content": content}))
+    assert response.status_code == 201
+    assert len(response.json()["content"]) == len(content)
+
+
+def test_curl_without_a_content_type_still_works(client: TestClient) -> None:
+    """``curl -d '{...}'`` sends application/x-www-form-urlencoded; the body is JSON all the same."""
+    response = client.post(
+        "/api/posts", content=json.dumps(SEED_POST), headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert response.status_code == 201
+
+
+# --------------------------------------------------------------------------------------
+# Errors of the server: 503 for a busy database, logged 500s that show nothing inside
+# --------------------------------------------------------------------------------------
+
+
+def test_busy_database_is_503_with_retry_after_and_writes_nothing(db_path: Path) -> None:
+    app = create_app(Config(db_path=str(db_path), busy_timeout_ms=50))
+    with TestClient(app) as client:
+        other = sqlite3.connect(db_path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            response = client.post("/api/posts", json=SEED_POST)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert response.json() == {"status_code": 503, "detail": "The database is busy; try again shortly"}
+        assert stored_posts(db_path) == []
+        assert client.post("/api/posts", json=SEED_POST).status_code == 201
+
+
+def test_a_server_error_is_500_without_details_and_logged_with_traceback(client, monkeypatch) -> None:
+    post = create(client)
+
+    def broken(row):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(blog_api, "post_from_row", broken)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    litestar_logger = logging.getLogger("litestar")
+    litestar_logger.addHandler(handler)
+    try:
+        response = client.get(f"/api/posts/{post['id']}")
+    finally:
+        litestar_logger.removeHandler(handler)
+
+    assert response.status_code == 500
+    assert response.json() == {"status_code": 500, "detail": "Internal Server Error"}
+    assert "secret" not in response.text
+    [record] = [record for record in records if record.levelno >= logging.ERROR]
+    assert f"GET /api/posts/{post['id']}" in record.getMessage()
+    assert record.exc_info and "secret internals" in str(record.exc_info[1])
+
+
+def test_client_errors_are_not_logged_as_server_errors(client) -> None:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("litestar").addHandler(handler)
+    try:
+        client.get("/api/posts/missing")
+        client.post("/api/posts", json={})
+    finally:
+        logging.getLogger("litestar").removeHandler(handler)
+    assert [record for record in records if record.levelno >= logging.ERROR] == []
+
+
+# --------------------------------------------------------------------------------------
+# OpenAPI
+# --------------------------------------------------------------------------------------
+
+
+def test_openapi_describes_every_route_parameter_body_and_error(client: TestClient) -> None:
+    schema = client.get("/schema/openapi.json").json()
+    operations = {
+        (method.upper(), path): operation
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+    }
+    expected = {
+        ("GET", "/"): ("welcome", {"200"}),
+        ("GET", "/api/posts"): ("listPosts", {"200", "400", "503"}),
+        ("POST", "/api/posts"): ("createPost", {"201", "400", "413", "503"}),
+        ("GET", "/api/posts/{post_id}"): ("getPost", {"200", "400", "404", "503"}),
+        ("PUT", "/api/posts/{post_id}"): ("updatePost", {"200", "400", "404", "413", "503"}),
+        ("PATCH", "/api/posts/{post_id}"): ("patchPost", {"200", "400", "404", "413", "503"}),
+        ("DELETE", "/api/posts/{post_id}"): ("deletePost", {"204", "400", "404", "503"}),
+    }
+    assert set(operations) == set(expected)
+    for key, (operation_id, statuses) in expected.items():
+        operation = operations[key]
+        assert operation["operationId"] == operation_id
+        assert set(operation["responses"]) == statuses, key
+        assert operation["summary"]
+    assert [p["name"] for p in operations["GET", "/api/posts"]["parameters"]] == ["published"]
+    assert [p["name"] for p in operations["GET", "/api/posts/{post_id}"]["parameters"]] == ["post_id"]
+    assert "Location" in operations["POST", "/api/posts"]["responses"]["201"]["headers"]
+
+    components = schema["components"]["schemas"]
+    body = operations["POST", "/api/posts"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/PostCreate"}
+    create_schema = components["PostCreate"]
+    assert create_schema["required"] == ["content", "title"]
+    assert create_schema["additionalProperties"] is False
+    assert (create_schema["properties"]["title"]["minLength"], create_schema["properties"]["title"]["maxLength"]) == (
+        1,
+        100,
+    )
+    assert components["PostUpdate"]["additionalProperties"] is False
+    assert components["Post"]["properties"]["created_at"]["format"] == "date-time"
+
+
+@pytest.mark.parametrize("page", ["swagger", "redoc", "scalar", "rapidoc", "elements", "openapi.yaml"])
+def test_api_docs_are_served(client: TestClient, page: str) -> None:
+    assert client.get(f"/schema/{page}").status_code == 200
+
+
+# --------------------------------------------------------------------------------------
+# The database: schema, pragmas, transactions, pool
+# --------------------------------------------------------------------------------------
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def open_database(path: Path, **options) -> Database:
+    db = Database(str(path), **options)
+    await db.open()
+    return db
+
+
+def test_schema_is_applied_with_its_version_wal_and_indexes(client: TestClient, db_path: Path) -> None:
+    with sqlite3.connect(db_path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,)
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        indexes = {name for (name,) in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'index'")}
+    assert {"posts_by_created_at", "posts_by_published_created_at"} <= indexes
+
+
+def test_schema_file_sets_the_version_the_code_expects(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "x.db") as connection:
+        connection.executescript(blog_api.SCHEMA_PATH.read_text())
+        connection.executescript(blog_api.SCHEMA_PATH.read_text())  # twice is harmless
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,)
+
+
+def test_restarting_on_the_same_database_keeps_the_posts(db_path: Path) -> None:
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        post = create(client)
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        assert client.get(f"/api/posts/{post['id']}").json() == post
+
+
+def test_every_connection_enforces_foreign_keys_and_waits_when_busy(db_path: Path) -> None:
+    async def check() -> None:
+        db = await open_database(db_path, readers=2, busy_timeout_ms=1234)
+        try:
+            assert await db.fetch_all("PRAGMA foreign_keys") == [(1,)]
+            assert await db.fetch_all("PRAGMA busy_timeout") == [(1234,)]
+            async with db.transaction() as writer:
+                assert await writer.execute_fetchall("PRAGMA foreign_keys") == [(1,)]
+                assert await writer.execute_fetchall("PRAGMA synchronous") == [(2,)]  # FULL
+        finally:
+            await db.close()
+
+    run(check())
+
+
+def test_readers_cannot_write(db_path: Path) -> None:
+    async def check() -> None:
+        db = await open_database(db_path)
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                await db.fetch_all("DELETE FROM posts")
+        finally:
+            await db.close()
+
+    run(check())
+
+
+def test_transaction_rolls_back_on_error(db_path: Path) -> None:
+    async def check() -> None:
+        db = await open_database(db_path)
+        try:
+            with pytest.raises(RuntimeError):
+                async with db.transaction() as writer:
+                    await writer.execute(blog_api.INSERT_POST, {**SEED_POST, "id": "a", "published": 1, "now": 1})
+                    raise RuntimeError("boom")
+            async with db.transaction() as writer:  # the writer is usable again
+                await writer.execute(blog_api.INSERT_POST, {**SEED_POST, "id": "b", "published": 1, "now": 1})
+        finally:
+            await db.close()
+
+    run(check())
+    assert [row["id"] for row in stored_posts(db_path)] == ["b"]
+
+
+def test_transaction_rolls_back_when_cancelled(db_path: Path) -> None:
+    async def check() -> None:
+        db = await open_database(db_path)
+        inserted = asyncio.Event()
+
+        async def interrupted_write() -> None:
+            async with db.transaction() as writer:
+                await writer.execute(blog_api.INSERT_POST, {**SEED_POST, "id": "a", "published": 1, "now": 1})
+                inserted.set()
+                await asyncio.sleep(60)
+
+        try:
+            task = asyncio.create_task(interrupted_write())
+            await inserted.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            async with db.transaction() as writer:
+                await writer.execute(blog_api.INSERT_POST, {**SEED_POST, "id": "b", "published": 1, "now": 1})
+        finally:
+            await db.close()
+
+    run(check())
+    assert [row["id"] for row in stored_posts(db_path)] == ["b"]
+
+
+def test_closing_stops_every_connection_thread(db_path: Path) -> None:
+    before = threading.active_count()
+
+    async def open_and_close() -> int:
+        db = await open_database(db_path, readers=3)
+        during = threading.active_count()
+        await db.close()
+        return during
+
+    assert run(open_and_close()) == before + 4
+    assert threading.active_count() == before
+
+
+def test_in_memory_database_serves_the_whole_api() -> None:
+    with TestClient(create_app(Config(db_path=":memory:"))) as client:
+        post = create(client)
+        assert client.get("/api/posts").json() == [post]
+        assert client.put(f"/api/posts/{post['id']}", json={"title": "New"}).json()["title"] == "New"
+        assert client.delete(f"/api/posts/{post['id']}").status_code == 204
+        assert client.get("/api/posts").json() == []
+
+
+def test_concurrent_writes_and_reads_all_land(db_path: Path) -> None:
+    async def burst() -> list[dict]:
+        async with AsyncTestClient(create_app(Config(db_path=str(db_path)))) as client:
+            creates = [client.post("/api/posts", json={**SEED_POST, "title": f"post {n}"}) for n in range(40)]
+            reads = [client.get("/api/posts") for _ in range(20)]
+            responses = await asyncio.gather(*creates, *reads)
+            assert all(response.status_code in (200, 201) for response in responses)
+            return [response.json() for response in responses[:40]]
+
+    created = run(burst())
+    assert sorted(post["id"] for post in created) == sorted(row["id"] for row in stored_posts(db_path))
+
+
+def test_refuses_a_database_from_a_newer_schema(db_path: Path) -> None:
+    with sqlite3.connect(db_path) as connection:
+        connection.execute("PRAGMA user_version = 99")
+    with pytest.raises(blog_api.DatabaseError, match="schema version 99, newer"):
+        run(open_database(db_path))
+
+
+def test_refuses_a_database_made_by_another_program(db_path: Path) -> None:
+    """The tutorial's SQLAlchemy app leaves a blog.db with its own posts table."""
+    with sqlite3.connect(db_path) as connection:
+        connection.execute(
+            "CREATE TABLE posts (id VARCHAR(36) NOT NULL, title VARCHAR(100) NOT NULL, content TEXT NOT NULL, "
+            "published BOOLEAN NOT NULL, created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL, PRIMARY KEY (id))"
+        )
+    with pytest.raises(blog_api.DatabaseError, match=r"holds tables \(posts\) but no blog_api schema version"):
+        run(open_database(db_path))
+    with sqlite3.connect(db_path) as connection:  # and leaves it as it was
+        assert connection.execute("PRAGMA user_version").fetchone() == (0,)
+
+
+def test_refuses_a_file_that_is_not_a_database(db_path: Path) -> None:
+    db_path.write_text("just some text, not SQLite\n" * 100)
+    with pytest.raises(blog_api.DatabaseError, match="file is not a database"):
+        run(open_database(db_path))
+
+
+def test_refuses_a_database_in_a_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(blog_api.DatabaseError, match="unable to open database file"):
+        run(open_database(tmp_path / "missing" / "blog.db"))
+
+
+# --------------------------------------------------------------------------------------
+# Configuration and the command line
+# --------------------------------------------------------------------------------------
+
+
+def test_config_reads_environment_variables() -> None:
+    environ = {
+        "BLOG_API_HOST": "0.0.0.0",
+        "BLOG_API_PORT": "9000",
+        "BLOG_API_DB": "/tmp/x.db",
+        "BLOG_API_RELOAD": "true",
+        "BLOG_API_LOG_LEVEL": "DEBUG",
+        "BLOG_API_READERS": "2",
+        "BLOG_API_BUSY_TIMEOUT_MS": "100",
+    }
+    assert Config.from_env(environ) == Config(
+        host="0.0.0.0", port=9000, db_path="/tmp/x.db", reload=True, log_level="debug", readers=2, busy_timeout_ms=100
+    )
+    assert Config.from_env({}) == Config()
+    assert Config.from_env(Config(port=1234, reload=True).to_env()) == Config(port=1234, reload=True)
+
+
+def test_flags_override_environment_variables() -> None:
+    config = blog_api.parse_args(
+        ["--port", "9001", "--db", "flag.db"], {"BLOG_API_PORT": "9000", "BLOG_API_HOST": "::1"}
+    )
+    assert (config.port, config.db_path, config.host) == (9001, "flag.db", "::1")
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "message"),
+    [
+        ([], {"BLOG_API_PORT": "eighty"}, "BLOG_API_PORT must be a whole number"),
+        (["--port", "70000"], {}, "port must be between 0 and 65535"),
+        (["--log-level", "loud"], {}, "invalid choice"),
+        (["--readers", "0"], {}, "readers must be at least 1"),
+    ],
+)
+def test_bad_settings_are_refused_with_a_clear_message(capsys, argv, environ, message) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        blog_api.parse_args(argv, environ)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_explains_every_flag() -> None:
+    result = subprocess.run(
+        [sys.executable, "blog_api.py", "--help"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0
+    for flag, variable in [
+        ("--host", "BLOG_API_HOST"),
+        ("--port", "BLOG_API_PORT"),
+        ("--db", "BLOG_API_DB"),
+        ("--reload", "BLOG_API_RELOAD"),
+        ("--log-level", "BLOG_API_LOG_LEVEL"),
+    ]:
+        assert flag in result.stdout and variable in result.stdout
+
+
+def test_importing_has_no_side_effects(tmp_path: Path) -> None:
+    """No file is made and no connection opened: only Litestar's daemon log thread runs."""
+    code = (
+        "import threading, blog_api; "
+        "print(type(blog_api.app).__name__, [t.name for t in threading.enumerate() if not t.daemon])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Litestar ['MainThread']"
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------
+# The real service: python blog_api.py, uvicorn blog_api:app, litestar run
+# --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """A service started as a user would, on 127.0.0.1, always stopped afterwards."""
+
+    def __init__(self, command: list[str], env: dict[str, str], port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            command, cwd=PROJECT_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    def wait_until_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited early:\n{self.process.stdout.read()}")
+            try:
+                if httpx.get(self.url + "/", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise AssertionError(f"server did not answer within {timeout} s")
+
+    def stop(self) -> tuple[int, str]:
+        """Ctrl-C, as a user would; returns the exit code and everything printed."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        try:
+            output, _ = self.process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            output, _ = self.process.communicate()
+        return self.process.returncode, output
+
+
+@pytest.fixture
+def start_server(tmp_path: Path):
+    servers: list[Server] = []
+
+    def start(command: list[str], port: int, **env: str) -> Server:
+        server = Server(command, {**os.environ, "BLOG_API_DB": str(tmp_path / "blog.db"), **env}, port)
+        servers.append(server)
+        server.wait_until_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_python_blog_api_py_serves_the_tutorials_curl_session(start_server, tmp_path: Path) -> None:
+    port = free_port()
+    server = start_server([sys.executable, "blog_api.py", "--port", str(port), "--db", str(tmp_path / "seed.db")], port)
+    http = httpx.Client(base_url=server.url, timeout=10)
+
+    assert http.get("/").json() == {"message": "Welcome to the Blog API"}
+    created = http.post("/api/posts", json=SEED_POST)
+    assert created.status_code == 201
+    first = created.json()
+    assert http.get("/api/posts").json() == [first]
+    draft = http.post("/api/posts", json=SEED_DRAFT).json()
+    assert http.get("/api/posts?published=true").json() == [first]
+    assert http.get("/api/posts?published=false").json() == [draft]
+    assert http.get(f"/api/posts/{draft['id']}").json() == draft
+    missing = http.get("/api/posts/non-existent-id")
+    assert (missing.status_code, missing.text) == (
+        404,
+        '{"status_code":404,"detail":"Post with ID non-existent-id not found"}',
+    )
+    changes = {"title": "Updated Blog Post Title", "content": "This content has been updated."}
+    updated = http.put(f"/api/posts/{first['id']}", json=changes).json()
+    assert (updated["title"], updated["created_at"]) == (changes["title"], first["created_at"])
+    assert updated["updated_at"] > first["updated_at"]
+    unpublished = http.put(f"/api/posts/{first['id']}", json={"published": False}).json()
+    assert (unpublished["published"], unpublished["title"]) == (False, changes["title"])
+    doomed = http.post("/api/posts", json={"title": "Post to Delete", "content": "This post will be deleted."}).json()
+    deleted = http.delete(f"/api/posts/{doomed['id']}")
+    assert (deleted.status_code, deleted.content) == (204, b"")
+    assert http.get(f"/api/posts/{doomed['id']}").status_code == 404
+    assert http.get("/schema/swagger").status_code == 200
+    http.close()
+
+    code, output = server.stop()
+    assert code == 0, output
+    assert f"API docs: {server.url}/schema/swagger" in output
+    assert [row["title"] for row in stored_posts(tmp_path / "seed.db")] == [changes["title"], SEED_DRAFT["title"]]
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        ["-m", "uvicorn", "blog_api:app", "--port"],
+        ["-m", "litestar", "--app", "blog_api:app", "run", "--port"],
+    ],
+    ids=["uvicorn", "litestar-cli"],
+)
+def test_other_launchers_serve_the_app_configured_from_the_environment(start_server, tmp_path, launcher) -> None:
+    port = free_port()
+    server = start_server([sys.executable, *launcher, str(port)], port, BLOG_API_DB=str(tmp_path / "env.db"))
+    post = httpx.post(server.url + "/api/posts", json=SEED_POST, timeout=10).json()
+    assert httpx.get(f"{server.url}/api/posts/{post['id']}", timeout=10).json() == post
+    server.stop()
+    assert [row["id"] for row in stored_posts(tmp_path / "env.db")] == [post["id"]]
+
+
+def test_startup_on_a_foreign_database_fails_with_a_clear_message(tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("CREATE TABLE posts (id TEXT)")
+    result = subprocess.run(
+        [sys.executable, "blog_api.py", "--port", str(free_port()), "--db", str(foreign)],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "holds tables (posts) but no blog_api schema version" in result.stdout + result.stderr
