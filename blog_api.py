@@ -10,7 +10,6 @@ pool of readers), route handlers, the app factory, and ``main()``.
 
 import argparse
 import asyncio
-import logging
 import os
 import re
 import sqlite3
@@ -49,7 +48,7 @@ from litestar.openapi.plugins import (
     YamlRenderPlugin,
 )
 from litestar.openapi.spec import Reference, Schema
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from litestar.types import Scope
 from litestar.typing import FieldDefinition
@@ -71,8 +70,6 @@ MAX_BODY_BYTES = 1024 * 1024
 ENV_PREFIX = "BLOG_API_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
-logger = logging.getLogger("blog_api")
-
 
 @dataclass(frozen=True)
 class Config:
@@ -87,6 +84,8 @@ class Config:
     busy_timeout_ms: int = 5000
 
     def __post_init__(self) -> None:
+        if not self.db_path:
+            raise ValueError("the database path must not be empty (use :memory: for a database in memory)")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
         if self.log_level not in LOG_LEVELS:
@@ -176,6 +175,13 @@ class Post(msgspec.Struct):
     created_at: Annotated[datetime, Meta(description="UTC, RFC 3339.")]
     updated_at: Annotated[datetime, Meta(description="UTC, RFC 3339; strictly increases on every change.")]
     published: bool
+
+
+PostId = Annotated[str, PathParameter(description="The post's ID, as returned when it was created.")]
+PublishedFilter = Annotated[
+    bool | None,
+    QueryParameter(description="`true`: only published posts; `false`: only drafts; absent: all."),
+]
 
 
 class RequestEntityTooLarge(ClientException):
@@ -331,8 +337,9 @@ def sql_statements(script: str) -> list[str]:
         if sqlite3.complete_statement(pending):
             statements.append(pending.strip())
             pending = ""
-    if pending.strip() and not all(line.strip().startswith("--") or not line.strip() for line in pending.splitlines()):
-        raise ValueError(f"schema.sql ends with an incomplete statement: {pending.strip()[:80]!r}")
+    leftover = [line for line in pending.splitlines() if line.strip() and not line.strip().startswith("--")]
+    if leftover:
+        raise ValueError(f"the script ends with an incomplete statement: {leftover[0][:80]!r}")
     return statements
 
 
@@ -357,7 +364,7 @@ class Database:
 
     def __init__(self, path: str, *, readers: int = 4, busy_timeout_ms: int = 5000) -> None:
         self.path = path
-        self.in_memory = path == ":memory:" or path.startswith("file::memory:")
+        self.in_memory = path == ":memory:"
         self._reader_count = 0 if self.in_memory else readers
         self._busy_timeout_ms = busy_timeout_ms
         self._writer: aiosqlite.Connection | None = None
@@ -391,7 +398,7 @@ class Database:
     async def close(self) -> None:
         """Close every connection (each one's thread would otherwise keep the process alive)."""
         connections = [*self._readers, *([self._writer] if self._writer else [])]
-        self._readers, self._writer = [], None
+        self._readers, self._writer, self._idle_readers = [], None, asyncio.Queue()
         for connection in connections:
             await connection.close()
 
@@ -450,10 +457,10 @@ class Database:
         """Run one read-only statement on an idle reader and return its rows."""
         if self.in_memory:
             async with self._write_lock:
-                return list(await self._require_writer().execute_fetchall(sql, parameters))
+                return await self._require_writer().execute_fetchall(sql, parameters)
         reader = await self._idle_readers.get()
         try:
-            return list(await reader.execute_fetchall(sql, parameters))
+            return await reader.execute_fetchall(sql, parameters)
         finally:
             self._idle_readers.put_nowait(reader)
 
@@ -524,7 +531,7 @@ class PostController(Controller):
         return Response(created, status_code=201, headers={"Location": f"{self.path}/{post_id}"})
 
     @get(operation_id="listPosts", summary="List posts", raises=[ServiceUnavailableException])
-    async def list_posts(self, db: NamedDependency[Database], published: FromQuery[bool | None] = None) -> list[Post]:
+    async def list_posts(self, db: NamedDependency[Database], published: PublishedFilter = None) -> list[Post]:
         """All posts, newest first; ``published=true|false`` keeps only posts or only drafts."""
         if published is None:
             rows = await db.fetch_all(SELECT_POSTS)
@@ -538,7 +545,7 @@ class PostController(Controller):
         summary="Get a post",
         raises=[NotFoundException, ServiceUnavailableException],
     )
-    async def get_post(self, post_id: FromPath[str], db: NamedDependency[Database]) -> Post:
+    async def get_post(self, post_id: PostId, db: NamedDependency[Database]) -> Post:
         """One post by its ID."""
         row = await db.fetch_one(SELECT_POST, (post_id,))
         if row is None:
@@ -554,9 +561,7 @@ class PostController(Controller):
         summary="Update a post",
         raises=WRITE_ERRORS,
     )
-    async def update_post(
-        self, post_id: FromPath[str], data: JSONBody[PostUpdate], db: NamedDependency[Database]
-    ) -> Post:
+    async def update_post(self, post_id: PostId, data: JSONBody[PostUpdate], db: NamedDependency[Database]) -> Post:
         """Change the fields sent and leave the others; ``updated_at`` moves forward."""
         return await apply_update(db, post_id, data)
 
@@ -569,9 +574,7 @@ class PostController(Controller):
         summary="Update a post (the same as PUT)",
         raises=WRITE_ERRORS,
     )
-    async def patch_post(
-        self, post_id: FromPath[str], data: JSONBody[PostUpdate], db: NamedDependency[Database]
-    ) -> Post:
+    async def patch_post(self, post_id: PostId, data: JSONBody[PostUpdate], db: NamedDependency[Database]) -> Post:
         """The same as PUT: change the fields sent and leave the others."""
         return await apply_update(db, post_id, data)
 
@@ -581,7 +584,7 @@ class PostController(Controller):
         summary="Delete a post",
         raises=[NotFoundException, ServiceUnavailableException],
     )
-    async def delete_post(self, post_id: FromPath[str], db: NamedDependency[Database]) -> None:
+    async def delete_post(self, post_id: PostId, db: NamedDependency[Database]) -> None:
         """Delete a post; answers 204 with no body."""
         async with db.transaction() as connection:
             deleted = await connection.execute_fetchall(DELETE_POST, (post_id,))

@@ -481,8 +481,10 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
         assert operation["operationId"] == operation_id
         assert set(operation["responses"]) == statuses, key
         assert operation["summary"]
-    assert [p["name"] for p in operations["GET", "/api/posts"]["parameters"]] == ["published"]
-    assert [p["name"] for p in operations["GET", "/api/posts/{post_id}"]["parameters"]] == ["post_id"]
+    for key, names in [(("GET", "/api/posts"), ["published"]), (("GET", "/api/posts/{post_id}"), ["post_id"])]:
+        parameters = operations[key]["parameters"]
+        assert [parameter["name"] for parameter in parameters] == names
+        assert all(parameter["description"] for parameter in parameters)
     assert "Location" in operations["POST", "/api/posts"]["responses"]["201"]["headers"]
 
     components = schema["components"]["schemas"]
@@ -532,6 +534,23 @@ def test_schema_file_sets_the_version_the_code_expects(tmp_path: Path) -> None:
         connection.executescript(blog_api.SCHEMA_PATH.read_text())
         connection.executescript(blog_api.SCHEMA_PATH.read_text())  # twice is harmless
         assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,)
+
+
+def test_schema_statements_split_like_the_sqlite_shell() -> None:
+    script = """
+    -- a comment
+    CREATE TABLE a (x);
+    CREATE TRIGGER t AFTER INSERT ON a BEGIN
+        INSERT INTO a VALUES (1); DELETE FROM a;
+    END;
+    PRAGMA user_version = 3;  -- trailing
+    -- the end
+    """
+    statements = blog_api.sql_statements(script)
+    assert len(statements) == 3
+    assert statements[1].startswith("CREATE TRIGGER") and statements[1].endswith("END;")
+    with pytest.raises(ValueError, match="incomplete statement"):
+        blog_api.sql_statements("CREATE TABLE b (x)")
 
 
 def test_restarting_on_the_same_database_keeps_the_posts(db_path: Path) -> None:
@@ -709,6 +728,7 @@ def test_flags_override_environment_variables() -> None:
 @pytest.mark.parametrize(
     ("argv", "environ", "message"),
     [
+        (["--db", ""], {}, "the database path must not be empty"),
         ([], {"BLOG_API_PORT": "eighty"}, "BLOG_API_PORT must be a whole number"),
         (["--port", "70000"], {}, "port must be between 0 and 65535"),
         (["--log-level", "loud"], {}, "invalid choice"),
