@@ -404,7 +404,15 @@ class Database:
 
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: no implicit transactions; we say BEGIN and COMMIT ourselves.
-        connection = await aiosqlite.connect(self.path, isolation_level=None)
+        connection = aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await connection
+        except BaseException:
+            # When the file cannot be opened, aiosqlite 0.22 stops its worker thread without
+            # waiting for it, and the thread then reports to an event loop that may have closed
+            # (omnilib/aiosqlite#389). Wait for it, so a failed start ends quietly.
+            await asyncio.to_thread(connection._thread.join, 5)
+            raise
         try:
             await connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
             await connection.execute("PRAGMA foreign_keys = ON")
@@ -500,7 +508,14 @@ async def welcome() -> Welcome:
     return Welcome(message="Welcome to the Blog API")
 
 
-WRITE_ERRORS = [NotFoundException, RequestEntityTooLarge, ServiceUnavailableException]
+UPDATE_ROUTE: dict[str, Any] = {
+    "path": "/{post_id:str}",
+    "dto": StrictJSON[PostUpdate],
+    "return_dto": None,
+    "before_request": require_json_body,
+    "raises": [NotFoundException, RequestEntityTooLarge, ServiceUnavailableException],
+}
+"""What PUT and PATCH share: they are one operation under two methods, as in the tutorial."""
 
 
 class PostController(Controller):
@@ -552,28 +567,12 @@ class PostController(Controller):
             raise post_not_found(post_id)
         return post_from_row(row)
 
-    @put(
-        "/{post_id:str}",
-        dto=StrictJSON[PostUpdate],
-        return_dto=None,
-        before_request=require_json_body,
-        operation_id="updatePost",
-        summary="Update a post",
-        raises=WRITE_ERRORS,
-    )
+    @put(operation_id="updatePost", summary="Update a post", **UPDATE_ROUTE)
     async def update_post(self, post_id: PostId, data: JSONBody[PostUpdate], db: NamedDependency[Database]) -> Post:
         """Change the fields sent and leave the others; ``updated_at`` moves forward."""
         return await apply_update(db, post_id, data)
 
-    @patch(
-        "/{post_id:str}",
-        dto=StrictJSON[PostUpdate],
-        return_dto=None,
-        before_request=require_json_body,
-        operation_id="patchPost",
-        summary="Update a post (the same as PUT)",
-        raises=WRITE_ERRORS,
-    )
+    @patch(operation_id="patchPost", summary="Update a post (the same as PUT)", **UPDATE_ROUTE)
     async def patch_post(self, post_id: PostId, data: JSONBody[PostUpdate], db: NamedDependency[Database]) -> Post:
         """The same as PUT: change the fields sent and leave the others."""
         return await apply_update(db, post_id, data)
