@@ -396,11 +396,20 @@ class Database:
             raise
 
     async def close(self) -> None:
-        """Close every connection (each one's thread would otherwise keep the process alive)."""
+        """Close every connection: each one's thread would otherwise keep the process alive.
+
+        If closing is cancelled (a second Ctrl-C forces uvicorn out), the connections not yet
+        reached are still told to stop, so no thread outlives the app.
+        """
         connections = [*self._readers, *([self._writer] if self._writer else [])]
         self._readers, self._writer, self._idle_readers = [], None, asyncio.Queue()
-        for connection in connections:
-            await connection.close()
+        not_yet_closed = iter(connections)
+        try:
+            for connection in not_yet_closed:
+                await connection.close()
+        finally:
+            for connection in not_yet_closed:
+                connection.stop()
 
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: no implicit transactions; we say BEGIN and COMMIT ourselves.

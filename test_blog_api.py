@@ -2,6 +2,7 @@
 database holds afterwards. Each test gets a fresh app on its own temporary database."""
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -641,6 +643,34 @@ def test_closing_stops_every_connection_thread(db_path: Path) -> None:
 
     assert run(open_and_close()) == before + 4
     assert threading.active_count() == before
+
+
+def test_a_cancelled_close_still_stops_every_connection_thread(db_path: Path) -> None:
+    before = threading.active_count()
+
+    async def cancel_while_closing() -> None:
+        db = await open_database(db_path, readers=3)
+        closing = asyncio.create_task(db.close())
+        await asyncio.sleep(0)  # closing has begun on the first connection
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        # Wait while the loop still runs: a stopping thread reports back to it.
+        await asyncio.to_thread(wait_for_thread_count, before, timeout=5)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(cancel_while_closing())
+        gc.collect()
+    assert threading.active_count() == before
+    # Each connection was stopped by close(), not left for the garbage collector to find.
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def wait_for_thread_count(count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while threading.active_count() > count + 1 and time.monotonic() < deadline:  # + this waiting thread
+        time.sleep(0.01)
 
 
 def test_in_memory_database_serves_the_whole_api() -> None:
