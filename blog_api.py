@@ -50,7 +50,7 @@ from litestar.openapi.plugins import (
 from litestar.openapi.spec import Reference, Schema
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
-from litestar.types import Scope
+from litestar.types import Message, Receive, Scope, Send
 from litestar.typing import FieldDefinition
 from msgspec import UNSET, Meta, UnsetType
 
@@ -658,6 +658,27 @@ async def log_server_error(exc: Exception, scope: Scope) -> None:
 # --------------------------------------------------------------------------------------
 
 
+class BlogAPI(Litestar):
+    """Litestar, answering HEAD as GET without the body (RFC 9110 9.3.2) on every GET route.
+
+    Litestar routes HEAD only to handlers declared for it, and its middleware runs after
+    routing, so this happens at the ASGI entry point. It keeps one handler per resource and
+    keeps HEAD out of the OpenAPI document, where it would only repeat GET.
+    """
+
+    async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await super().__call__(scope, receive, send)
+            return
+
+        async def send_without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await super().__call__({**scope, "method": "GET"}, receive, send_without_body)
+
+
 def provide_database(state: State) -> Database:
     return state.db
 
@@ -678,7 +699,7 @@ async def database_lifespan(app: Litestar) -> AsyncIterator[None]:
 def create_app(config: Config | None = None) -> Litestar:
     """A new app on ``config``'s database. Nothing is opened until the app starts."""
     config = config or Config()
-    return Litestar(
+    return BlogAPI(
         route_handlers=[welcome, PostController],
         dependencies={"db": Provide(provide_database, sync_to_thread=False)},
         lifespan=[database_lifespan],

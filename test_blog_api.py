@@ -266,6 +266,16 @@ def test_delete_of_a_missing_post_is_404(client: TestClient) -> None:
     assert response.json() == {"status_code": 404, "detail": f"Post with ID {post['id']} not found"}
 
 
+@pytest.mark.parametrize("path", ["/", "/api/posts", "/api/posts?published=true", "/api/posts/{id}", "/api/posts/none"])
+def test_head_answers_like_get_without_a_body(client: TestClient, path: str) -> None:
+    path = path.format(id=create(client)["id"])
+    got, head = client.get(path), client.head(path)
+    assert head.status_code == got.status_code
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.headers["content-length"] == str(len(got.content)) != "0"
+    assert head.content == b""
+
+
 def test_unknown_route_is_a_json_404(client: TestClient) -> None:
     response = client.get("/api/nothing-here")
     assert response.status_code == 404
@@ -790,8 +800,8 @@ def test_help_explains_every_flag() -> None:
 def test_importing_has_no_side_effects(tmp_path: Path) -> None:
     """No file is made and no connection opened: only Litestar's daemon log thread runs."""
     code = (
-        "import threading, blog_api; "
-        "print(type(blog_api.app).__name__, [t.name for t in threading.enumerate() if not t.daemon])"
+        "import threading, blog_api, litestar; "
+        "print(isinstance(blog_api.app, litestar.Litestar), [t.name for t in threading.enumerate() if not t.daemon])"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
@@ -802,7 +812,7 @@ def test_importing_has_no_side_effects(tmp_path: Path) -> None:
         timeout=30,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "Litestar ['MainThread']"
+    assert result.stdout.strip() == "True ['MainThread']"
     assert list(tmp_path.iterdir()) == []
 
 
