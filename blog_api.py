@@ -10,6 +10,9 @@ pool of readers), route handlers, the app factory, and ``main()``.
 
 import argparse
 import asyncio
+import base64
+import hashlib
+import hmac
 import os
 import re
 import sqlite3
@@ -18,10 +21,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+from urllib.parse import urlencode
 
 import aiosqlite
 import msgspec
@@ -182,6 +186,45 @@ PublishedFilter = Annotated[
     bool | None,
     QueryParameter(description="`true`: only published posts; `false`: only drafts; absent: all."),
 ]
+PageSize = Annotated[int, QueryParameter(ge=1, le=100, description="Posts per page, 1 to 100.")]
+PageOffset = Annotated[
+    int,
+    QueryParameter(ge=0, le=1_000_000_000, description="Posts to skip before the page. Not with `cursor`."),
+]
+PageCursorToken = Annotated[
+    str | None,
+    QueryParameter(
+        min_length=1,
+        max_length=1000,
+        description="An opaque token from the `Link` header; it carries the position in the list.",
+    ),
+]
+SortField = Annotated[
+    Literal["created_at", "updated_at", "title"] | None,
+    QueryParameter(description="What to order by, ties broken by id. Default: `created_at`; with `q`, relevance."),
+]
+SortOrder = Annotated[
+    Literal["asc", "desc"] | None,
+    QueryParameter(description="`desc` (the default: newest, last or most relevant first) or `asc`."),
+]
+# Strings parsed by listing_from_query: Litestar's lax conversion would take 1700000000 for a date.
+CreatedAfter = Annotated[
+    str | None,
+    QueryParameter(format="date-time", description="Only posts created after this moment (RFC 3339, with an offset)."),
+]
+CreatedBefore = Annotated[
+    str | None,
+    QueryParameter(format="date-time", description="Only posts created before this moment (RFC 3339, with an offset)."),
+]
+SearchText = Annotated[
+    str | None,
+    QueryParameter(
+        min_length=1,
+        max_length=200,
+        description="Words to find in title or content, all of them; `lite*` matches a prefix. "
+        "Results rank by relevance (bm25, title above content) unless `sort` is given.",
+    ),
+]
 
 
 class RequestEntityTooLarge(ClientException):
@@ -260,19 +303,6 @@ FROM posts
 WHERE id = ?
 """
 
-SELECT_POSTS = f"""
-SELECT {POST_COLUMNS}
-FROM posts
-ORDER BY created_at DESC, id DESC
-"""
-
-SELECT_POSTS_BY_PUBLISHED = f"""
-SELECT {POST_COLUMNS}
-FROM posts
-WHERE published = ?
-ORDER BY created_at DESC, id DESC
-"""
-
 INSERT_POST = """
 INSERT INTO posts (id, title, content, published, created_at, updated_at)
 VALUES (:id, :title, :content, :published, :now, :now)
@@ -302,6 +332,78 @@ WHERE id = ?
 RETURNING id
 """
 
+SELECT_CURSOR_SECRET = """
+SELECT value
+FROM meta
+WHERE key = 'cursor_secret'
+"""
+
+# GET /api/posts is assembled from the pieces below. Only these fragments ever go into the
+# SQL text, chosen by name from validated parameters; every value is a bound parameter.
+# Each page row carries its sort key and tie-breaker, from which the page cursors are made.
+LIST_POSTS = f"""
+SELECT {POST_COLUMNS}, {{sort_key}} AS sort_key, id AS tiebreak
+FROM posts{{index_hint}}
+WHERE {{conditions}}
+ORDER BY {{sort_key}} {{direction}}, id {{direction}}
+LIMIT :limit OFFSET :offset
+"""
+
+# Ranked search: FTS5 scores every match (rank is bm25 with the weights set in schema.sql),
+# and only the page's rows are read from posts. Ties are broken by pk, which FTS5 has at
+# hand, so ranking never reads the posts table. MATERIALIZED keeps the score out of WHERE.
+LIST_POSTS_BY_RELEVANCE = f"""
+WITH ranked AS MATERIALIZED (
+    SELECT rowid AS pk, -rank AS score
+    FROM posts_fts
+    WHERE posts_fts MATCH :search
+)
+SELECT {POST_COLUMNS}, ranked.score AS sort_key, pk AS tiebreak
+FROM ranked JOIN posts USING (pk)
+WHERE {{conditions}}
+ORDER BY sort_key {{direction}}, tiebreak {{direction}}
+LIMIT :limit OFFSET :offset
+"""
+
+COUNT_POSTS = """
+SELECT count(*)
+FROM posts
+WHERE {conditions}
+"""
+
+COUNT_SEARCH_MATCHES = """
+SELECT count(*)
+FROM posts_fts
+WHERE posts_fts MATCH :search
+"""
+
+MATCHES_SEARCH = "pk IN (SELECT rowid FROM posts_fts WHERE posts_fts MATCH :search)"
+HAS_PUBLISHED = "published = :published"
+CREATED_AFTER = "created_at > :created_after"
+CREATED_BEFORE = "created_at < :created_before"
+# Rows past a cursor's (key, tiebreak), written so that SQLite searches the sort index by
+# the key alone (a row-value comparison with a collation would scan it).
+KEY_ABOVE = "{key} >= :key AND ({key} > :key OR {tiebreak} > :tiebreak)"
+KEY_BELOW = "{key} <= :key AND ({key} < :key OR {tiebreak} < :tiebreak)"
+
+SORT_KEYS = {
+    "created_at": "created_at",
+    "updated_at": "updated_at",
+    "title": "title COLLATE NOCASE",
+    "relevance": "ranked.score",
+}
+TIEBREAKS = {"created_at": "id", "updated_at": "id", "title": "id", "relevance": "pk"}
+# The index that lists posts in each order: over all posts, and within one value of published.
+SORT_INDEXES = {
+    "created_at": ("posts_by_created_at", "posts_by_published_created_at"),
+    "updated_at": ("posts_by_updated_at", "posts_by_published_updated_at"),
+    "title": ("posts_by_title", "posts_by_published_title"),
+}
+SEARCH_PLAN_THRESHOLD = 1000
+"""Above this many matches, a search sorted by a column walks that column's index and
+stops at a full page; below it, SQLite sorts the matches (its own choice either way would
+cost 10 to 100 times more at the other end)."""
+
 SELECT_USER_TABLES = """
 SELECT name
 FROM sqlite_schema
@@ -329,6 +431,16 @@ def post_from_row(row: Sequence[Any]) -> Post:
     )
 
 
+def search_sql(q: str) -> str:
+    """Make an FTS5 query from what a person typed: every word must match, a trailing ``*``
+    matches a prefix. Only words reach FTS5, quoted, so no input is a syntax error."""
+    terms = SEARCH_TERM.findall(q)
+    return " ".join(f'"{term[:-1]}"*' if term.endswith("*") else f'"{term}"' for term in terms)
+
+
+SEARCH_TERM = re.compile(r"\w+\*?")
+
+
 def sql_statements(script: str) -> list[str]:
     """Split a script into statements the way the sqlite3 shell does (triggers included)."""
     statements, pending = [], ""
@@ -341,6 +453,261 @@ def sql_statements(script: str) -> list[str]:
     if leftover:
         raise ValueError(f"the script ends with an incomplete statement: {leftover[0][:80]!r}")
     return statements
+
+
+# --------------------------------------------------------------------------------------
+# Listing: the filters, order and pages of GET /api/posts
+# --------------------------------------------------------------------------------------
+
+CURSOR_VERSION = 1
+"""Part of every cursor's fingerprint: changing how cursors work makes old ones stale."""
+
+
+class PageCursor(msgspec.Struct, array_like=True, frozen=True):
+    """Where a page starts: after (or before) the row with this sort key and tie-breaker.
+
+    Clients see it as an opaque token, signed with the database's secret so that a forged
+    one is refused, and bound to one query by its fingerprint. ``before`` with no key is
+    the last page.
+    """
+
+    fingerprint: str
+    before: bool
+    key: int | float | str | None = None
+    tiebreak: int | str | None = None
+
+
+class CursorError(ValueError):
+    """A cursor that this server did not make, or made for another query."""
+
+
+def encode_cursor(cursor: PageCursor, secret: bytes) -> str:
+    payload = msgspec.json.encode(cursor)
+    signature = hmac.new(secret, payload, hashlib.sha256).digest()[:CURSOR_SIGNATURE_BYTES]
+    return base64.urlsafe_b64encode(signature + payload).rstrip(b"=").decode()
+
+
+def decode_cursor(token: str, secret: bytes) -> PageCursor:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except ValueError:
+        raise CursorError("cursor is not a cursor this server made") from None
+    signature, payload = raw[:CURSOR_SIGNATURE_BYTES], raw[CURSOR_SIGNATURE_BYTES:]
+    expected = hmac.new(secret, payload, hashlib.sha256).digest()[:CURSOR_SIGNATURE_BYTES]
+    if not hmac.compare_digest(signature, expected):
+        raise CursorError("cursor is not a cursor this server made")
+    return msgspec.json.decode(payload, type=PageCursor)
+
+
+CURSOR_SIGNATURE_BYTES = 16
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One GET /api/posts request, validated: which posts match, in which order, which page."""
+
+    limit: int = 20
+    offset: int = 0
+    sort: str = "created_at"  # or updated_at, title, relevance (the default with q)
+    descending: bool = True
+    published: bool | None = None
+    created_after: int | None = None  # microseconds, exclusive
+    created_before: int | None = None
+    search: str | None = None  # the FTS5 query made from q
+    cursor: PageCursor | None = None
+    link_params: tuple[tuple[str, str], ...] = ()
+    """The query parameters every Link repeats (all but offset and cursor)."""
+
+    @property
+    def fingerprint(self) -> str:
+        """What a cursor must have been made for: the same matches in the same order."""
+        query = [CURSOR_VERSION, self.sort, self.descending, self.published]
+        query += [self.created_after, self.created_before, self.search]
+        return hashlib.sha256(msgspec.json.encode(query)).hexdigest()[:16]
+
+    def conditions(self, *, with_search: bool) -> tuple[list[str], dict[str, Any]]:
+        """The WHERE conditions and parameters of the filters (not of the page)."""
+        conditions, parameters = ["1"], {}
+        if self.search is not None:
+            parameters["search"] = self.search
+            if with_search:
+                conditions.append(MATCHES_SEARCH)
+        if self.published is not None:
+            conditions.append(HAS_PUBLISHED)
+            parameters["published"] = self.published
+        if self.created_after is not None:
+            conditions.append(CREATED_AFTER)
+            parameters["created_after"] = self.created_after
+        if self.created_before is not None:
+            conditions.append(CREATED_BEFORE)
+            parameters["created_before"] = self.created_before
+        return conditions, parameters
+
+    def count_sql(self) -> tuple[str, dict[str, Any]]:
+        conditions, parameters = self.conditions(with_search=True)
+        if conditions == ["1", MATCHES_SEARCH]:
+            return COUNT_SEARCH_MATCHES, parameters
+        return COUNT_POSTS.format(conditions=" AND ".join(conditions)), parameters
+
+    def page_sql(self, total: int) -> tuple[str, dict[str, Any]]:
+        """The page's rows, plus one to tell whether another page follows. A page before a
+        cursor is read walking backwards, and turned around by ``fetch_page``."""
+        by_relevance = self.sort == "relevance"
+        conditions, parameters = self.conditions(with_search=not by_relevance)
+        backwards = self.cursor is not None and self.cursor.before
+        descending = self.descending != backwards
+        key, tiebreak = SORT_KEYS[self.sort], TIEBREAKS[self.sort]
+        if self.cursor is not None and self.cursor.key is not None:
+            past_cursor = KEY_BELOW if descending else KEY_ABOVE
+            conditions.append(past_cursor.format(key=key, tiebreak=tiebreak))
+            parameters.update(key=self.cursor.key, tiebreak=self.cursor.tiebreak)
+        parameters.update(limit=self.limit + 1, offset=self.offset)
+        template = LIST_POSTS_BY_RELEVANCE if by_relevance else LIST_POSTS
+        index_hint = ""
+        if self.search is not None and not by_relevance and total > SEARCH_PLAN_THRESHOLD:
+            index_hint = f" INDEXED BY {SORT_INDEXES[self.sort][self.published is not None]}"
+        sql = template.format(
+            sort_key=key,
+            direction="DESC" if descending else "ASC",
+            conditions=" AND ".join(conditions),
+            index_hint=index_hint,
+        )
+        return sql, parameters
+
+
+@dataclass(frozen=True)
+class Page:
+    posts: list[Post]
+    total: int
+    """Every post the filters match, on any page."""
+    first_row: tuple[Any, Any] | None
+    last_row: tuple[Any, Any] | None
+    """(sort key, tie-breaker) of the first and last posts, for the cursors around them."""
+    has_previous: bool
+    has_next: bool
+
+
+async def fetch_page(db: "Database", listing: Listing) -> Page:
+    count_sql, count_parameters = listing.count_sql()
+    [(total,)] = await db.fetch_all(count_sql, count_parameters)
+    page_sql, page_parameters = listing.page_sql(total)
+    rows = await db.fetch_all(page_sql, page_parameters)
+    beyond = len(rows) > listing.limit
+    rows = rows[: listing.limit]
+    cursor = listing.cursor
+    if cursor is not None and cursor.before:
+        rows.reverse()
+        has_previous, has_next = beyond, cursor.key is not None
+    else:
+        has_previous, has_next = cursor is not None or listing.offset > 0, beyond
+    return Page(
+        posts=[post_from_row(row[:6]) for row in rows],
+        total=total,
+        first_row=(rows[0][6], rows[0][7]) if rows else None,
+        last_row=(rows[-1][6], rows[-1][7]) if rows else None,
+        has_previous=has_previous,
+        has_next=has_next,
+    )
+
+
+def page_links(path: str, listing: Listing, page: Page, secret: bytes) -> str:
+    """The Link header (RFC 8288): first, prev, next and last, where they exist. Every link
+    but first carries a cursor, so following next visits each post once even while posts
+    are created or deleted (offsets would skip or repeat some)."""
+
+    def link(relation: str, cursor: PageCursor | None) -> str:
+        params = list(listing.link_params)
+        if cursor is not None:
+            params.append(("cursor", encode_cursor(cursor, secret)))
+        return f'<{path}?{urlencode(params)}>; rel="{relation}"'
+
+    fingerprint = listing.fingerprint
+    links = []
+    if page.has_previous:
+        links.append(link("first", None))
+        before_first = page.first_row or (None, None)
+        links.append(link("prev", PageCursor(fingerprint, True, *before_first)))
+    if page.has_next and page.last_row is not None:
+        links.append(link("next", PageCursor(fingerprint, False, *page.last_row)))
+        links.append(link("last", PageCursor(fingerprint, True)))
+    return ", ".join(links)
+
+
+def listing_from_query(
+    request: Request,
+    secret: bytes,
+    *,
+    limit: int,
+    offset: int,
+    cursor: str | None,
+    sort: str | None,
+    order: str | None,
+    published: bool | None,
+    created_after: str | None,
+    created_before: str | None,
+    q: str | None,
+) -> Listing:
+    """Check the query parameters together (each was checked alone by its type) and make a
+    Listing; a problem is a 400 naming the parameter."""
+    search = None
+    if q is not None:
+        search = search_sql(q)
+        if not search:
+            raise query_error(request, "q", "Expected at least one word to search for")
+        if search.count('"') // 2 > MAX_SEARCH_TERMS:
+            raise query_error(request, "q", f"Expected at most {MAX_SEARCH_TERMS} words")
+    if cursor is not None and offset:
+        raise query_error(request, "offset", "Use either offset or cursor, not both")
+    link_params = [("limit", str(limit))]
+    link_params += [(name, value) for name, value in request.query_params.items() if name in LINKED_PARAMS]
+    listing = Listing(
+        limit=limit,
+        offset=offset,
+        sort=sort or ("relevance" if search else "created_at"),
+        descending=order != "asc",
+        published=published,
+        created_after=parse_moment(request, "created_after", created_after),
+        created_before=parse_moment(request, "created_before", created_before),
+        search=search,
+        link_params=tuple(link_params),
+    )
+    if cursor is None:
+        return listing
+    try:
+        page_cursor = decode_cursor(cursor, secret)
+    except (CursorError, msgspec.DecodeError):
+        raise query_error(request, "cursor", "Not a cursor this server made; follow the Link header") from None
+    if page_cursor.fingerprint != listing.fingerprint:
+        raise query_error(
+            request, "cursor", "The cursor belongs to another query (sort, order or filters changed) or is stale"
+        )
+    return replace(listing, cursor=page_cursor)
+
+
+MAX_SEARCH_TERMS = 16
+LINKED_PARAMS = ("sort", "order", "published", "created_after", "created_before", "q")
+
+
+def parse_moment(request: Request, name: str, value: str | None) -> int | None:
+    """An RFC 3339 date-time with an offset, as the database stores it (microseconds since
+    the Unix epoch, UTC), or a 400 naming the parameter."""
+    if value is None:
+        return None
+    try:
+        moment = msgspec.convert(value, datetime)
+    except msgspec.ValidationError:
+        moment = None
+    if moment is None or moment.utcoffset() is None:
+        raise query_error(request, name, "Expected an RFC 3339 date-time with an offset, like 2025-03-12T10:42:35Z")
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def query_error(request: Request, key: str, message: str) -> ValidationException:
+    """Litestar's own 400 for a bad query parameter, naming it."""
+    return ValidationException(
+        detail=f"Validation failed for {request.method} {request.url.path}",
+        extra=[{"message": message, "key": key, "source": "query"}],
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -368,6 +735,7 @@ class Database:
         self._reader_count = 0 if self.in_memory else readers
         self._busy_timeout_ms = busy_timeout_ms
         self._writer: aiosqlite.Connection | None = None
+        self.cursor_secret = b""
         self._write_lock = asyncio.Lock()
         self._readers: list[aiosqlite.Connection] = []
         self._idle_readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
@@ -384,6 +752,7 @@ class Database:
             # Every acknowledged write survives a crash or power loss.
             await self._writer.execute("PRAGMA synchronous = FULL")
             await self._apply_schema()
+            await self._load_cursor_secret()
             for _ in range(self._reader_count):
                 reader = await self._connect()
                 await reader.execute("PRAGMA query_only = ON")
@@ -451,6 +820,10 @@ class Database:
                 )
             for statement in statements:
                 await connection.execute(statement)
+
+    async def _load_cursor_secret(self) -> None:
+        [(secret,)] = await self._require_writer().execute_fetchall(SELECT_CURSOR_SECRET)
+        self.cursor_secret = secret
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -554,14 +927,55 @@ class PostController(Controller):
         created = post_from_row((post_id, data.title, data.content, now, now, data.published))
         return Response(created, status_code=201, headers={"Location": f"{self.path}/{post_id}"})
 
-    @get(operation_id="listPosts", summary="List posts", raises=[ServiceUnavailableException])
-    async def list_posts(self, db: NamedDependency[Database], published: PublishedFilter = None) -> list[Post]:
-        """All posts, newest first; ``published=true|false`` keeps only posts or only drafts."""
-        if published is None:
-            rows = await db.fetch_all(SELECT_POSTS)
-        else:
-            rows = await db.fetch_all(SELECT_POSTS_BY_PUBLISHED, (published,))
-        return [post_from_row(row) for row in rows]
+    @get(
+        operation_id="listPosts",
+        summary="List posts",
+        raises=[ServiceUnavailableException],
+        response_headers=[
+            ResponseHeader(
+                name="X-Total-Count", description="How many posts match, on all pages.", documentation_only=True
+            ),
+            ResponseHeader(
+                name="Link",
+                description="RFC 8288 links to the `first`, `prev`, `next` and `last` pages, where they exist.",
+                documentation_only=True,
+            ),
+        ],
+    )
+    async def list_posts(
+        self,
+        request: Request,
+        db: NamedDependency[Database],
+        published: PublishedFilter = None,
+        limit: PageSize = 20,
+        offset: PageOffset = 0,
+        cursor: PageCursorToken = None,
+        sort: SortField = None,
+        order: SortOrder = None,
+        created_after: CreatedAfter = None,
+        created_before: CreatedBefore = None,
+        q: SearchText = None,
+    ) -> Response[list[Post]]:
+        """A page of posts, newest first unless asked otherwise, with the total count in
+        ``X-Total-Count`` and the neighbouring pages in ``Link``."""
+        listing = listing_from_query(
+            request,
+            db.cursor_secret,
+            limit=limit,
+            offset=offset,
+            cursor=cursor,
+            sort=sort,
+            order=order,
+            published=published,
+            created_after=created_after,
+            created_before=created_before,
+            q=q,
+        )
+        page = await fetch_page(db, listing)
+        headers = {"X-Total-Count": str(page.total)}
+        if links := page_links(request.url.path, listing, page, db.cursor_secret):
+            headers["Link"] = links
+        return Response(page.posts, headers=headers)
 
     @get(
         "/{post_id:str}",

@@ -1,30 +1,75 @@
 -- The schema of blog_api, applied by blog_api.py at startup inside one transaction.
 --
--- Every statement is idempotent (IF NOT EXISTS), so applying this file twice is harmless.
--- The last line records the version in PRAGMA user_version; blog_api.SCHEMA_VERSION must
--- name the same number, and a database with any other version is upgraded or refused.
+-- Every statement is idempotent (IF NOT EXISTS, OR IGNORE), so applying this file twice is
+-- harmless. The last line records the version in PRAGMA user_version; blog_api.SCHEMA_VERSION
+-- must name the same number, and a database with any other version is upgraded or refused.
 --
--- Needs SQLite 3.37 or newer (STRICT tables).
+-- Needs SQLite 3.37 or newer (STRICT tables) with FTS5, as Python 3.11's builds have.
 
 CREATE TABLE IF NOT EXISTS posts (
-    -- A UUID4 made by the service, as the tutorial's model does. The table keeps its rowid
-    -- (no WITHOUT ROWID) because a post's content can be many kilobytes.
-    id          TEXT    NOT NULL PRIMARY KEY,
-    title       TEXT    NOT NULL CHECK (length(title) BETWEEN 1 AND 100),
-    content     TEXT    NOT NULL CHECK (length(content) >= 1),
+    -- The rowid, made explicit so that VACUUM never renumbers it: posts_fts points at it.
+    pk          INTEGER PRIMARY KEY,
+    -- The public ID: a UUID4 made by the service, as the tutorial's model does.
+    id          TEXT    NOT NULL UNIQUE,
     published   INTEGER NOT NULL DEFAULT 1 CHECK (published IN (0, 1)),
     -- Both timestamps are microseconds since the Unix epoch, UTC. Integers let an update
     -- move updated_at to max(now, updated_at + 1) in the same statement, so it strictly
     -- increases even when two updates land in the same microsecond.
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL,
+    title       TEXT    NOT NULL CHECK (length(title) BETWEEN 1 AND 100),
+    -- Last, so that reading the columns above never walks a long post's overflow pages.
+    content     TEXT    NOT NULL CHECK (length(content) >= 1),
     CHECK (updated_at >= created_at)
 ) STRICT;
 
--- GET /api/posts: newest first, ties broken by id (read backwards through this index).
+-- One index per order GET /api/posts can list in (read backwards for descending order),
+-- and the same within one value of published. Ties are broken by id.
 CREATE INDEX IF NOT EXISTS posts_by_created_at ON posts (created_at, id);
-
--- GET /api/posts?published=true|false: the same order within one value of published.
+CREATE INDEX IF NOT EXISTS posts_by_updated_at ON posts (updated_at, id);
+CREATE INDEX IF NOT EXISTS posts_by_title ON posts (title COLLATE NOCASE, id);
 CREATE INDEX IF NOT EXISTS posts_by_published_created_at ON posts (published, created_at, id);
+CREATE INDEX IF NOT EXISTS posts_by_published_updated_at ON posts (published, updated_at, id);
+CREATE INDEX IF NOT EXISTS posts_by_published_title ON posts (published, title COLLATE NOCASE, id);
+
+-- Full-text search over title and content (GET /api/posts?q=...). An external-content
+-- table: it indexes the text but reads it from posts, so nothing is stored twice. Accents
+-- are folded (cafe finds café); prefix indexes make two- and three-letter prefixes fast.
+CREATE VIRTUAL TABLE IF NOT EXISTS posts_fts USING fts5(
+    title,
+    content,
+    content = 'posts',
+    content_rowid = 'pk',
+    tokenize = 'unicode61 remove_diacritics 2',
+    prefix = '2 3'
+);
+
+-- Results rank by bm25, with a word in the title worth four in the content.
+INSERT INTO posts_fts (posts_fts, rank) VALUES ('rank', 'bm25(4.0, 1.0)');
+
+-- The triggers keep posts_fts in step with posts, in the same transaction as each write.
+CREATE TRIGGER IF NOT EXISTS posts_fts_after_insert AFTER INSERT ON posts BEGIN
+    INSERT INTO posts_fts (rowid, title, content) VALUES (new.pk, new.title, new.content);
+END;
+
+CREATE TRIGGER IF NOT EXISTS posts_fts_after_delete AFTER DELETE ON posts BEGIN
+    INSERT INTO posts_fts (posts_fts, rowid, title, content) VALUES ('delete', old.pk, old.title, old.content);
+END;
+
+CREATE TRIGGER IF NOT EXISTS posts_fts_after_update AFTER UPDATE OF title, content ON posts
+WHEN old.title IS NOT new.title OR old.content IS NOT new.content
+BEGIN
+    INSERT INTO posts_fts (posts_fts, rowid, title, content) VALUES ('delete', old.pk, old.title, old.content);
+    INSERT INTO posts_fts (rowid, title, content) VALUES (new.pk, new.title, new.content);
+END;
+
+-- Settings of this database. cursor_secret signs the page cursors of GET /api/posts, so a
+-- cursor stays valid across restarts and between workers, and a forged one is refused.
+CREATE TABLE IF NOT EXISTS meta (
+    key    TEXT PRIMARY KEY,
+    value  ANY NOT NULL
+) STRICT;
+
+INSERT OR IGNORE INTO meta (key, value) VALUES ('cursor_secret', randomblob(32));
 
 PRAGMA user_version = 1;

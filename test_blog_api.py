@@ -493,10 +493,22 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
         assert operation["operationId"] == operation_id
         assert set(operation["responses"]) == statuses, key
         assert operation["summary"]
-    for key, names in [(("GET", "/api/posts"), ["published"]), (("GET", "/api/posts/{post_id}"), ["post_id"])]:
+    listing_parameters = [
+        "published",
+        "limit",
+        "offset",
+        "cursor",
+        "sort",
+        "order",
+        "created_after",
+        "created_before",
+        "q",
+    ]
+    for key, names in [(("GET", "/api/posts"), listing_parameters), (("GET", "/api/posts/{post_id}"), ["post_id"])]:
         parameters = operations[key]["parameters"]
-        assert [parameter["name"] for parameter in parameters] == names
+        assert sorted(parameter["name"] for parameter in parameters) == sorted(names)
         assert all(parameter["description"] for parameter in parameters)
+    assert set(operations["GET", "/api/posts"]["responses"]["200"]["headers"]) == {"X-Total-Count", "Link"}
     assert "Location" in operations["POST", "/api/posts"]["responses"]["201"]["headers"]
 
     components = schema["components"]["schemas"]
