@@ -52,7 +52,7 @@ from litestar.openapi.plugins import (
     YamlRenderPlugin,
 )
 from litestar.openapi.spec import Reference, Schema
-from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.params import JSONBody, KwargDefinition, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from litestar.types import Message, Receive, Scope, Send
 from litestar.typing import FieldDefinition
@@ -170,14 +170,19 @@ class PostUpdate(msgspec.Struct, forbid_unknown_fields=True):
     updated_at: Ignored = None
 
 
+TIMESTAMP_FORMAT = "UTC, RFC 3339, always with six fractional digits, so that text order is time order."
+
+
 class Post(msgspec.Struct):
     """A post as the API returns it, in the tutorial's field order."""
 
     id: Annotated[str, Meta(description="UUID4, made by the server.")]
     title: str
     content: str
-    created_at: Annotated[datetime, Meta(description="UTC, RFC 3339.")]
-    updated_at: Annotated[datetime, Meta(description="UTC, RFC 3339; strictly increases on every change.")]
+    created_at: Annotated[str, KwargDefinition(format="date-time", description=TIMESTAMP_FORMAT)]
+    updated_at: Annotated[
+        str, KwargDefinition(format="date-time", description=f"{TIMESTAMP_FORMAT} Strictly increases on every change.")
+    ]
     published: bool
 
 
@@ -419,14 +424,20 @@ def utc_now_us() -> int:
     return time.time_ns() // 1_000
 
 
+def format_timestamp(microseconds: int) -> str:
+    """A stored timestamp as the API shows it: ``2025-03-12T10:42:35.700944Z``."""
+    moment = EPOCH + timedelta(microseconds=microseconds)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 def post_from_row(row: Sequence[Any]) -> Post:
     post_id, title, content, created_at, updated_at, published = row
     return Post(
         id=post_id,
         title=title,
         content=content,
-        created_at=EPOCH + timedelta(microseconds=created_at),
-        updated_at=EPOCH + timedelta(microseconds=updated_at),
+        created_at=format_timestamp(created_at),
+        updated_at=format_timestamp(updated_at),
         published=bool(published),
     )
 

@@ -2,6 +2,7 @@
 database holds afterwards. Each test gets a fresh app on its own temporary database."""
 
 import asyncio
+import base64
 import gc
 import json
 import logging
@@ -18,6 +19,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -27,7 +29,7 @@ import blog_api
 from blog_api import Config, Database, create_app
 
 PROJECT_DIR = Path(__file__).parent
-RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
+RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 SEED_POST = {
     "title": "My First Litestar Blog Post",
     "content": "This is the content of my first blog post. Litestar makes API development easy and enjoyable!",
@@ -201,8 +203,8 @@ def test_put_keeps_created_at(client: TestClient, monkeypatch) -> None:
     fixed_clock(monkeypatch, 1_000_000, 9_000_000)
     post = create(client)
     updated = client.put(f"/api/posts/{post['id']}", json={"title": "New"}).json()
-    assert updated["created_at"] == post["created_at"] == "1970-01-01T00:00:01Z"
-    assert updated["updated_at"] == "1970-01-01T00:00:09Z"
+    assert updated["created_at"] == post["created_at"] == "1970-01-01T00:00:01.000000Z"
+    assert updated["updated_at"] == "1970-01-01T00:00:09.000000Z"
 
 
 def test_updated_at_strictly_increases_even_within_one_microsecond(client: TestClient, db_path: Path, monkeypatch):
@@ -354,7 +356,7 @@ def test_create_ignores_read_only_fields_echoed_back(client: TestClient, monkeyp
     echoed = {"id": "my-own-id", "created_at": "1999-01-01T00:00:00Z", "updated_at": 7}
     post = create(client, **echoed)
     assert post["id"] != "my-own-id" and uuid.UUID(post["id"]).version == 4
-    assert post["created_at"] == post["updated_at"] == "1970-01-01T00:00:02Z"
+    assert post["created_at"] == post["updated_at"] == "1970-01-01T00:00:02.000000Z"
 
 
 def test_put_of_a_whole_post_as_returned_ignores_its_read_only_fields(client: TestClient) -> None:
@@ -955,3 +957,322 @@ def test_startup_on_a_foreign_database_fails_with_a_clear_message(tmp_path: Path
     )
     assert result.returncode != 0
     assert "holds tables (posts) but no blog_api schema version" in result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------------------
+# Listing at scale: pages, cursors, sorting, filters, search
+# --------------------------------------------------------------------------------------
+
+
+def page_links(response: httpx.Response) -> dict[str, str]:
+    """The Link header as {rel: url}."""
+    header = response.headers.get("link", "")
+    return {part.split('rel="')[1].rstrip('"'): part.split(">")[0].lstrip("<") for part in header.split(", ") if part}
+
+
+def walk(client: TestClient, url: str, max_pages: int = 100) -> list[httpx.Response]:
+    """Follow rel="next" from ``url`` to the end."""
+    pages = []
+    while url and len(pages) < max_pages:
+        response = client.get(url)
+        assert response.status_code == 200, response.text
+        pages.append(response)
+        url = page_links(response).get("next")
+    return pages
+
+
+def create_many(client: TestClient, monkeypatch, count: int, **fields) -> list[dict]:
+    """``count`` posts created a millisecond apart, oldest first."""
+    fixed_clock(monkeypatch, *(1_700_000_000_000_000 + n * 1_000 for n in range(count)))
+    return [create(client, title=f"post {n:03}", **fields) for n in range(count)]
+
+
+def ids(posts: list[dict]) -> list[str]:
+    return [post["id"] for post in posts]
+
+
+def test_list_answers_20_newest_with_the_total_and_links(client: TestClient, monkeypatch) -> None:
+    posts = create_many(client, monkeypatch, 25)
+    response = client.get("/api/posts")
+    assert response.status_code == 200
+    assert ids(response.json()) == ids(posts[::-1][:20])
+    assert response.headers["x-total-count"] == "25"
+    assert set(page_links(response)) == {"next", "last"}
+
+
+def test_limit_and_offset_choose_the_page(client: TestClient, monkeypatch) -> None:
+    posts = create_many(client, monkeypatch, 25)
+    newest_first = posts[::-1]
+    response = client.get("/api/posts", params={"limit": 10, "offset": 20})
+    assert ids(response.json()) == ids(newest_first[20:])
+    assert response.headers["x-total-count"] == "25"
+    links = page_links(response)
+    assert set(links) == {"first", "prev"}
+    assert ids(client.get(links["first"]).json()) == ids(newest_first[:10])
+    assert ids(client.get(links["prev"]).json()) == ids(newest_first[10:20])
+
+
+def test_an_offset_past_the_end_is_an_empty_page_with_a_way_back(client: TestClient, monkeypatch) -> None:
+    posts = create_many(client, monkeypatch, 3)
+    response = client.get("/api/posts", params={"offset": 50})
+    assert response.json() == [] and response.headers["x-total-count"] == "3"
+    links = page_links(response)
+    assert set(links) == {"first", "prev"}
+    assert ids(client.get(links["prev"]).json()) == ids(posts[::-1])
+
+
+def test_one_page_of_everything_has_no_links(client: TestClient, monkeypatch) -> None:
+    create_many(client, monkeypatch, 3)
+    response = client.get("/api/posts")
+    assert "link" not in response.headers and response.headers["x-total-count"] == "3"
+
+
+def test_following_next_visits_every_post_once_in_order(client: TestClient, monkeypatch) -> None:
+    posts = create_many(client, monkeypatch, 53)
+    pages = walk(client, "/api/posts?limit=7")
+    assert len(pages) == 8
+    assert ids([post for page in pages for post in page.json()]) == ids(posts[::-1])
+    assert all(page.headers["x-total-count"] == "53" for page in pages)
+    assert set(page_links(pages[0])) == {"next", "last"}
+    assert all(set(page_links(page)) == {"first", "prev", "next", "last"} for page in pages[1:-1])
+    assert set(page_links(pages[-1])) == {"first", "prev"}
+
+
+def test_following_next_while_posts_are_created_and_deleted(client: TestClient, monkeypatch) -> None:
+    """Offsets would skip or repeat posts here; cursors visit each surviving post once."""
+    posts = create_many(client, monkeypatch, 40)
+    deleted: set[str] = set()
+    seen: list[str] = []
+    url = "/api/posts?limit=5"
+    while url:
+        response = client.get(url)
+        seen += ids(response.json())
+        url = page_links(response).get("next")
+        create(client, title="written during the walk")  # newer than every page still to come
+        unvisited = [post["id"] for post in posts if post["id"] not in seen and post["id"] not in deleted]
+        for post_id in unvisited[-2:]:  # the oldest, still ahead of the walk
+            assert client.delete(f"/api/posts/{post_id}").status_code == 204
+            deleted.add(post_id)
+    survivors = [post["id"] for post in posts[::-1] if post["id"] not in deleted]
+    assert seen == survivors
+
+
+def test_last_and_prev_links_walk_backwards(client: TestClient, monkeypatch) -> None:
+    posts = create_many(client, monkeypatch, 23)
+    newest_first = ids(posts[::-1])
+    last = client.get(page_links(client.get("/api/posts?limit=10"))["last"])
+    assert ids(last.json()) == newest_first[13:]
+    assert set(page_links(last)) == {"first", "prev"}
+    before_last = client.get(page_links(last)["prev"])
+    assert ids(before_last.json()) == newest_first[3:13]
+    first = client.get(page_links(before_last)["prev"])
+    assert ids(first.json()) == newest_first[:3]
+    assert set(page_links(first)) == {"next", "last"}
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+@pytest.mark.parametrize("sort", ["created_at", "updated_at", "title"])
+def test_sort_and_order_with_cursor_walks(client: TestClient, monkeypatch, sort: str, order: str) -> None:
+    fixed_clock(monkeypatch, *range(1_000_000, 1_000_000 + 100 * 1_000, 1_000))
+    titles = ["banana", "Apple", "cherry", "apple", "Banana", "date", "apple"]
+    posts = [create(client, title=title) for title in titles]
+    for post in posts[:3]:  # updated in another order than created
+        client.patch(f"/api/posts/{post['id']}", json={"content": "edited"})
+    current = client.get("/api/posts", params={"limit": 100}).json()
+
+    def sort_key(post: dict):
+        return (post["title"].lower() if sort == "title" else post[sort], post["id"])
+
+    expected = sorted(current, key=sort_key, reverse=order == "desc")
+    pages = walk(client, f"/api/posts?sort={sort}&order={order}&limit=2")
+    assert ids([post for page in pages for post in page.json()]) == ids(expected)
+
+
+def test_order_alone_applies_to_created_at(client: TestClient, monkeypatch) -> None:
+    posts = create_many(client, monkeypatch, 3)
+    assert ids(client.get("/api/posts", params={"order": "asc"}).json()) == ids(posts)
+
+
+def test_created_after_and_before_are_exclusive_and_combine(client: TestClient, monkeypatch) -> None:
+    fixed_clock(monkeypatch, *(1_741_776_155_000_000 + n * 1_000_000 for n in range(6)))
+    posts = [create(client, title=f"p{n}", published=n % 2 == 0) for n in range(6)]
+    after, before = posts[1]["created_at"], posts[5]["created_at"]
+    response = client.get("/api/posts", params={"created_after": after, "created_before": before})
+    assert ids(response.json()) == ids(posts[2:5][::-1])
+    assert response.headers["x-total-count"] == "3"
+    response = client.get("/api/posts", params={"created_after": after, "published": "true"})
+    assert ids(response.json()) == [posts[4]["id"], posts[2]["id"]]
+    shifted = "2025-03-12T12:42:36+02:00"  # the same moment as posts[1]["created_at"], 10:42:36Z
+    assert posts[1]["created_at"] == "2025-03-12T10:42:36.000000Z"
+    assert ids(client.get("/api/posts", params={"created_after": shifted, "order": "asc"}).json())[0] == posts[2]["id"]
+
+
+def test_search_finds_every_word_in_title_or_content(client: TestClient) -> None:
+    both = create(client, title="Litestar tips", content="Fast APIs with SQLite")
+    title_only = create(client, title="Litestar news", content="Nothing here")
+    create(client, title="Other", content="Nothing either")
+    found = client.get("/api/posts", params={"q": "litestar"})
+    assert sorted(ids(found.json())) == sorted(ids([both, title_only])) and found.headers["x-total-count"] == "2"
+    response = client.get("/api/posts", params={"q": "litestar sqlite"})
+    assert ids(response.json()) == [both["id"]] and response.headers["x-total-count"] == "1"
+
+
+def test_search_matches_prefixes_and_ignores_accents(client: TestClient) -> None:
+    lite = create(client, title="About SQLite", content="A café on Litestar street")
+    assert ids(client.get("/api/posts", params={"q": "lite*"}).json()) == [lite["id"]]
+    assert ids(client.get("/api/posts", params={"q": "cafe"}).json()) == [lite["id"]]
+    assert client.get("/api/posts", params={"q": "lite"}).json() == []  # a whole word, without *
+
+
+def test_search_ranks_a_title_match_above_content_matches(client: TestClient, monkeypatch) -> None:
+    fixed_clock(monkeypatch, 1_000, 2_000, 3_000)
+    in_content = create(client, title="First", content="python python and more python")
+    in_title = create(client, title="Python", content="a post about snakes")
+    create(client, title="Unrelated", content="nothing")
+    response = client.get("/api/posts", params={"q": "python"})
+    assert ids(response.json()) == [in_title["id"], in_content["id"]]
+    by_date = client.get("/api/posts", params={"q": "python", "sort": "created_at", "order": "asc"})
+    assert ids(by_date.json()) == [in_content["id"], in_title["id"]]
+
+
+def test_search_pages_walk_every_match_once(client: TestClient, monkeypatch) -> None:
+    posts = create_many(client, monkeypatch, 30, content="common words")
+    for post in posts[::3]:
+        client.patch(f"/api/posts/{post['id']}", json={"content": "common words common"})
+    for order in ("desc", "asc"):
+        pages = walk(client, f"/api/posts?q=common&limit=4&order={order}")
+        walked = ids([post for page in pages for post in page.json()])
+        assert sorted(walked) == sorted(ids(posts)) and len(walked) == 30
+        assert walked == ids(client.get("/api/posts", params={"q": "common", "limit": 100, "order": order}).json())
+
+
+@pytest.mark.parametrize("threshold", [0, 10_000], ids=["walk the sort index", "sort the matches"])
+def test_search_sorted_by_a_column_gives_the_same_answer_either_way(client, monkeypatch, threshold: int) -> None:
+    posts = create_many(client, monkeypatch, 30, content="alpha")
+    for post in posts[::2]:
+        client.patch(f"/api/posts/{post['id']}", json={"content": "alpha beta", "published": False})
+    monkeypatch.setattr(blog_api, "SEARCH_PLAN_THRESHOLD", threshold)
+    expected = [post for post in posts[::2]][::-1]
+    for published in (None, "false"):
+        params = {"q": "beta", "sort": "created_at", "limit": 4} | ({"published": published} if published else {})
+        pages = walk(client, "/api/posts?" + urlencode(params))
+        assert ids([post for page in pages for post in page.json()]) == ids(expected)
+        assert pages[0].headers["x-total-count"] == str(len(expected))
+
+
+def test_search_stays_in_sync_after_update_and_delete(client: TestClient) -> None:
+    post = create(client, title="Original title", content="searchable words")
+    client.put(f"/api/posts/{post['id']}", json={"title": "Renamed", "content": "different text"})
+    assert client.get("/api/posts", params={"q": "searchable"}).json() == []
+    assert client.get("/api/posts", params={"q": "original"}).json() == []
+    assert ids(client.get("/api/posts", params={"q": "renamed different"}).json()) == [post["id"]]
+    client.put(f"/api/posts/{post['id']}", json={"published": False})  # no text change
+    assert ids(client.get("/api/posts", params={"q": "different"}).json()) == [post["id"]]
+    client.delete(f"/api/posts/{post['id']}")
+    response = client.get("/api/posts", params={"q": "different"})
+    assert response.json() == [] and response.headers["x-total-count"] == "0"
+
+
+def test_search_combines_with_every_filter_sort_and_cursor(client: TestClient, monkeypatch) -> None:
+    fixed_clock(monkeypatch, *(1_741_776_155_000_000 + n * 1_000_000 for n in range(40)))
+    posts = [
+        create(
+            client,
+            title=f"{'Zeta' if n % 3 else 'alpha'} {n:02}",
+            content="needle" if n % 2 else "hay",
+            published=n % 4 != 1,
+        )
+        for n in range(40)
+    ]
+    start = posts[5]["created_at"]
+    expected = sorted(
+        (p for p in posts if p["content"] == "needle" and not p["published"] and p["created_at"] > start),
+        key=lambda p: (p["title"].lower(), p["id"]),
+    )
+    url = "/api/posts?" + urlencode(
+        {"q": "needle", "published": "false", "created_after": start, "sort": "title", "order": "asc", "limit": 2}
+    )
+    pages = walk(client, url)
+    assert ids([post for page in pages for post in page.json()]) == ids(expected)
+    assert pages[0].headers["x-total-count"] == str(len(expected))
+    next_url = page_links(pages[0])["next"]
+    for param in ("q=needle", "published=false", "sort=title", "order=asc", "limit=2", "created_after="):
+        assert param in next_url
+
+
+@pytest.mark.parametrize(
+    "typed",
+    ['"unbalanced', "AND", "*", "-", "OR NOT", "a:b", "(x", "NEAR(a b)", "title:x", "^x", "x*y*", "'; --", "ü*"],
+)
+def test_search_syntax_typed_by_mistake_never_fails(client: TestClient, typed: str) -> None:
+    create(client, title="and or not", content="x y a b")
+    response = client.get("/api/posts", params={"q": typed})
+    assert response.status_code in (200, 400), response.text
+    if response.status_code == 400:
+        assert_validation_error(response, key="q", source="query")
+
+
+BAD_LISTING_PARAMS = {
+    "limit 0": ({"limit": "0"}, "limit"),
+    "limit 1000": ({"limit": "1000"}, "limit"),
+    "limit not a number": ({"limit": "ten"}, "limit"),
+    "offset -1": ({"offset": "-1"}, "offset"),
+    "sort password": ({"sort": "password"}, "sort"),
+    "order sideways": ({"order": "sideways"}, "order"),
+    "cursor garbage": ({"cursor": "not-a-cursor"}, "cursor"),
+    "cursor and offset": ({"cursor": "x", "offset": "5"}, "offset"),
+    "created_after a date": ({"created_after": "2025-03-12"}, "created_after"),
+    "created_after no offset": ({"created_after": "2025-03-12T10:00:00"}, "created_after"),
+    "created_after unix time": ({"created_after": "1741776155"}, "created_after"),
+    "created_before nonsense": ({"created_before": "yesterday"}, "created_before"),
+    "q empty": ({"q": ""}, "q"),
+    "q too long": ({"q": "x" * 201}, "q"),
+    "q too many words": ({"q": " ".join(["word"] * 17)}, "q"),
+    "q no words": ({"q": "* - ()"}, "q"),
+}
+
+
+@pytest.mark.parametrize(("params", "key"), BAD_LISTING_PARAMS.values(), ids=BAD_LISTING_PARAMS.keys())
+def test_list_refuses_bad_parameters_naming_them(client: TestClient, params: dict, key: str) -> None:
+    create(client)
+    assert_validation_error(client.get("/api/posts", params=params), key=key, source="query")
+
+
+def next_cursor(client: TestClient, url: str) -> str:
+    return parse_qs(urlsplit(page_links(client.get(url))["next"]).query)["cursor"][0]
+
+
+def test_a_tampered_cursor_is_refused(client: TestClient, monkeypatch) -> None:
+    create_many(client, monkeypatch, 5)
+    cursor = next_cursor(client, "/api/posts?limit=2")
+    raw = bytearray(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    raw[-3] ^= 1  # move the position without knowing the secret
+    forged = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+    assert_validation_error(client.get("/api/posts", params={"limit": 2, "cursor": forged}), "cursor", "query")
+
+
+def test_a_cursor_for_another_query_is_refused(client: TestClient, monkeypatch) -> None:
+    create_many(client, monkeypatch, 5)
+    cursor = next_cursor(client, "/api/posts?limit=2")
+    for other in ({"sort": "title"}, {"order": "asc"}, {"published": "true"}, {"q": "post"}):
+        response = client.get("/api/posts", params={"limit": 2, "cursor": cursor, **other})
+        assert_validation_error(response, "cursor", "query")
+    assert client.get("/api/posts", params={"limit": 3, "cursor": cursor}).status_code == 200  # limit may change
+
+
+def test_a_cursor_from_another_database_is_refused(tmp_path: Path, monkeypatch) -> None:
+    with TestClient(create_app(Config(db_path=str(tmp_path / "one.db")))) as one:
+        create_many(one, monkeypatch, 5)
+        cursor = next_cursor(one, "/api/posts?limit=2")
+    with TestClient(create_app(Config(db_path=str(tmp_path / "two.db")))) as two:
+        create_many(two, monkeypatch, 5)
+        assert_validation_error(two.get("/api/posts", params={"limit": 2, "cursor": cursor}), "cursor", "query")
+
+
+def test_cursors_stay_valid_across_restarts(db_path: Path, monkeypatch) -> None:
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        posts = create_many(client, monkeypatch, 5)
+        cursor = next_cursor(client, "/api/posts?limit=2")
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        response = client.get("/api/posts", params={"limit": 2, "cursor": cursor})
+        assert ids(response.json()) == ids(posts[::-1][2:4])
