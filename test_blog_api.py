@@ -1276,3 +1276,20 @@ def test_cursors_stay_valid_across_restarts(db_path: Path, monkeypatch) -> None:
     with TestClient(create_app(Config(db_path=str(db_path)))) as client:
         response = client.get("/api/posts", params={"limit": 2, "cursor": cursor})
         assert ids(response.json()) == ids(posts[::-1][2:4])
+
+
+def test_benchmark_script_runs_and_prints_its_table() -> None:
+    """Not a timing test: the script must still work, since the README quotes its output."""
+    result = subprocess.run(
+        [sys.executable, "bench_blog_api.py", "--posts", "300", "--requests", "5"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| case | matches | p50 ms | p99 ms | p50 / page 1 |"
+    cases = [row.split(" | ")[0].lstrip("| ") for row in rows[2:]]
+    assert cases[:3] == ["page 1", "page at 150 by cursor", "page at 150 by offset"]
+    assert len(cases) == 8

@@ -1,0 +1,170 @@
+"""Benchmark of GET /api/posts at scale: seeds a database, starts ``python blog_api.py`` as a
+user would, and prints p50/p99 latency of each kind of listing, one request at a time.
+
+    .venv/bin/python bench_blog_api.py                 # 100,000 posts, 300 requests a case
+    .venv/bin/python bench_blog_api.py --posts 20000   # quicker
+
+Only 127.0.0.1 is contacted; the server is stopped and the database removed at the end.
+"""
+
+import argparse
+import asyncio
+import random
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+
+import blog_api
+
+HERE = Path(__file__).parent
+WORD = "litestar"  # in 2% of posts: a typical search
+RARE_WORD = "zanzibar"  # in 10 posts
+COMMON_WORD = "the"  # in about half the posts: the worst case for ranking, not a target
+
+
+def vocabulary(rng: random.Random, size: int = 3000) -> list[str]:
+    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "qui", "dra", "fen", "gor", "hul"]
+    words = {"".join(rng.choices(syllables, k=rng.randint(2, 4))) for _ in range(size * 2)}
+    return sorted(words)[:size]
+
+
+def seed(db_path: Path, posts: int, rng: random.Random) -> None:
+    """Make the schema with blog_api's own code, then insert every post in one transaction."""
+
+    async def make_schema() -> None:
+        db = blog_api.Database(str(db_path))
+        await db.open()
+        await db.close()
+
+    asyncio.run(make_schema())
+    words = vocabulary(rng)
+    weights = [1 / (rank + 1) for rank in range(len(words))]  # Zipf-like, as in real text
+    start = 1_700_000_000_000_000
+    rare = set(rng.sample(range(posts), 10))
+
+    def rows():
+        for n in range(posts):
+            title = " ".join(rng.choices(words, weights, k=rng.randint(3, 8))).capitalize()
+            body = rng.choices(words, weights, k=rng.randint(40, 120))
+            if rng.random() < 0.02:
+                body.insert(rng.randrange(len(body)), WORD)
+            if rng.random() < 0.5:
+                body.insert(rng.randrange(len(body)), COMMON_WORD)
+            if n in rare:
+                body.insert(rng.randrange(len(body)), RARE_WORD)
+            created = start + n * 1_000_000 + rng.randrange(1_000_000)
+            published = int(rng.random() >= 0.1)
+            yield str(uuid.UUID(int=rng.getrandbits(128), version=4)), title, " ".join(body), published, created
+
+    with sqlite3.connect(db_path, isolation_level=None) as connection:
+        connection.execute("PRAGMA synchronous = OFF")
+        connection.execute("BEGIN")
+        connection.executemany(
+            "INSERT INTO posts (id, title, content, published, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?5)",
+            rows(),
+        )
+        connection.execute("COMMIT")
+        connection.execute("PRAGMA optimize")
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(db_path: Path, port: int) -> subprocess.Popen:
+    command = [sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path), "--log-level", "warning"]
+    server = subprocess.Popen(command, cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            time.sleep(0.1)
+    server.kill()
+    raise SystemExit(f"the server did not start: {server.stderr.read().decode()}")
+
+
+def measure(client: httpx.Client, url: str, requests: int) -> tuple[list[float], httpx.Response]:
+    for _ in range(max(5, requests // 10)):  # warm the caches
+        response = client.get(url)
+    timings = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        response = client.get(url)
+        timings.append((time.perf_counter() - started) * 1000)
+        if response.status_code != 200:
+            raise SystemExit(f"{url} answered {response.status_code}: {response.text[:200]}")
+    return timings, response
+
+
+def cursor_at(client: httpx.Client, position: int) -> str:
+    """The cursor of the page that starts at ``position``: the next link of the page before."""
+    link = client.get("/api/posts", params={"offset": position - 20}).headers["link"]
+    next_url = next(part for part in link.split(", ") if 'rel="next"' in part).split(">")[0].lstrip("<")
+    return parse_qs(urlsplit(next_url).query)["cursor"][0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--posts", type=int, default=100_000, help="posts to seed (default %(default)s)")
+    parser.add_argument("--requests", type=int, default=300, help="timed requests per case (default %(default)s)")
+    parser.add_argument("--random-seed", type=int, default=1)
+    args = parser.parse_args()
+    rng = random.Random(args.random_seed)
+
+    with tempfile.TemporaryDirectory(prefix="blog_api_bench_") as folder:
+        db_path = Path(folder) / "bench.db"
+        started = time.perf_counter()
+        seed(db_path, args.posts, rng)
+        print(f"seeded {args.posts:,} posts in {time.perf_counter() - started:.1f} s", flush=True)
+        port = free_port()
+        server = start_server(db_path, port)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                middle = args.posts // 2
+                cases = [
+                    ("page 1", "/api/posts"),
+                    (f"page at {middle:,} by cursor", f"/api/posts?cursor={cursor_at(client, middle)}"),
+                    (f"page at {middle:,} by offset", f"/api/posts?offset={middle}"),
+                    ("?published=false", "/api/posts?published=false"),
+                    (f"?q={WORD}", f"/api/posts?q={WORD}"),
+                    (f"?q={RARE_WORD} (rare)", f"/api/posts?q={RARE_WORD}"),
+                    (f"?q={COMMON_WORD} (in half the posts; not a target)", f"/api/posts?q={COMMON_WORD}"),
+                    (
+                        f"?q={COMMON_WORD}&sort=created_at (the same, by date)",
+                        f"/api/posts?q={COMMON_WORD}&sort=created_at",
+                    ),
+                ]
+                results = []
+                for name, url in cases:
+                    timings, response = measure(client, url, args.requests)
+                    results.append((name, timings, response.headers["x-total-count"]))
+        finally:
+            server.terminate()
+            server.wait(timeout=15)
+
+    page_one = statistics.median(results[0][1])
+    print(f"\n{args.posts:,} posts, {args.requests} sequential requests per case, 20 posts a page, 127.0.0.1\n")
+    print("| case | matches | p50 ms | p99 ms | p50 / page 1 |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, timings, total in results:
+        p50 = statistics.median(timings)
+        p99 = statistics.quantiles(timings, n=100)[98]
+        print(f"| {name} | {int(total):,} | {p50:.2f} | {p99:.2f} | {p50 / page_one:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
