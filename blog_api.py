@@ -442,10 +442,9 @@ def post_from_row(row: Sequence[Any]) -> Post:
     )
 
 
-def search_sql(q: str) -> str:
-    """Make an FTS5 query from what a person typed: every word must match, a trailing ``*``
-    matches a prefix. Only words reach FTS5, quoted, so no input is a syntax error."""
-    terms = SEARCH_TERM.findall(q)
+def search_sql(terms: list[str]) -> str:
+    """An FTS5 query in which every term must match, a trailing ``*`` matching a prefix.
+    Terms are words (``SEARCH_TERM``), quoted, so no input is an FTS5 syntax error."""
     return " ".join(f'"{term[:-1]}"*' if term.endswith("*") else f'"{term}"' for term in terms)
 
 
@@ -538,7 +537,7 @@ class Listing:
 
     def conditions(self, *, with_search: bool) -> tuple[list[str], dict[str, Any]]:
         """The WHERE conditions and parameters of the filters (not of the page)."""
-        conditions, parameters = ["1"], {}
+        conditions, parameters = [], {}
         if self.search is not None:
             parameters["search"] = self.search
             if with_search:
@@ -556,9 +555,9 @@ class Listing:
 
     def count_sql(self) -> tuple[str, dict[str, Any]]:
         conditions, parameters = self.conditions(with_search=True)
-        if conditions == ["1", MATCHES_SEARCH]:
+        if conditions == [MATCHES_SEARCH]:
             return COUNT_SEARCH_MATCHES, parameters
-        return COUNT_POSTS.format(conditions=" AND ".join(conditions)), parameters
+        return COUNT_POSTS.format(conditions=all_of(conditions)), parameters
 
     def page_sql(self, total: int) -> tuple[str, dict[str, Any]]:
         """The page's rows, plus one to tell whether another page follows. A page before a
@@ -580,10 +579,14 @@ class Listing:
         sql = template.format(
             sort_key=key,
             direction="DESC" if descending else "ASC",
-            conditions=" AND ".join(conditions),
+            conditions=all_of(conditions),
             index_hint=index_hint,
         )
         return sql, parameters
+
+
+def all_of(conditions: list[str]) -> str:
+    return " AND ".join(conditions) or "1"
 
 
 @dataclass(frozen=True)
@@ -662,11 +665,12 @@ def listing_from_query(
     Listing; a problem is a 400 naming the parameter."""
     search = None
     if q is not None:
-        search = search_sql(q)
-        if not search:
+        terms = SEARCH_TERM.findall(q)
+        if not terms:
             raise query_error(request, "q", "Expected at least one word to search for")
-        if search.count('"') // 2 > MAX_SEARCH_TERMS:
+        if len(terms) > MAX_SEARCH_TERMS:
             raise query_error(request, "q", f"Expected at most {MAX_SEARCH_TERMS} words")
+        search = search_sql(terms)
     if cursor is not None and offset:
         raise query_error(request, "offset", "Use either offset or cursor, not both")
     link_params = [("limit", str(limit))]
