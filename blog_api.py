@@ -471,6 +471,10 @@ def sql_statements(script: str) -> list[str]:
 
 CURSOR_VERSION = 1
 """Part of every cursor's fingerprint: changing how cursors work makes old ones stale."""
+CURSOR_SIGNATURE_BYTES = 16
+MAX_SEARCH_TERMS = 16
+LINKED_PARAMS = ("sort", "order", "published", "created_after", "created_before", "q")
+"""The query parameters that every Link repeats, besides limit."""
 
 
 class PageCursor(msgspec.Struct, array_like=True, frozen=True):
@@ -507,9 +511,6 @@ def decode_cursor(token: str, secret: bytes) -> PageCursor:
     if not hmac.compare_digest(signature, expected):
         raise CursorError("cursor is not a cursor this server made")
     return msgspec.json.decode(payload, type=PageCursor)
-
-
-CURSOR_SIGNATURE_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -697,10 +698,6 @@ def listing_from_query(
             request, "cursor", "The cursor belongs to another query (sort, order or filters changed) or is stale"
         )
     return replace(listing, cursor=page_cursor)
-
-
-MAX_SEARCH_TERMS = 16
-LINKED_PARAMS = ("sort", "order", "published", "created_after", "created_before", "q")
 
 
 def parse_moment(request: Request, name: str, value: str | None) -> int | None:
