@@ -1,4 +1,4 @@
-"""Benchmark of GET /api/posts at scale: seeds a database, starts ``python blog_api.py`` as a
+"""Benchmark of GET /api/posts at scale: seeds a database (posts, tags, comments), starts ``python blog_api.py`` as a
 user would, and prints p50/p99 latency of each kind of listing, one request at a time.
 
     .venv/bin/python bench_blog_api.py                 # 100,000 posts, 300 requests a case
@@ -29,6 +29,8 @@ HERE = Path(__file__).parent
 WORD = "litestar"  # in 2% of posts: a typical search
 RARE_WORD = "zanzibar"  # in 10 posts
 COMMON_WORD = "the"  # in about half the posts: the worst case for ranking, not a target
+TAG = "python"  # on 10% of posts
+TAG_NAMES = [f"topic-{n}" for n in range(60)]  # the other tags, Zipf-like
 
 
 def vocabulary(rng: random.Random, size: int = 3000) -> list[str]:
@@ -51,6 +53,14 @@ def seed(db_path: Path, posts: int, rng: random.Random) -> None:
     start = 1_700_000_000_000_000
     rare = set(rng.sample(range(posts), 10))
 
+    def tags_of(n: int) -> list[str]:
+        tags = [TAG] if rng.random() < 0.1 else []
+        tags += rng.choices(TAG_NAMES, [1 / (rank + 1) for rank in range(len(TAG_NAMES))], k=rng.randint(0, 3))
+        return list(dict.fromkeys(tags))
+
+    post_tags = []
+    comments = []
+
     def rows():
         for n in range(posts):
             title = " ".join(rng.choices(words, weights, k=rng.randint(3, 8))).capitalize()
@@ -63,15 +73,30 @@ def seed(db_path: Path, posts: int, rng: random.Random) -> None:
                 body.insert(rng.randrange(len(body)), RARE_WORD)
             created = start + n * 1_000_000 + rng.randrange(1_000_000)
             published = int(rng.random() >= 0.1)
-            yield str(uuid.UUID(int=rng.getrandbits(128), version=4)), title, " ".join(body), published, created
+            post_tags.extend((n + 1, name, position) for position, name in enumerate(tags_of(n)))
+            if rng.random() < 0.3:
+                for minute in range(rng.randint(1, 3)):
+                    comments.append((str(uuid.uuid4()), n + 1, created + minute * 60_000_000, "reader", "Nice post."))
+            post_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            yield n + 1, post_id, f"post-{n + 1}", title, " ".join(body), published, created
 
     with sqlite3.connect(db_path, isolation_level=None) as connection:
         connection.execute("PRAGMA synchronous = OFF")
         connection.execute("BEGIN")
         connection.executemany(
-            "INSERT INTO posts (id, title, content, published, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?5)",
+            "INSERT INTO posts (pk, id, slug, title, content, published, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?7)",
             rows(),
         )
+        connection.executemany("INSERT INTO tags (name) VALUES (?)", [(name,) for name in [TAG, *TAG_NAMES]])
+        connection.executemany(
+            "INSERT INTO post_tags (post_pk, tag_pk, position) SELECT ?, pk, ? FROM tags WHERE name = ?",
+            [(post_pk, position, name) for post_pk, name, position in post_tags],
+        )
+        connection.executemany(
+            "INSERT INTO comments (id, post_pk, created_at, author, body) VALUES (?, ?, ?, ?, ?)", comments
+        )
+        connection.execute("DELETE FROM tags WHERE pk NOT IN (SELECT tag_pk FROM post_tags)")
         connection.execute("COMMIT")
         connection.execute("PRAGMA optimize")
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -142,6 +167,7 @@ def main() -> None:
                     ("?published=false", "/api/posts?published=false"),
                     (f"?q={WORD}", f"/api/posts?q={WORD}"),
                     (f"?q={RARE_WORD} (rare)", f"/api/posts?q={RARE_WORD}"),
+                    (f"?tag={TAG}", f"/api/posts?tag={TAG}"),
                     (f"?q={COMMON_WORD} (in half the posts; not a target)", f"/api/posts?q={COMMON_WORD}"),
                     (
                         f"?q={COMMON_WORD}&sort=created_at (the same, by date)",

@@ -18,9 +18,10 @@ import re
 import sqlite3
 import sys
 import time
+import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -141,7 +142,36 @@ Title = Annotated[
 Content = Annotated[
     str, Meta(min_length=1, description="Not empty.", examples=["Litestar makes API development easy."])
 ]
+Slug = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=100,
+        description="Lowercase letters, digits and single hyphens; unique. Made from the title if not given.",
+        examples=["my-first-litestar-blog-post"],
+    ),
+]
+Tags = Annotated[
+    list[Annotated[str, Meta(max_length=100)]],
+    Meta(
+        max_length=100,
+        description="Up to 10 tags of 1 to 30 characters, trimmed and lowercased; duplicates collapse.",
+        examples=[["python", "litestar"]],
+    ),
+]
 Ignored = Annotated[Any, Meta(description="Read-only: set by the server, ignored if a client sends it back.")]
+
+
+class FieldError(Exception):
+    """A rule of a request body that a type cannot say, broken at ``key``.
+
+    Raised from a Struct's ``__post_init__``; msgspec lets it through (it would turn a
+    ValueError into a message without the field's name), and StrictJSON answers 400.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(key, message)
+        self.key, self.message = key, message
 
 
 class Welcome(msgspec.Struct):
@@ -154,20 +184,84 @@ class PostCreate(msgspec.Struct, forbid_unknown_fields=True):
     title: Title
     content: Content
     published: bool = True
+    slug: Slug | None = None
+    tags: Tags = msgspec.field(default_factory=list)
     id: Ignored = None
     created_at: Ignored = None
     updated_at: Ignored = None
+    comment_count: Ignored = None
+
+    def __post_init__(self) -> None:
+        if self.slug is not None:
+            check_slug(self.slug)
+        self.tags = normalized_tags(self.tags)
 
 
 class PostUpdate(msgspec.Struct, forbid_unknown_fields=True):
-    """A partial update: only the fields sent change; ``null`` leaves a field as it is."""
+    """A partial update: only the fields sent change; ``null`` leaves a field as it is.
+    ``tags``, when sent, replace the post's tags."""
 
     title: Title | UnsetType | None = UNSET
     content: Content | UnsetType | None = UNSET
     published: bool | UnsetType | None = UNSET
+    slug: Slug | UnsetType | None = UNSET
+    tags: Tags | UnsetType | None = UNSET
     id: Ignored = None
     created_at: Ignored = None
     updated_at: Ignored = None
+    comment_count: Ignored = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.slug, str):
+            check_slug(self.slug)
+        if isinstance(self.tags, list):
+            self.tags = normalized_tags(self.tags)
+
+
+MAX_TAGS = 10
+MAX_TAG_LENGTH = 30
+SLUG_WORD = re.compile(r"[^\W_]+")
+UUID_SHAPE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def normalized_tag(tag: str) -> str:
+    """A tag as stored: trimmed, inner spaces collapsed, lowercase."""
+    return " ".join(tag.split()).lower()
+
+
+def normalized_tags(tags: list[str]) -> list[str]:
+    names = list(dict.fromkeys(normalized_tag(tag) for tag in tags))
+    for name in names:
+        if not 1 <= len(name) <= MAX_TAG_LENGTH or not name.isprintable():
+            raise FieldError("tags", f"Expected tags of 1 to {MAX_TAG_LENGTH} printable characters, got {name!r}")
+    if len(names) > MAX_TAGS:
+        raise FieldError("tags", f"Expected at most {MAX_TAGS} tags, got {len(names)}")
+    return names
+
+
+def check_slug(slug: str) -> None:
+    if "-".join(SLUG_WORD.findall(slug)) != slug or slug != slug.lower():
+        raise FieldError("slug", "Expected lowercase letters, digits and single hyphens, like my-first-post")
+    if UUID_SHAPE.match(slug):
+        raise FieldError("slug", "Expected a slug that does not look like a post ID")
+
+
+# Letters that Unicode does not decompose into a base letter and an accent.
+TRANSLITERATIONS = str.maketrans(
+    {"ß": "ss", "æ": "ae", "Æ": "ae", "œ": "oe", "Œ": "oe", "ø": "o", "Ø": "o", "đ": "d", "Đ": "d", "ł": "l",
+     "Ł": "l", "þ": "th", "Þ": "th", "ð": "d", "Ð": "d", "ı": "i"}  # noqa: RUF001 (Turkish dotless i)
+)  # fmt: skip
+
+
+def slugify(title: str) -> str:
+    """A slug made from a title: Latin letters lose their accents (Café → cafe), letters of
+    other scripts stay as they are, lowercase; every other character separates words."""
+    decomposed = unicodedata.normalize("NFKD", title.translate(TRANSLITERATIONS))
+    plain = unicodedata.normalize("NFC", "".join(c for c in decomposed if not unicodedata.combining(c)))
+    slug = "-".join(SLUG_WORD.findall(plain.lower()))[:100].strip("-")
+    if not slug or UUID_SHAPE.match(slug):
+        return f"post-{slug}".strip("-")
+    return slug
 
 
 TIMESTAMP_FORMAT = "UTC, RFC 3339, always with six fractional digits, so that text order is time order."
@@ -184,9 +278,22 @@ class Post(msgspec.Struct):
         str, KwargDefinition(format="date-time", description=f"{TIMESTAMP_FORMAT} Strictly increases on every change.")
     ]
     published: bool
+    slug: str
+    tags: list[str]
+    comment_count: int
+
+
+class TagCount(msgspec.Struct):
+    name: str
+    post_count: int
 
 
 PostId = Annotated[str, PathParameter(description="The post's ID, as returned when it was created.")]
+PostIdOrSlug = Annotated[str, PathParameter(description="The post's ID, or its slug.")]
+TagFilter = Annotated[
+    list[str] | None,
+    QueryParameter(description="Only posts with this tag; repeat it for posts with all of them."),
+]
 PublishedFilter = Annotated[
     bool | None,
     QueryParameter(description="`true`: only published posts; `false`: only drafts; absent: all."),
@@ -232,6 +339,13 @@ SearchText = Annotated[
 ]
 
 
+class SlugTaken(ClientException):
+    """409: the slug a client chose belongs to another post."""
+
+    status_code = 409
+    detail = "The slug is already used by another post"
+
+
 class RequestEntityTooLarge(ClientException):
     """Documents the 413 that Litestar answers for bodies over ``MAX_BODY_BYTES``."""
 
@@ -254,6 +368,8 @@ class StrictJSON(MsgspecDTO[StructT], Generic[StructT]):
     def decode_bytes(self, value: bytes) -> StructT:
         try:
             return msgspec.json.decode(value, type=self.model_type)
+        except FieldError as exc:
+            raise validation_failed(self.asgi_connection, {"message": exc.message, "key": exc.key}) from None
         except msgspec.ValidationError as exc:
             raise validation_failed(self.asgi_connection, body_error(str(exc))) from None
         except msgspec.DecodeError as exc:
@@ -300,35 +416,100 @@ def body_error(message: str) -> dict[str, str]:
 # SQL
 # --------------------------------------------------------------------------------------
 
-POST_COLUMNS = "id, title, content, created_at, updated_at, published"
+# A post as the API shows it, in the order of the Post Struct: its columns, its tags (a
+# JSON array, in the order they were given) and how many comments it has.
+POST_FIELDS = """
+    posts.id, posts.title, posts.content, posts.created_at, posts.updated_at, posts.published, posts.slug,
+    (
+        SELECT json_group_array(name)
+        FROM (
+            SELECT tags.name
+            FROM post_tags JOIN tags ON tags.pk = post_tags.tag_pk
+            WHERE post_tags.post_pk = posts.pk
+            ORDER BY post_tags.position
+        )
+    ) AS tags,
+    (SELECT count(*) FROM comments WHERE comments.post_pk = posts.pk) AS comment_count
+"""
 
 SELECT_POST = f"""
-SELECT {POST_COLUMNS}
+SELECT {POST_FIELDS}
 FROM posts
-WHERE id = ?
+WHERE id = :key OR slug = :key
+"""
+
+SELECT_POST_BY_PK = f"""
+SELECT {POST_FIELDS}
+FROM posts
+WHERE pk = ?
+"""
+
+# The slug itself and the ones numbered after it (my-post-2, my-post-3, ...): which are taken.
+SELECT_TAKEN_SLUGS = """
+SELECT slug
+FROM posts
+WHERE slug = :slug OR slug GLOB :slug || '-[0-9]*'
 """
 
 INSERT_POST = """
-INSERT INTO posts (id, title, content, published, created_at, updated_at)
-VALUES (:id, :title, :content, :published, :now, :now)
+INSERT INTO posts (id, slug, title, content, published, created_at, updated_at)
+VALUES (:id, :slug, :title, :content, :published, :now, :now)
+RETURNING pk
 """
 
-# NULL parameters leave a column as it is. updated_at moves only when something changes
-# (as in the tutorial), and then to a moment strictly after its previous value.
-UPDATE_POST = f"""
+# NULL parameters leave a column as it is; :tags is the new tags as a JSON array, or NULL.
+# updated_at moves only when something changes (as in the tutorial), and then to a moment
+# strictly after its previous value.
+UPDATE_POST = """
 UPDATE posts
 SET title = coalesce(:title, title),
     content = coalesce(:content, content),
     published = coalesce(:published, published),
+    slug = coalesce(:slug, slug),
     updated_at = CASE
         WHEN coalesce(:title, title) IS title
          AND coalesce(:content, content) IS content
          AND coalesce(:published, published) IS published
+         AND coalesce(:slug, slug) IS slug
+         AND (:tags IS NULL OR :tags IS (
+                SELECT json_group_array(name)
+                FROM (
+                    SELECT tags.name
+                    FROM post_tags JOIN tags ON tags.pk = post_tags.tag_pk
+                    WHERE post_tags.post_pk = posts.pk
+                    ORDER BY post_tags.position
+                )
+             ))
         THEN updated_at
         ELSE max(:now, updated_at + 1)
     END
 WHERE id = :id
-RETURNING {POST_COLUMNS}
+RETURNING pk
+"""
+
+DELETE_POST_TAGS = """
+DELETE FROM post_tags
+WHERE post_pk = ?
+"""
+
+# :tags is a JSON array of normalised names; both statements take the whole list at once.
+INSERT_TAGS = """
+INSERT INTO tags (name)
+SELECT value FROM json_each(:tags) WHERE true
+ON CONFLICT (name) DO NOTHING
+"""
+
+INSERT_POST_TAGS = """
+INSERT INTO post_tags (post_pk, tag_pk, position)
+SELECT :post_pk, tags.pk, json_each.key
+FROM json_each(:tags) JOIN tags ON tags.name = json_each.value
+"""
+
+SELECT_TAG_COUNTS = """
+SELECT tags.name, count(*) AS post_count
+FROM tags JOIN post_tags ON post_tags.tag_pk = tags.pk
+GROUP BY tags.pk
+ORDER BY tags.name
 """
 
 DELETE_POST = """
@@ -345,28 +526,36 @@ WHERE key = 'cursor_secret'
 
 # GET /api/posts is assembled from the pieces below. Only these fragments ever go into the
 # SQL text, chosen by name from validated parameters; every value is a bound parameter.
-# Each page row carries its sort key and tie-breaker, from which the page cursors are made.
-LIST_POSTS = f"""
-SELECT {POST_COLUMNS}, {{sort_key}} AS sort_key, id AS tiebreak
-FROM posts{{index_hint}}
-WHERE {{conditions}}
-ORDER BY {{sort_key}} {{direction}}, id {{direction}}
+# The inner query finds the page (pk, sort key, tie-breaker: the cursors are made from the
+# last two); the outer one reads the page's posts, tags and comment counts, for its rows only.
+PAGE_OF_POSTS = f"""
+SELECT {POST_FIELDS}, page.sort_key, page.tiebreak
+FROM ({{page}}) AS page
+JOIN posts ON posts.pk = page.pk
+ORDER BY page.sort_key{{collation}} {{direction}}, page.tiebreak {{direction}}
+"""
+
+LIST_POSTS = """
+SELECT pk, {sort_key} AS sort_key, id AS tiebreak
+FROM posts{index_hint}
+WHERE {conditions}
+ORDER BY {sort_key} {direction}, id {direction}
 LIMIT :limit OFFSET :offset
 """
 
 # Ranked search: FTS5 scores every match (rank is bm25 with the weights set in schema.sql),
 # and only the page's rows are read from posts. Ties are broken by pk, which FTS5 has at
 # hand, so ranking never reads the posts table. MATERIALIZED keeps the score out of WHERE.
-LIST_POSTS_BY_RELEVANCE = f"""
+LIST_POSTS_BY_RELEVANCE = """
 WITH ranked AS MATERIALIZED (
     SELECT rowid AS pk, -rank AS score
     FROM posts_fts
     WHERE posts_fts MATCH :search
 )
-SELECT {POST_COLUMNS}, ranked.score AS sort_key, pk AS tiebreak
+SELECT pk, ranked.score AS sort_key, pk AS tiebreak
 FROM ranked JOIN posts USING (pk)
-WHERE {{conditions}}
-ORDER BY sort_key {{direction}}, tiebreak {{direction}}
+WHERE {conditions}
+ORDER BY sort_key {direction}, tiebreak {direction}
 LIMIT :limit OFFSET :offset
 """
 
@@ -383,6 +572,14 @@ WHERE posts_fts MATCH :search
 """
 
 MATCHES_SEARCH = "pk IN (SELECT rowid FROM posts_fts WHERE posts_fts MATCH :search)"
+# :tags is a JSON array of distinct names; a post must have every one of them.
+HAS_TAGS = """pk IN (
+    SELECT post_tags.post_pk
+    FROM post_tags JOIN tags ON tags.pk = post_tags.tag_pk
+    WHERE tags.name IN (SELECT value FROM json_each(:tags))
+    GROUP BY post_tags.post_pk
+    HAVING count(*) = json_array_length(:tags)
+)"""
 HAS_PUBLISHED = "published = :published"
 CREATED_AFTER = "created_at > :created_after"
 CREATED_BEFORE = "created_at < :created_before"
@@ -405,9 +602,9 @@ SORT_INDEXES = {
     "title": ("posts_by_title", "posts_by_published_title"),
 }
 SEARCH_PLAN_THRESHOLD = 1000
-"""Above this many matches, a search sorted by a column walks that column's index and
-stops at a full page; below it, SQLite sorts the matches (its own choice either way would
-cost 10 to 100 times more at the other end)."""
+"""Above this many matches, a search or tag filter sorted by a column walks that column's
+index and stops at a full page; below it, SQLite sorts the matches (its own choice either
+way would cost 10 to 100 times more at the other end)."""
 
 SELECT_USER_TABLES = """
 SELECT name
@@ -431,7 +628,8 @@ def format_timestamp(microseconds: int) -> str:
 
 
 def post_from_row(row: Sequence[Any]) -> Post:
-    post_id, title, content, created_at, updated_at, published = row
+    """A Post from the columns of POST_FIELDS."""
+    post_id, title, content, created_at, updated_at, published, slug, tags, comment_count = row
     return Post(
         id=post_id,
         title=title,
@@ -439,6 +637,9 @@ def post_from_row(row: Sequence[Any]) -> Post:
         created_at=format_timestamp(created_at),
         updated_at=format_timestamp(updated_at),
         published=bool(published),
+        slug=slug,
+        tags=msgspec.json.decode(tags),
+        comment_count=comment_count,
     )
 
 
@@ -473,7 +674,7 @@ CURSOR_VERSION = 1
 """Part of every cursor's fingerprint: changing how cursors work makes old ones stale."""
 CURSOR_SIGNATURE_BYTES = 16
 MAX_SEARCH_TERMS = 16
-LINKED_PARAMS = ("sort", "order", "published", "created_after", "created_before", "q")
+LINKED_PARAMS = ("sort", "order", "published", "created_after", "created_before", "q", "tag")
 """The query parameters that every Link repeats, besides limit."""
 
 
@@ -525,6 +726,7 @@ class Listing:
     created_after: int | None = None  # microseconds, exclusive
     created_before: int | None = None
     search: str | None = None  # the FTS5 query made from q
+    tags: tuple[str, ...] = ()  # normalised, distinct; a post must have all
     cursor: PageCursor | None = None
     link_params: tuple[tuple[str, str], ...] = ()
     """The query parameters every Link repeats (all but offset and cursor)."""
@@ -533,7 +735,7 @@ class Listing:
     def fingerprint(self) -> str:
         """What a cursor must have been made for: the same matches in the same order."""
         query = [CURSOR_VERSION, self.sort, self.descending, self.published]
-        query += [self.created_after, self.created_before, self.search]
+        query += [self.created_after, self.created_before, self.search, sorted(self.tags)]
         return hashlib.sha256(msgspec.json.encode(query)).hexdigest()[:16]
 
     def conditions(self, *, with_search: bool) -> tuple[list[str], dict[str, Any]]:
@@ -552,6 +754,9 @@ class Listing:
         if self.created_before is not None:
             conditions.append(CREATED_BEFORE)
             parameters["created_before"] = self.created_before
+        if self.tags:
+            conditions.append(HAS_TAGS)
+            parameters["tags"] = msgspec.json.encode(self.tags).decode()
         return conditions, parameters
 
     def count_sql(self) -> tuple[str, dict[str, Any]]:
@@ -575,15 +780,13 @@ class Listing:
         parameters.update(limit=self.limit + 1, offset=self.offset)
         template = LIST_POSTS_BY_RELEVANCE if by_relevance else LIST_POSTS
         index_hint = ""
-        if self.search is not None and not by_relevance and total > SEARCH_PLAN_THRESHOLD:
+        has_membership_filter = self.search is not None or self.tags
+        if has_membership_filter and not by_relevance and total > SEARCH_PLAN_THRESHOLD:
             index_hint = f" INDEXED BY {SORT_INDEXES[self.sort][self.published is not None]}"
-        sql = template.format(
-            sort_key=key,
-            direction="DESC" if descending else "ASC",
-            conditions=all_of(conditions),
-            index_hint=index_hint,
-        )
-        return sql, parameters
+        direction = "DESC" if descending else "ASC"
+        page = template.format(sort_key=key, direction=direction, conditions=all_of(conditions), index_hint=index_hint)
+        collation = " COLLATE NOCASE" if self.sort == "title" else ""
+        return PAGE_OF_POSTS.format(page=page, collation=collation, direction=direction), parameters
 
 
 def all_of(conditions: list[str]) -> str:
@@ -616,10 +819,10 @@ async def fetch_page(db: "Database", listing: Listing) -> Page:
     else:
         has_previous, has_next = cursor is not None or listing.offset > 0, beyond
     return Page(
-        posts=[post_from_row(row[:6]) for row in rows],
+        posts=[post_from_row(row[:-2]) for row in rows],
         total=total,
-        first_row=(rows[0][6], rows[0][7]) if rows else None,
-        last_row=(rows[-1][6], rows[-1][7]) if rows else None,
+        first_row=(rows[0][-2], rows[0][-1]) if rows else None,
+        last_row=(rows[-1][-2], rows[-1][-1]) if rows else None,
         has_previous=has_previous,
         has_next=has_next,
     )
@@ -661,6 +864,7 @@ def listing_from_query(
     created_after: str | None,
     created_before: str | None,
     q: str | None,
+    tag: list[str] | None,
 ) -> Listing:
     """Check the query parameters together (each was checked alone by its type) and make a
     Listing; a problem is a 400 naming the parameter."""
@@ -672,10 +876,13 @@ def listing_from_query(
         if len(terms) > MAX_SEARCH_TERMS:
             raise query_error(request, "q", f"Expected at most {MAX_SEARCH_TERMS} words")
         search = search_sql(terms)
+    tags = tuple(dict.fromkeys(normalized_tag(name) for name in tag or ()))
+    if any(not 1 <= len(name) <= MAX_TAG_LENGTH for name in tags) or len(tags) > MAX_TAGS:
+        raise query_error(request, "tag", f"Expected up to {MAX_TAGS} tags of 1 to {MAX_TAG_LENGTH} characters")
     if cursor is not None and offset:
         raise query_error(request, "offset", "Use either offset or cursor, not both")
     link_params = [("limit", str(limit))]
-    link_params += [(name, value) for name, value in request.query_params.items() if name in LINKED_PARAMS]
+    link_params += [(name, value) for name, value in request.query_params.multi_items() if name in LINKED_PARAMS]
     listing = Listing(
         limit=limit,
         offset=offset,
@@ -685,6 +892,7 @@ def listing_from_query(
         created_after=parse_moment(request, "created_after", created_after),
         created_before=parse_moment(request, "created_before", created_before),
         search=search,
+        tags=tags,
         link_params=tuple(link_params),
     )
     if cursor is None:
@@ -907,7 +1115,7 @@ UPDATE_ROUTE: dict[str, Any] = {
     "dto": StrictJSON[PostUpdate],
     "return_dto": None,
     "before_request": require_json_body,
-    "raises": [NotFoundException, RequestEntityTooLarge, ServiceUnavailableException],
+    "raises": [NotFoundException, SlugTaken, RequestEntityTooLarge, ServiceUnavailableException],
 }
 """What PUT and PATCH share: they are one operation under two methods, as in the tutorial."""
 
@@ -924,19 +1132,33 @@ class PostController(Controller):
         before_request=require_json_body,
         operation_id="createPost",
         summary="Create a post",
-        raises=[RequestEntityTooLarge, ServiceUnavailableException],
+        raises=[SlugTaken, RequestEntityTooLarge, ServiceUnavailableException],
         response_headers=[ResponseHeader(name="Location", description="URL of the new post.", documentation_only=True)],
     )
     async def create_post(self, data: JSONBody[PostCreate], db: NamedDependency[Database]) -> Response[Post]:
-        """Create a post; answers 201 with the post and its URL in ``Location``."""
+        """Create a post; answers 201 with the post and its URL in ``Location``. Without a
+        slug, one is made from the title, numbered (``-2``, ``-3``) if already taken."""
         now = utc_now_us()
         post_id = str(uuid.uuid4())
         async with db.transaction() as connection:
-            await connection.execute(
-                INSERT_POST,
-                {"id": post_id, "title": data.title, "content": data.content, "published": data.published, "now": now},
-            )
-        created = post_from_row((post_id, data.title, data.content, now, now, data.published))
+            slug = data.slug or await free_slug(connection, slugify(data.title))
+            parameters = {"id": post_id, "slug": slug, "title": data.title, "content": data.content}
+            parameters.update(published=data.published, now=now)
+            with slug_must_be_free(slug):
+                [(pk,)] = await connection.execute_fetchall(INSERT_POST, parameters)
+            if data.tags:
+                await add_tags(connection, pk, data.tags)
+        created = Post(
+            id=post_id,
+            title=data.title,
+            content=data.content,
+            created_at=format_timestamp(now),
+            updated_at=format_timestamp(now),
+            published=data.published,
+            slug=slug,
+            tags=data.tags,
+            comment_count=0,
+        )
         return Response(created, status_code=201, headers={"Location": f"{self.path}/{post_id}"})
 
     @get(
@@ -967,6 +1189,7 @@ class PostController(Controller):
         created_after: CreatedAfter = None,
         created_before: CreatedBefore = None,
         q: SearchText = None,
+        tag: TagFilter = None,
     ) -> Response[list[Post]]:
         """A page of posts, newest first unless asked otherwise, with the total count in
         ``X-Total-Count`` and the neighbouring pages in ``Link``."""
@@ -982,6 +1205,7 @@ class PostController(Controller):
             created_after=created_after,
             created_before=created_before,
             q=q,
+            tag=tag,
         )
         page = await fetch_page(db, listing)
         headers = {"X-Total-Count": str(page.total)}
@@ -995,9 +1219,9 @@ class PostController(Controller):
         summary="Get a post",
         raises=[NotFoundException, ServiceUnavailableException],
     )
-    async def get_post(self, post_id: PostId, db: NamedDependency[Database]) -> Post:
-        """One post by its ID."""
-        row = await db.fetch_one(SELECT_POST, (post_id,))
+    async def get_post(self, post_id: PostIdOrSlug, db: NamedDependency[Database]) -> Post:
+        """One post by its ID or its slug."""
+        row = await db.fetch_one(SELECT_POST, {"key": post_id})
         if row is None:
             raise post_not_found(post_id)
         return post_from_row(row)
@@ -1030,18 +1254,62 @@ async def apply_update(db: Database, post_id: str, data: PostUpdate) -> Post:
     def sent(value: Any) -> Any:
         return None if value is UNSET else value
 
+    new_tags = data.tags if isinstance(data.tags, list) else None
     parameters = {
         "id": post_id,
         "title": sent(data.title),
         "content": sent(data.content),
         "published": sent(data.published),
+        "slug": sent(data.slug),
+        "tags": None if new_tags is None else msgspec.json.encode(new_tags).decode(),
         "now": utc_now_us(),
     }
     async with db.transaction() as connection:
-        rows = await connection.execute_fetchall(UPDATE_POST, parameters)
-    if not rows:
-        raise post_not_found(post_id)
-    return post_from_row(rows[0])
+        with slug_must_be_free(parameters["slug"]):
+            rows = await connection.execute_fetchall(UPDATE_POST, parameters)
+        if not rows:
+            raise post_not_found(post_id)
+        [(pk,)] = rows
+        if new_tags is not None:
+            await connection.execute(DELETE_POST_TAGS, (pk,))
+            await add_tags(connection, pk, new_tags)
+        [row] = await connection.execute_fetchall(SELECT_POST_BY_PK, (pk,))
+    return post_from_row(row)
+
+
+async def free_slug(connection: aiosqlite.Connection, slug: str) -> str:
+    """``slug``, or the first of ``slug-2``, ``slug-3``, ... that no post has."""
+    taken = {row[0] for row in await connection.execute_fetchall(SELECT_TAKEN_SLUGS, {"slug": slug})}
+    number = 2
+    candidate = slug
+    while candidate in taken:
+        candidate, number = f"{slug}-{number}", number + 1
+    return candidate
+
+
+@contextmanager
+def slug_must_be_free(slug: str | None) -> Iterator[None]:
+    """Turn the UNIQUE constraint on posts.slug into a 409 naming the slug."""
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        if "posts.slug" not in str(exc):
+            raise
+        message = f"The slug {slug!r} is already used by another post"
+        raise SlugTaken(detail=message, extra=[{"message": message, "key": "slug", "source": "body"}]) from None
+
+
+async def add_tags(connection: aiosqlite.Connection, post_pk: int, tags: list[str]) -> None:
+    """Give a post these tags, in this order, making the ones that do not exist yet."""
+    tags_json = msgspec.json.encode(tags).decode()
+    await connection.execute(INSERT_TAGS, {"tags": tags_json})
+    await connection.execute(INSERT_POST_TAGS, {"tags": tags_json, "post_pk": post_pk})
+
+
+@get("/api/tags", operation_id="listTags", summary="List tags", tags=["tags"], raises=[ServiceUnavailableException])
+async def list_tags(db: NamedDependency[Database]) -> list[TagCount]:
+    """Every tag some post has, by name, with how many posts have it."""
+    return [TagCount(name=name, post_count=count) for name, count in await db.fetch_all(SELECT_TAG_COUNTS)]
 
 
 def unavailable_reason(exc: BaseException) -> str | None:
@@ -1126,7 +1394,7 @@ def create_app(config: Config | None = None) -> Litestar:
     """A new app on ``config``'s database. Nothing is opened until the app starts."""
     config = config or Config()
     return BlogAPI(
-        route_handlers=[welcome, PostController],
+        route_handlers=[welcome, PostController, list_tags],
         dependencies={"db": Provide(provide_database, sync_to_thread=False)},
         lifespan=[database_lifespan],
         state=State({"config": config}),

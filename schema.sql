@@ -17,6 +17,8 @@ CREATE TABLE IF NOT EXISTS posts (
     -- increases even when two updates land in the same microsecond.
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL,
+    -- Made from the title (my-first-post, then my-first-post-2, ...) or chosen by the client.
+    slug        TEXT    NOT NULL UNIQUE CHECK (length(slug) BETWEEN 1 AND 120),
     title       TEXT    NOT NULL CHECK (length(title) BETWEEN 1 AND 100),
     -- Last, so that reading the columns above never walks a long post's overflow pages.
     content     TEXT    NOT NULL CHECK (length(content) >= 1),
@@ -62,6 +64,43 @@ BEGIN
     INSERT INTO posts_fts (posts_fts, rowid, title, content) VALUES ('delete', old.pk, old.title, old.content);
     INSERT INTO posts_fts (rowid, title, content) VALUES (new.pk, new.title, new.content);
 END;
+
+-- Tags: a post has up to 10, normalised by the service (trimmed, lowercase), in the order
+-- the client gave them. A tag no post uses any more is deleted with its last link.
+CREATE TABLE IF NOT EXISTS tags (
+    pk    INTEGER PRIMARY KEY,
+    name  TEXT NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 30)
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS post_tags (
+    post_pk   INTEGER NOT NULL REFERENCES posts (pk) ON DELETE CASCADE,
+    tag_pk    INTEGER NOT NULL REFERENCES tags (pk),
+    position  INTEGER NOT NULL,
+    PRIMARY KEY (post_pk, tag_pk)
+) STRICT, WITHOUT ROWID;
+
+-- GET /api/posts?tag=...: the posts of a tag.
+CREATE INDEX IF NOT EXISTS post_tags_by_tag ON post_tags (tag_pk, post_pk);
+
+-- Also fires for the links a deleted post's cascade removes.
+CREATE TRIGGER IF NOT EXISTS post_tags_drop_unused_tag AFTER DELETE ON post_tags
+WHEN NOT EXISTS (SELECT 1 FROM post_tags WHERE tag_pk = old.tag_pk)
+BEGIN
+    DELETE FROM tags WHERE pk = old.tag_pk;
+END;
+
+-- Comments belong to a post and go with it.
+CREATE TABLE IF NOT EXISTS comments (
+    pk          INTEGER PRIMARY KEY,
+    id          TEXT    NOT NULL UNIQUE,
+    post_pk     INTEGER NOT NULL REFERENCES posts (pk) ON DELETE CASCADE,
+    created_at  INTEGER NOT NULL,
+    author      TEXT    NOT NULL CHECK (length(author) BETWEEN 1 AND 100),
+    body        TEXT    NOT NULL CHECK (length(body) BETWEEN 1 AND 10000)
+) STRICT;
+
+-- A post's comments, oldest first, and its comment_count.
+CREATE INDEX IF NOT EXISTS comments_by_post ON comments (post_pk, created_at, id);
 
 -- Settings of this database. cursor_secret signs the page cursors of GET /api/posts, so a
 -- cursor stays valid across restarts and between workers, and a forged one is refused.

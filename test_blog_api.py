@@ -34,6 +34,8 @@ SEED_POST = {
     "title": "My First Litestar Blog Post",
     "content": "This is the content of my first blog post. Litestar makes API development easy and enjoyable!",
 }
+ADDED_FIELDS = ["slug", "tags", "comment_count"]
+"""What the blog content model adds after the tutorial's fields."""
 SEED_DRAFT = {"title": "Draft Post", "content": "This is an unpublished draft post.", "published": False}
 
 
@@ -101,7 +103,7 @@ def test_create_answers_201_with_the_tutorial_fields(client: TestClient, db_path
 
     assert response.status_code == 201
     post = response.json()
-    assert list(post) == ["id", "title", "content", "created_at", "updated_at", "published"]
+    assert list(post) == ["id", "title", "content", "created_at", "updated_at", "published", *ADDED_FIELDS]
     assert uuid.UUID(post["id"]).version == 4
     assert post["title"] == SEED_POST["title"] and post["content"] == SEED_POST["content"]
     assert post["published"] is True
@@ -483,11 +485,12 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
     expected = {
         ("GET", "/"): ("welcome", {"200"}),
         ("GET", "/api/posts"): ("listPosts", {"200", "400", "503"}),
-        ("POST", "/api/posts"): ("createPost", {"201", "400", "413", "503"}),
+        ("POST", "/api/posts"): ("createPost", {"201", "400", "409", "413", "503"}),
         ("GET", "/api/posts/{post_id}"): ("getPost", {"200", "400", "404", "503"}),
-        ("PUT", "/api/posts/{post_id}"): ("updatePost", {"200", "400", "404", "413", "503"}),
-        ("PATCH", "/api/posts/{post_id}"): ("patchPost", {"200", "400", "404", "413", "503"}),
+        ("PUT", "/api/posts/{post_id}"): ("updatePost", {"200", "400", "404", "409", "413", "503"}),
+        ("PATCH", "/api/posts/{post_id}"): ("patchPost", {"200", "400", "404", "409", "413", "503"}),
         ("DELETE", "/api/posts/{post_id}"): ("deletePost", {"204", "400", "404", "503"}),
+        ("GET", "/api/tags"): ("listTags", {"200", "503"}),
     }
     assert set(operations) == set(expected)
     for key, (operation_id, statuses) in expected.items():
@@ -505,6 +508,7 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
         "created_after",
         "created_before",
         "q",
+        "tag",
     ]
     for key, names in [(("GET", "/api/posts"), listing_parameters), (("GET", "/api/posts/{post_id}"), ["post_id"])]:
         parameters = operations[key]["parameters"]
@@ -613,16 +617,23 @@ def test_readers_cannot_write(db_path: Path) -> None:
     run(check())
 
 
+async def insert_post(writer, post_id: str) -> None:
+    """Insert a post straight through the writer, as a route handler would."""
+    await writer.execute_fetchall(
+        blog_api.INSERT_POST, {**SEED_POST, "id": post_id, "slug": post_id, "published": 1, "now": 1}
+    )
+
+
 def test_transaction_rolls_back_on_error(db_path: Path) -> None:
     async def check() -> None:
         db = await open_database(db_path)
         try:
             with pytest.raises(RuntimeError):
                 async with db.transaction() as writer:
-                    await writer.execute(blog_api.INSERT_POST, {**SEED_POST, "id": "a", "published": 1, "now": 1})
+                    await insert_post(writer, "a")
                     raise RuntimeError("boom")
             async with db.transaction() as writer:  # the writer is usable again
-                await writer.execute(blog_api.INSERT_POST, {**SEED_POST, "id": "b", "published": 1, "now": 1})
+                await insert_post(writer, "b")
         finally:
             await db.close()
 
@@ -637,7 +648,7 @@ def test_transaction_rolls_back_when_cancelled(db_path: Path) -> None:
 
         async def interrupted_write() -> None:
             async with db.transaction() as writer:
-                await writer.execute(blog_api.INSERT_POST, {**SEED_POST, "id": "a", "published": 1, "now": 1})
+                await insert_post(writer, "a")
                 inserted.set()
                 await asyncio.sleep(60)
 
@@ -648,7 +659,7 @@ def test_transaction_rolls_back_when_cancelled(db_path: Path) -> None:
             with pytest.raises(asyncio.CancelledError):
                 await task
             async with db.transaction() as writer:
-                await writer.execute(blog_api.INSERT_POST, {**SEED_POST, "id": "b", "published": 1, "now": 1})
+                await insert_post(writer, "b")
         finally:
             await db.close()
 
@@ -1292,4 +1303,4 @@ def test_benchmark_script_runs_and_prints_its_table() -> None:
     assert rows[0] == "| case | matches | p50 ms | p99 ms | p50 / page 1 |"
     cases = [row.split(" | ")[0].lstrip("| ") for row in rows[2:]]
     assert cases[:3] == ["page 1", "page at 150 by cursor", "page at 150 by offset"]
-    assert len(cases) == 8
+    assert len(cases) == 9
