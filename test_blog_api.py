@@ -1304,3 +1304,170 @@ def test_benchmark_script_runs_and_prints_its_table() -> None:
     cases = [row.split(" | ")[0].lstrip("| ") for row in rows[2:]]
     assert cases[:3] == ["page 1", "page at 150 by cursor", "page at 150 by offset"]
     assert len(cases) == 9
+
+
+# --------------------------------------------------------------------------------------
+# Blog content model: slugs and tags
+# --------------------------------------------------------------------------------------
+
+
+def test_a_slug_is_made_from_the_title(client: TestClient) -> None:
+    post = create(client)
+    assert post["slug"] == "my-first-litestar-blog-post"
+    assert (post["tags"], post["comment_count"]) == ([], 0)
+
+
+@pytest.mark.parametrize(
+    ("title", "slug"),
+    [
+        ("Café Crème Brûlée", "cafe-creme-brulee"),
+        ("Straße & Smørrebrød", "strasse-smorrebrod"),
+        ("Привет, мир", "привет-мир"),
+        ("Hello,   World!!", "hello-world"),
+        ("🦀🦀", "post"),
+        ("Python 3.11 — what's new?", "python-3-11-what-s-new"),
+        ("692381d2-9397-4eac-9b97-32598d648475", "post-692381d2-9397-4eac-9b97-32598d648475"),
+    ],
+)
+def test_slugs_transliterate_latin_and_keep_other_letters(client: TestClient, title: str, slug: str) -> None:
+    assert create(client, title=title)["slug"] == slug
+
+
+def test_slug_clashes_are_numbered_and_freed_numbers_reused(client: TestClient) -> None:
+    first, second, third = (create(client, title="Same Title") for _ in range(3))
+    assert [first["slug"], second["slug"], third["slug"]] == ["same-title", "same-title-2", "same-title-3"]
+    client.delete(f"/api/posts/{second['id']}")
+    assert create(client, title="Same title")["slug"] == "same-title-2"
+
+
+def test_get_accepts_the_slug(client: TestClient) -> None:
+    post = create(client, slug="my-own-slug")
+    assert post["slug"] == "my-own-slug"
+    response = client.get("/api/posts/my-own-slug")
+    assert response.status_code == 200 and response.json() == post
+    assert client.get("/api/posts/not-a-slug").json()["detail"] == "Post with ID not-a-slug not found"
+
+
+@pytest.mark.parametrize(
+    "slug",
+    ["With Spaces", "UPPER", "a--b", "-a", "a-", "a_b", "a/b", "692381d2-9397-4eac-9b97-32598d648475", "", "x" * 101],
+)
+def test_bad_slugs_are_refused_and_nothing_written(client: TestClient, db_path: Path, slug: str) -> None:
+    assert_validation_error(client.post("/api/posts", json={**SEED_POST, "slug": slug}), key="slug")
+    assert stored_posts(db_path) == []
+    post = create(client)
+    assert_validation_error(client.patch(f"/api/posts/{post['id']}", json={"slug": slug}), key="slug")
+    assert client.get(f"/api/posts/{post['id']}").json() == post
+
+
+def test_a_slug_another_post_has_is_a_409(client: TestClient, db_path: Path) -> None:
+    taken = create(client, slug="taken")
+    other = create(client, title="Other")
+    before = stored_posts(db_path)
+    for response in (
+        client.post("/api/posts", json={**SEED_POST, "slug": "taken"}),
+        client.put(f"/api/posts/{other['id']}", json={"slug": "taken", "title": "Changed"}),
+    ):
+        assert response.status_code == 409
+        body = response.json()
+        assert body["status_code"] == 409 and "taken" in body["detail"]
+        assert body["extra"][0]["key"] == "slug"
+    assert stored_posts(db_path) == before
+    assert client.put(f"/api/posts/{taken['id']}", json={"slug": "taken"}).status_code == 200  # its own
+
+
+def test_an_update_keeps_the_slug_unless_it_is_sent(client: TestClient) -> None:
+    post = create(client)
+    renamed = client.put(f"/api/posts/{post['id']}", json={"title": "A Whole New Title"}).json()
+    assert renamed["slug"] == post["slug"]
+    reslugged = client.patch(f"/api/posts/{post['id']}", json={"slug": "new-slug"}).json()
+    assert reslugged["slug"] == "new-slug" and reslugged["updated_at"] > renamed["updated_at"]
+    assert client.get("/api/posts/new-slug").json()["id"] == post["id"]
+    assert client.get(f"/api/posts/{post['slug']}").status_code == 404
+
+
+def test_tags_are_trimmed_lowercased_and_deduplicated_in_order(client: TestClient) -> None:
+    post = create(client, tags=[" Python ", "LITESTAR", "python", "web   dev", "Web Dev"])
+    assert post["tags"] == ["python", "litestar", "web dev"]
+    assert client.get(f"/api/posts/{post['id']}").json()["tags"] == ["python", "litestar", "web dev"]
+
+
+def test_ten_tags_after_collapsing_duplicates_are_accepted(client: TestClient) -> None:
+    tags = [f"tag{n}" for n in range(10)]
+    assert create(client, tags=[*tags, "TAG0", " tag1 "])["tags"] == tags
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [["x" * 31], [f"tag{n}" for n in range(11)], [""], ["   "], ["ok", 5], "python", ["tab\tis fine", "bell\x07"]],
+    ids=["31 characters", "11 tags", "empty", "blank", "not a string", "not a list", "control character"],
+)
+def test_bad_tags_are_refused_and_nothing_written(client: TestClient, db_path: Path, tags) -> None:
+    assert_validation_error(client.post("/api/posts", json={**SEED_POST, "tags": tags}), key="tags")
+    assert stored_posts(db_path) == []
+
+
+def test_tags_are_replaced_on_update_and_kept_when_not_sent(client: TestClient) -> None:
+    post = create(client, tags=["python", "litestar"])
+    kept = client.put(f"/api/posts/{post['id']}", json={"title": "New"}).json()
+    assert kept["tags"] == ["python", "litestar"]
+    same = client.put(f"/api/posts/{post['id']}", json={"tags": ["Python", "litestar"]}).json()
+    assert same["updated_at"] == kept["updated_at"]  # the same tags: nothing changed
+    replaced = client.patch(f"/api/posts/{post['id']}", json={"tags": ["sqlite"]}).json()
+    assert replaced["tags"] == ["sqlite"] and replaced["updated_at"] > kept["updated_at"]
+    reordered = client.patch(f"/api/posts/{post['id']}", json={"tags": ["a", "sqlite"]}).json()
+    assert reordered["tags"] == ["a", "sqlite"]
+    assert client.patch(f"/api/posts/{post['id']}", json={"tags": []}).json()["tags"] == []
+    assert client.patch(f"/api/posts/{post['id']}", json={"tags": None}).json()["tags"] == []
+
+
+def test_tag_list_counts_posts_and_forgets_unused_tags(client: TestClient) -> None:
+    first = create(client, tags=["python", "litestar"])
+    second = create(client, tags=["python"])
+    assert client.get("/api/tags").json() == [
+        {"name": "litestar", "post_count": 1},
+        {"name": "python", "post_count": 2},
+    ]
+    client.patch(f"/api/posts/{first['id']}", json={"tags": ["sqlite"]})
+    assert [tag["name"] for tag in client.get("/api/tags").json()] == ["python", "sqlite"]
+    client.delete(f"/api/posts/{second['id']}")  # the cascade removes its tags' links
+    assert client.get("/api/tags").json() == [{"name": "sqlite", "post_count": 1}]
+
+
+def test_tag_filter_needs_every_tag_and_combines_with_listing(client: TestClient, monkeypatch) -> None:
+    fixed_clock(monkeypatch, *range(1_000_000, 1_000_000 + 60 * 1_000, 1_000))
+    both = [create(client, title=f"both {n}", tags=["python", "litestar"], published=n % 2 == 0) for n in range(6)]
+    python_only = [create(client, title=f"python {n}", tags=["python"]) for n in range(3)]
+    create(client, title="untagged")
+
+    response = client.get("/api/posts", params={"tag": "Python"})
+    assert ids(response.json()) == ids((both + python_only)[::-1]) and response.headers["x-total-count"] == "9"
+    response = client.get("/api/posts", params=[("tag", "python"), ("tag", "litestar")])
+    assert ids(response.json()) == ids(both[::-1]) and response.headers["x-total-count"] == "6"
+
+    url = "/api/posts?" + urlencode([("tag", "python"), ("tag", "litestar"), ("published", "true"), ("limit", 2)])
+    pages = walk(client, url)
+    assert ids([post for page in pages for post in page.json()]) == ids([p for p in both if p["published"]][::-1])
+    assert page_links(pages[0])["next"].count("tag=") == 2
+    assert client.get("/api/posts", params={"tag": "nothing"}).json() == []
+
+
+@pytest.mark.parametrize("tag", ["", "x" * 31])
+def test_a_bad_tag_filter_is_a_400(client: TestClient, tag: str) -> None:
+    assert_validation_error(client.get("/api/posts", params={"tag": tag}), key="tag", source="query")
+
+
+def test_a_page_is_read_in_one_query_whatever_its_tags_and_comments(client: TestClient, monkeypatch) -> None:
+    for n in range(25):
+        create(client, title=f"post {n}", tags=["a", "b", f"t{n}"])
+    statements: list[str] = []
+    original = Database.fetch_all
+
+    async def counting_fetch_all(self, sql, parameters=()):
+        statements.append(sql)
+        return await original(self, sql, parameters)
+
+    monkeypatch.setattr(Database, "fetch_all", counting_fetch_all)
+    response = client.get("/api/posts", params={"limit": 20, "tag": "a"})
+    assert len(response.json()) == 20 and all(len(post["tags"]) == 3 for post in response.json())
+    assert len(statements) == 2  # X-Total-Count, then the page with its tags and comment counts
