@@ -1421,7 +1421,12 @@ def test_tags_are_replaced_on_update_and_kept_when_not_sent(client: TestClient) 
     assert client.patch(f"/api/posts/{post['id']}", json={"tags": None}).json()["tags"] == []
 
 
-def test_tag_list_counts_posts_and_forgets_unused_tags(client: TestClient) -> None:
+def stored_tags(db_path: Path) -> list[str]:
+    with sqlite3.connect(db_path) as connection:
+        return [name for (name,) in connection.execute("SELECT name FROM tags ORDER BY name")]
+
+
+def test_tag_list_counts_posts_and_forgets_unused_tags(client: TestClient, db_path: Path) -> None:
     first = create(client, tags=["python", "litestar"])
     second = create(client, tags=["python"])
     assert client.get("/api/tags").json() == [
@@ -1430,8 +1435,10 @@ def test_tag_list_counts_posts_and_forgets_unused_tags(client: TestClient) -> No
     ]
     client.patch(f"/api/posts/{first['id']}", json={"tags": ["sqlite"]})
     assert [tag["name"] for tag in client.get("/api/tags").json()] == ["python", "sqlite"]
+    assert stored_tags(db_path) == ["python", "sqlite"]
     client.delete(f"/api/posts/{second['id']}")  # the cascade removes its tags' links
     assert client.get("/api/tags").json() == [{"name": "sqlite", "post_count": 1}]
+    assert stored_tags(db_path) == ["sqlite"]
 
 
 def test_tag_filter_needs_every_tag_and_combines_with_listing(client: TestClient, monkeypatch) -> None:
