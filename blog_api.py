@@ -20,7 +20,7 @@ import sys
 import time
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -283,6 +283,26 @@ class Post(msgspec.Struct):
     comment_count: int
 
 
+class CommentCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """A new comment. Any field not listed here is refused."""
+
+    author: Annotated[str, Meta(min_length=1, max_length=100, description="1 to 100 characters.", examples=["Ada"])]
+    body: Annotated[
+        str, Meta(min_length=1, max_length=10_000, description="1 to 10,000 characters.", examples=["Nice post!"])
+    ]
+    id: Ignored = None
+    post_id: Ignored = None
+    created_at: Ignored = None
+
+
+class Comment(msgspec.Struct):
+    id: Annotated[str, Meta(description="UUID4, made by the server.")]
+    post_id: str
+    author: str
+    body: str
+    created_at: Annotated[str, KwargDefinition(format="date-time", description=TIMESTAMP_FORMAT)]
+
+
 class TagCount(msgspec.Struct):
     name: str
     post_count: int
@@ -290,6 +310,7 @@ class TagCount(msgspec.Struct):
 
 PostId = Annotated[str, PathParameter(description="The post's ID, as returned when it was created.")]
 PostIdOrSlug = Annotated[str, PathParameter(description="The post's ID, or its slug.")]
+CommentId = Annotated[str, PathParameter(description="The comment's ID, as returned when it was created.")]
 TagFilter = Annotated[
     list[str] | None,
     QueryParameter(description="Only posts with this tag; repeat it for posts with all of them."),
@@ -298,10 +319,10 @@ PublishedFilter = Annotated[
     bool | None,
     QueryParameter(description="`true`: only published posts; `false`: only drafts; absent: all."),
 ]
-PageSize = Annotated[int, QueryParameter(ge=1, le=100, description="Posts per page, 1 to 100.")]
+PageSize = Annotated[int, QueryParameter(ge=1, le=100, description="How many per page, 1 to 100.")]
 PageOffset = Annotated[
     int,
-    QueryParameter(ge=0, le=1_000_000_000, description="Posts to skip before the page. Not with `cursor`."),
+    QueryParameter(ge=0, le=1_000_000_000, description="How many to skip before the page. Not with `cursor`."),
 ]
 PageCursorToken = Annotated[
     str | None,
@@ -516,6 +537,50 @@ DELETE_POST = """
 DELETE FROM posts
 WHERE id = ?
 RETURNING id
+"""
+
+SELECT_POST_PK = """
+SELECT pk
+FROM posts
+WHERE id = ?
+"""
+
+COMMENT_FIELDS = "comments.id, :post_id, comments.author, comments.body, comments.created_at"
+
+# Inserts nothing when the post does not exist: the route answers 404.
+INSERT_COMMENT = """
+INSERT INTO comments (id, post_pk, created_at, author, body)
+SELECT :id, pk, :now, :author, :body
+FROM posts
+WHERE id = :post_id
+RETURNING pk
+"""
+
+SELECT_COMMENT = f"""
+SELECT {COMMENT_FIELDS}
+FROM comments JOIN posts ON posts.pk = comments.post_pk
+WHERE comments.id = :comment_id AND posts.id = :post_id
+"""
+
+DELETE_COMMENT = """
+DELETE FROM comments
+WHERE id = :comment_id AND post_pk = (SELECT pk FROM posts WHERE id = :post_id)
+RETURNING id
+"""
+
+COUNT_COMMENTS = """
+SELECT count(*)
+FROM comments
+WHERE post_pk = :post_pk
+"""
+
+# A post's comments, oldest first, from a cursor's (created_at, id) on if there is one.
+LIST_COMMENTS = f"""
+SELECT {COMMENT_FIELDS}, comments.created_at AS sort_key, comments.id AS tiebreak
+FROM comments
+WHERE {{conditions}}
+ORDER BY comments.created_at {{direction}}, comments.id {{direction}}
+LIMIT :limit OFFSET :offset
 """
 
 SELECT_CURSOR_SECRET = """
@@ -772,11 +837,8 @@ class Listing:
         conditions, parameters = self.conditions(with_search=not by_relevance)
         backwards = self.cursor is not None and self.cursor.before
         descending = self.descending != backwards
-        key, tiebreak = SORT_KEYS[self.sort], TIEBREAKS[self.sort]
-        if self.cursor is not None and self.cursor.key is not None:
-            past_cursor = KEY_BELOW if descending else KEY_ABOVE
-            conditions.append(past_cursor.format(key=key, tiebreak=tiebreak))
-            parameters.update(key=self.cursor.key, tiebreak=self.cursor.tiebreak)
+        key = SORT_KEYS[self.sort]
+        add_cursor_condition(conditions, parameters, self.cursor, descending, key, TIEBREAKS[self.sort])
         parameters.update(limit=self.limit + 1, offset=self.offset)
         template = LIST_POSTS_BY_RELEVANCE if by_relevance else LIST_POSTS
         index_hint = ""
@@ -793,9 +855,50 @@ def all_of(conditions: list[str]) -> str:
     return " AND ".join(conditions) or "1"
 
 
+def add_cursor_condition(
+    conditions: list[str],
+    parameters: dict[str, Any],
+    cursor: PageCursor | None,
+    descending: bool,
+    key: str,
+    tiebreak: str,
+) -> None:
+    """Keep only the rows past the cursor's (key, tiebreak) in the direction of the walk."""
+    if cursor is not None and cursor.key is not None:
+        conditions.append((KEY_BELOW if descending else KEY_ABOVE).format(key=key, tiebreak=tiebreak))
+        parameters.update(key=cursor.key, tiebreak=cursor.tiebreak)
+
+
+@dataclass(frozen=True)
+class CommentListing:
+    """One GET /api/posts/{post_id}/comments request: a post's comments, oldest first."""
+
+    post_id: str
+    post_pk: int
+    limit: int = 20
+    offset: int = 0
+    cursor: PageCursor | None = None
+    link_params: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(msgspec.json.encode(["comments", CURSOR_VERSION, self.post_pk])).hexdigest()[:16]
+
+    def count_sql(self) -> tuple[str, dict[str, Any]]:
+        return COUNT_COMMENTS, {"post_pk": self.post_pk}
+
+    def page_sql(self, total: int) -> tuple[str, dict[str, Any]]:
+        conditions = ["comments.post_pk = :post_pk"]
+        parameters = {"post_pk": self.post_pk, "post_id": self.post_id, "limit": self.limit + 1, "offset": self.offset}
+        backwards = self.cursor is not None and self.cursor.before
+        add_cursor_condition(conditions, parameters, self.cursor, backwards, "comments.created_at", "comments.id")
+        sql = LIST_COMMENTS.format(conditions=all_of(conditions), direction="DESC" if backwards else "ASC")
+        return sql, parameters
+
+
 @dataclass(frozen=True)
 class Page:
-    posts: list[Post]
+    items: list[Any]
     total: int
     """Every post the filters match, on any page."""
     first_row: tuple[Any, Any] | None
@@ -805,7 +908,11 @@ class Page:
     has_next: bool
 
 
-async def fetch_page(db: "Database", listing: Listing) -> Page:
+async def fetch_page(
+    db: "Database", listing: Listing | CommentListing, item_from_row: Callable[[Sequence[Any]], Any]
+) -> Page:
+    """A page of ``listing``: its items (each row but its last two columns, the sort key
+    and tie-breaker, made into an item), the total, and whether pages lie either side."""
     count_sql, count_parameters = listing.count_sql()
     [(total,)] = await db.fetch_all(count_sql, count_parameters)
     page_sql, page_parameters = listing.page_sql(total)
@@ -819,7 +926,7 @@ async def fetch_page(db: "Database", listing: Listing) -> Page:
     else:
         has_previous, has_next = cursor is not None or listing.offset > 0, beyond
     return Page(
-        posts=[post_from_row(row[:-2]) for row in rows],
+        items=[item_from_row(row[:-2]) for row in rows],
         total=total,
         first_row=(rows[0][-2], rows[0][-1]) if rows else None,
         last_row=(rows[-1][-2], rows[-1][-1]) if rows else None,
@@ -828,7 +935,14 @@ async def fetch_page(db: "Database", listing: Listing) -> Page:
     )
 
 
-def page_links(path: str, listing: Listing, page: Page, secret: bytes) -> str:
+def page_headers(request: Request, listing: Listing | CommentListing, page: Page, secret: bytes) -> dict[str, str]:
+    headers = {"X-Total-Count": str(page.total)}
+    if links := page_links(request.url.path, listing, page, secret):
+        headers["Link"] = links
+    return headers
+
+
+def page_links(path: str, listing: Listing | CommentListing, page: Page, secret: bytes) -> str:
     """The Link header (RFC 8288): first, prev, next and last, where they exist. Every link
     but first carries a cursor, so following next visits each post once even while posts
     are created or deleted (offsets would skip or repeat some)."""
@@ -895,17 +1009,22 @@ def listing_from_query(
         tags=tags,
         link_params=tuple(link_params),
     )
-    if cursor is None:
-        return listing
+    return replace(listing, cursor=cursor_for(request, cursor, secret, listing.fingerprint))
+
+
+def cursor_for(request: Request, token: str | None, secret: bytes, fingerprint: str) -> PageCursor | None:
+    """The cursor a client sent, checked: made by this server, for this very query."""
+    if token is None:
+        return None
     try:
-        page_cursor = decode_cursor(cursor, secret)
+        cursor = decode_cursor(token, secret)
     except (CursorError, msgspec.DecodeError):
         raise query_error(request, "cursor", "Not a cursor this server made; follow the Link header") from None
-    if page_cursor.fingerprint != listing.fingerprint:
+    if cursor.fingerprint != fingerprint:
         raise query_error(
             request, "cursor", "The cursor belongs to another query (sort, order or filters changed) or is stale"
         )
-    return replace(listing, cursor=page_cursor)
+    return cursor
 
 
 def parse_moment(request: Request, name: str, value: str | None) -> int | None:
@@ -1207,11 +1326,8 @@ class PostController(Controller):
             q=q,
             tag=tag,
         )
-        page = await fetch_page(db, listing)
-        headers = {"X-Total-Count": str(page.total)}
-        if links := page_links(request.url.path, listing, page, db.cursor_secret):
-            headers["Link"] = links
-        return Response(page.posts, headers=headers)
+        page = await fetch_page(db, listing, post_from_row)
+        return Response(page.items, headers=page_headers(request, listing, page, db.cursor_secret))
 
     @get(
         "/{post_id:str}",
