@@ -717,6 +717,12 @@ def search_sql(terms: list[str]) -> str:
 SEARCH_TERM = re.compile(r"\w+\*?")
 
 
+def comment_from_row(row: Sequence[Any]) -> Comment:
+    """A Comment from the columns of COMMENT_FIELDS."""
+    comment_id, post_id, author, body, created_at = row
+    return Comment(id=comment_id, post_id=post_id, author=author, body=body, created_at=format_timestamp(created_at))
+
+
 def sql_statements(script: str) -> list[str]:
     """Split a script into statements the way the sqlite3 shell does (triggers included)."""
     statements, pending = [], ""
@@ -1229,6 +1235,15 @@ async def welcome() -> Welcome:
     return Welcome(message="Welcome to the Blog API")
 
 
+PAGE_HEADERS = [
+    ResponseHeader(name="X-Total-Count", description="How many match, on all pages.", documentation_only=True),
+    ResponseHeader(
+        name="Link",
+        description="RFC 8288 links to the `first`, `prev`, `next` and `last` pages, where they exist.",
+        documentation_only=True,
+    ),
+]
+
 UPDATE_ROUTE: dict[str, Any] = {
     "path": "/{post_id:str}",
     "dto": StrictJSON[PostUpdate],
@@ -1284,16 +1299,7 @@ class PostController(Controller):
         operation_id="listPosts",
         summary="List posts",
         raises=[ServiceUnavailableException],
-        response_headers=[
-            ResponseHeader(
-                name="X-Total-Count", description="How many posts match, on all pages.", documentation_only=True
-            ),
-            ResponseHeader(
-                name="Link",
-                description="RFC 8288 links to the `first`, `prev`, `next` and `last` pages, where they exist.",
-                documentation_only=True,
-            ),
-        ],
+        response_headers=PAGE_HEADERS,
     )
     async def list_posts(
         self,
@@ -1364,6 +1370,98 @@ class PostController(Controller):
             deleted = await connection.execute_fetchall(DELETE_POST, (post_id,))
         if not deleted:
             raise post_not_found(post_id)
+
+
+def comment_not_found(post_id: str, comment_id: str) -> NotFoundException:
+    return NotFoundException(detail=f"Comment with ID {comment_id} not found on post {post_id}")
+
+
+class CommentController(Controller):
+    """Comments on a post: add, list (oldest first), read and delete."""
+
+    path = "/api/posts/{post_id:str}/comments"
+    tags: ClassVar[list[str]] = ["comments"]
+
+    @post(
+        dto=StrictJSON[CommentCreate],
+        return_dto=None,
+        before_request=require_json_body,
+        operation_id="createComment",
+        summary="Comment on a post",
+        raises=[NotFoundException, RequestEntityTooLarge, ServiceUnavailableException],
+        response_headers=[
+            ResponseHeader(name="Location", description="URL of the new comment.", documentation_only=True)
+        ],
+    )
+    async def create_comment(
+        self, post_id: PostId, data: JSONBody[CommentCreate], db: NamedDependency[Database]
+    ) -> Response[Comment]:
+        """Add a comment; answers 201 with it, or 404 if the post does not exist."""
+        now = utc_now_us()
+        comment_id = str(uuid.uuid4())
+        parameters = {"id": comment_id, "post_id": post_id, "now": now, "author": data.author, "body": data.body}
+        async with db.transaction() as connection:
+            inserted = await connection.execute_fetchall(INSERT_COMMENT, parameters)
+        if not inserted:
+            raise post_not_found(post_id)
+        comment = comment_from_row((comment_id, post_id, data.author, data.body, now))
+        return Response(comment, status_code=201, headers={"Location": f"/api/posts/{post_id}/comments/{comment_id}"})
+
+    @get(
+        operation_id="listComments",
+        summary="List a post's comments",
+        raises=[NotFoundException, ServiceUnavailableException],
+        response_headers=PAGE_HEADERS,
+    )
+    async def list_comments(
+        self,
+        request: Request,
+        post_id: PostId,
+        db: NamedDependency[Database],
+        limit: PageSize = 20,
+        offset: PageOffset = 0,
+        cursor: PageCursorToken = None,
+    ) -> Response[list[Comment]]:
+        """A page of the post's comments, oldest first, paged like posts."""
+        row = await db.fetch_one(SELECT_POST_PK, (post_id,))
+        if row is None:
+            raise post_not_found(post_id)
+        if cursor is not None and offset:
+            raise query_error(request, "offset", "Use either offset or cursor, not both")
+        listing = CommentListing(post_id=post_id, post_pk=row[0], limit=limit, offset=offset)
+        listing = replace(
+            listing,
+            cursor=cursor_for(request, cursor, db.cursor_secret, listing.fingerprint),
+            link_params=(("limit", str(limit)),),
+        )
+        page = await fetch_page(db, listing, comment_from_row)
+        return Response(page.items, headers=page_headers(request, listing, page, db.cursor_secret))
+
+    @get(
+        "/{comment_id:str}",
+        operation_id="getComment",
+        summary="Get a comment",
+        raises=[NotFoundException, ServiceUnavailableException],
+    )
+    async def get_comment(self, post_id: PostId, comment_id: CommentId, db: NamedDependency[Database]) -> Comment:
+        """One comment of the post."""
+        row = await db.fetch_one(SELECT_COMMENT, {"post_id": post_id, "comment_id": comment_id})
+        if row is None:
+            raise comment_not_found(post_id, comment_id)
+        return comment_from_row(row)
+
+    @delete(
+        "/{comment_id:str}",
+        operation_id="deleteComment",
+        summary="Delete a comment",
+        raises=[NotFoundException, ServiceUnavailableException],
+    )
+    async def delete_comment(self, post_id: PostId, comment_id: CommentId, db: NamedDependency[Database]) -> None:
+        """Delete a comment of the post; answers 204 with no body."""
+        async with db.transaction() as connection:
+            deleted = await connection.execute_fetchall(DELETE_COMMENT, {"post_id": post_id, "comment_id": comment_id})
+        if not deleted:
+            raise comment_not_found(post_id, comment_id)
 
 
 async def apply_update(db: Database, post_id: str, data: PostUpdate) -> Post:
@@ -1510,7 +1608,7 @@ def create_app(config: Config | None = None) -> Litestar:
     """A new app on ``config``'s database. Nothing is opened until the app starts."""
     config = config or Config()
     return BlogAPI(
-        route_handlers=[welcome, PostController, list_tags],
+        route_handlers=[welcome, PostController, CommentController, list_tags],
         dependencies={"db": Provide(provide_database, sync_to_thread=False)},
         lifespan=[database_lifespan],
         state=State({"config": config}),

@@ -491,6 +491,10 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
         ("PATCH", "/api/posts/{post_id}"): ("patchPost", {"200", "400", "404", "409", "413", "503"}),
         ("DELETE", "/api/posts/{post_id}"): ("deletePost", {"204", "400", "404", "503"}),
         ("GET", "/api/tags"): ("listTags", {"200", "503"}),
+        ("POST", "/api/posts/{post_id}/comments"): ("createComment", {"201", "400", "404", "413", "503"}),
+        ("GET", "/api/posts/{post_id}/comments"): ("listComments", {"200", "400", "404", "503"}),
+        ("GET", "/api/posts/{post_id}/comments/{comment_id}"): ("getComment", {"200", "400", "404", "503"}),
+        ("DELETE", "/api/posts/{post_id}/comments/{comment_id}"): ("deleteComment", {"204", "400", "404", "503"}),
     }
     assert set(operations) == set(expected)
     for key, (operation_id, statuses) in expected.items():
@@ -1478,3 +1482,130 @@ def test_a_page_is_read_in_one_query_whatever_its_tags_and_comments(client: Test
     response = client.get("/api/posts", params={"limit": 20, "tag": "a"})
     assert len(response.json()) == 20 and all(len(post["tags"]) == 3 for post in response.json())
     assert len(statements) == 2  # X-Total-Count, then the page with its tags and comment counts
+
+
+# --------------------------------------------------------------------------------------
+# Blog content model: comments
+# --------------------------------------------------------------------------------------
+
+COMMENT = {"author": "Ada", "body": "Nice post!"}
+
+
+def comment_on(client: TestClient, post: dict, **fields) -> dict:
+    response = client.post(f"/api/posts/{post['id']}/comments", json={**COMMENT, **fields})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def stored_comments(db_path: Path) -> list[dict]:
+    with sqlite3.connect(db_path) as connection:
+        connection.row_factory = sqlite3.Row
+        return [dict(row) for row in connection.execute("SELECT * FROM comments ORDER BY pk")]
+
+
+def test_a_comment_is_created_with_201_and_its_url(client: TestClient, db_path: Path, monkeypatch) -> None:
+    post = create(client)
+    fixed_clock(monkeypatch, 1_741_776_155_700_944)
+    response = client.post(f"/api/posts/{post['id']}/comments", json={**COMMENT, "id": "mine", "created_at": "x"})
+    assert response.status_code == 201
+    comment = response.json()
+    assert list(comment) == ["id", "post_id", "author", "body", "created_at"]
+    assert uuid.UUID(comment["id"]).version == 4
+    assert (comment["post_id"], comment["author"], comment["body"]) == (post["id"], "Ada", "Nice post!")
+    assert comment["created_at"] == "2025-03-12T10:42:35.700944Z"
+    assert response.headers["location"] == f"/api/posts/{post['id']}/comments/{comment['id']}"
+    assert client.get(response.headers["location"]).json() == comment
+    [row] = stored_comments(db_path)
+    assert (row["id"], row["author"], row["body"]) == (comment["id"], "Ada", "Nice post!")
+
+
+def test_comments_are_listed_oldest_first_and_counted_on_the_post(client: TestClient, monkeypatch) -> None:
+    post, other = create(client), create(client, title="Other")
+    fixed_clock(monkeypatch, *range(1_000_000, 1_010_000, 1_000))
+    comments = [comment_on(client, post, body=f"comment {n}") for n in range(3)]
+    comment_on(client, other)
+    response = client.get(f"/api/posts/{post['id']}/comments")
+    assert response.status_code == 200 and response.json() == comments
+    assert response.headers["x-total-count"] == "3"
+    assert client.get(f"/api/posts/{post['id']}").json()["comment_count"] == 3
+    listed = {p["id"]: p["comment_count"] for p in client.get("/api/posts").json()}
+    assert listed == {post["id"]: 3, other["id"]: 1}
+
+
+def test_comments_page_like_posts(client: TestClient, monkeypatch) -> None:
+    post = create(client)
+    fixed_clock(monkeypatch, *range(1_000_000, 1_100_000, 1_000))
+    comments = [comment_on(client, post, body=f"comment {n}") for n in range(11)]
+    pages = walk(client, f"/api/posts/{post['id']}/comments?limit=4")
+    assert [c for page in pages for c in page.json()] == comments
+    assert set(page_links(pages[1])) == {"first", "prev", "next", "last"}
+    last = client.get(page_links(pages[0])["last"])
+    assert last.json() == comments[-4:]
+    assert client.get(f"/api/posts/{post['id']}/comments", params={"offset": 9}).json() == comments[9:]
+
+
+def test_a_comments_cursor_belongs_to_its_post(client: TestClient) -> None:
+    post, other = create(client), create(client, title="Other")
+    for _ in range(3):
+        comment_on(client, post)
+    cursor = next_cursor(client, f"/api/posts/{post['id']}/comments?limit=1")
+    response = client.get(f"/api/posts/{other['id']}/comments", params={"cursor": cursor})
+    assert_validation_error(response, key="cursor", source="query")
+
+
+def test_comments_of_a_missing_post_are_404(client: TestClient, db_path: Path) -> None:
+    for response in (
+        client.post("/api/posts/no-such-post/comments", json=COMMENT),
+        client.get("/api/posts/no-such-post/comments"),
+    ):
+        assert response.status_code == 404
+        assert response.json() == {"status_code": 404, "detail": "Post with ID no-such-post not found"}
+    assert stored_comments(db_path) == []
+
+
+def test_deleting_a_comment_answers_204_and_removes_only_it(client: TestClient, db_path: Path) -> None:
+    post = create(client)
+    keep, gone = comment_on(client, post, body="keep"), comment_on(client, post, body="gone")
+    response = client.delete(f"/api/posts/{post['id']}/comments/{gone['id']}")
+    assert (response.status_code, response.content) == (204, b"")
+    assert [row["id"] for row in stored_comments(db_path)] == [keep["id"]]
+    again = client.delete(f"/api/posts/{post['id']}/comments/{gone['id']}")
+    assert again.status_code == 404
+    assert again.json()["detail"] == f"Comment with ID {gone['id']} not found on post {post['id']}"
+
+
+def test_a_comment_is_reached_only_through_its_own_post(client: TestClient, db_path: Path) -> None:
+    post, other = create(client), create(client, title="Other")
+    comment = comment_on(client, post)
+    assert client.get(f"/api/posts/{other['id']}/comments/{comment['id']}").status_code == 404
+    assert client.delete(f"/api/posts/{other['id']}/comments/{comment['id']}").status_code == 404
+    assert len(stored_comments(db_path)) == 1
+
+
+def test_deleting_a_post_deletes_its_comments(client: TestClient, db_path: Path) -> None:
+    post, other = create(client), create(client, title="Other")
+    comment_on(client, post)
+    comment_on(client, post)
+    kept = comment_on(client, other)
+    assert client.delete(f"/api/posts/{post['id']}").status_code == 204
+    assert [row["id"] for row in stored_comments(db_path)] == [kept["id"]]
+
+
+BAD_COMMENTS = {
+    "empty body": ({"author": "Ada", "body": ""}, "body"),
+    "body over 10,000 characters": ({"author": "Ada", "body": "x" * 10_001}, "body"),
+    "empty author": ({"author": "", "body": "x"}, "author"),
+    "author over 100 characters": ({"author": "x" * 101, "body": "x"}, "author"),
+    "missing body": ({"author": "Ada"}, "body"),
+    "author a number": ({"author": 7, "body": "x"}, "author"),
+    "unknown field": ({**COMMENT, "email": "ada@example.com"}, "email"),
+    "an array": ([COMMENT], None),
+}
+
+
+@pytest.mark.parametrize(("body", "key"), BAD_COMMENTS.values(), ids=BAD_COMMENTS.keys())
+def test_bad_comments_are_refused_and_nothing_written(client: TestClient, db_path: Path, body, key) -> None:
+    post = create(client)
+    response = client.post(f"/api/posts/{post['id']}/comments", json=body)
+    assert_validation_error(response, key)
+    assert stored_comments(db_path) == []
