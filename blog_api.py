@@ -637,14 +637,22 @@ WHERE posts_fts MATCH :search
 """
 
 MATCHES_SEARCH = "pk IN (SELECT rowid FROM posts_fts WHERE posts_fts MATCH :search)"
-# :tags is a JSON array of distinct names; a post must have every one of them.
-HAS_TAGS = """pk IN (
-    SELECT post_tags.post_pk
-    FROM post_tags JOIN tags ON tags.pk = post_tags.tag_pk
-    WHERE tags.name IN (SELECT value FROM json_each(:tags))
-    GROUP BY post_tags.post_pk
-    HAVING count(*) = json_array_length(:tags)
-)"""
+# The posts that have every tag of :tags, a JSON array of distinct names.
+TAGGED_POSTS = """
+SELECT post_tags.post_pk
+FROM post_tags JOIN tags ON tags.pk = post_tags.tag_pk
+WHERE tags.name IN (SELECT value FROM json_each(:tags))
+GROUP BY post_tags.post_pk
+HAVING count(*) = json_array_length(:tags)
+"""
+HAS_TAGS = f"pk IN ({TAGGED_POSTS})"
+# Counted without reading posts, whose rows are large, when no filter needs their columns.
+COUNT_TAGGED_POSTS = f"""
+SELECT count(*)
+FROM ({TAGGED_POSTS})
+WHERE {{conditions}}
+"""
+TAGGED_POST_MATCHES_SEARCH = "post_pk IN (SELECT rowid FROM posts_fts WHERE posts_fts MATCH :search)"
 HAS_PUBLISHED = "published = :published"
 CREATED_AFTER = "created_at > :created_after"
 CREATED_BEFORE = "created_at < :created_before"
@@ -831,9 +839,14 @@ class Listing:
         return conditions, parameters
 
     def count_sql(self) -> tuple[str, dict[str, Any]]:
+        """How to count the matches: from the search index or the tags alone when no filter
+        needs a column of posts, otherwise through posts."""
         conditions, parameters = self.conditions(with_search=True)
         if conditions == [MATCHES_SEARCH]:
             return COUNT_SEARCH_MATCHES, parameters
+        if self.tags and set(conditions) <= {MATCHES_SEARCH, HAS_TAGS}:
+            search = [TAGGED_POST_MATCHES_SEARCH] if self.search is not None else []
+            return COUNT_TAGGED_POSTS.format(conditions=all_of(search)), parameters
         return COUNT_POSTS.format(conditions=all_of(conditions)), parameters
 
     def page_sql(self, total: int) -> tuple[str, dict[str, Any]]:
