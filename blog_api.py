@@ -406,6 +406,11 @@ class StrictJSON(MsgspecDTO[StructT], Generic[StructT]):
         return reference
 
 
+def json_body(model: type[msgspec.Struct]) -> dict[str, Any]:
+    """The route options for a handler whose ``data`` is a JSON object of ``model``."""
+    return {"dto": StrictJSON[model], "return_dto": None, "before_request": require_json_body}
+
+
 async def require_json_body(request: Request) -> None:
     """Refuse an empty body clearly (Litestar would report it as a missing "'data'")."""
     if not await request.body():
@@ -1259,9 +1264,7 @@ PAGE_HEADERS = [
 
 UPDATE_ROUTE: dict[str, Any] = {
     "path": "/{post_id:str}",
-    "dto": StrictJSON[PostUpdate],
-    "return_dto": None,
-    "before_request": require_json_body,
+    **json_body(PostUpdate),
     "raises": [NotFoundException, SlugTaken, RequestEntityTooLarge, ServiceUnavailableException],
 }
 """What PUT and PATCH share: they are one operation under two methods, as in the tutorial."""
@@ -1274,9 +1277,7 @@ class PostController(Controller):
     tags: ClassVar[list[str]] = ["posts"]
 
     @post(
-        dto=StrictJSON[PostCreate],
-        return_dto=None,
-        before_request=require_json_body,
+        **json_body(PostCreate),
         operation_id="createPost",
         summary="Create a post",
         raises=[SlugTaken, RequestEntityTooLarge, ServiceUnavailableException],
@@ -1396,9 +1397,7 @@ class CommentController(Controller):
     tags: ClassVar[list[str]] = ["comments"]
 
     @post(
-        dto=StrictJSON[CommentCreate],
-        return_dto=None,
-        before_request=require_json_body,
+        **json_body(CommentCreate),
         operation_id="createComment",
         summary="Comment on a post",
         raises=[NotFoundException, RequestEntityTooLarge, ServiceUnavailableException],

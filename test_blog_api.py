@@ -62,11 +62,15 @@ def create(client: TestClient, **fields) -> dict:
     return response.json()
 
 
-def stored_posts(db_path: Path) -> list[dict]:
-    """The posts table as another program sees it, in insertion order."""
+def stored_rows(db_path: Path, table: str) -> list[dict]:
+    """A table as another program sees it, in insertion order."""
     with sqlite3.connect(db_path) as connection:
         connection.row_factory = sqlite3.Row
-        return [dict(row) for row in connection.execute("SELECT * FROM posts ORDER BY rowid")]
+        return [dict(row) for row in connection.execute(f"SELECT * FROM {table} ORDER BY rowid")]
+
+
+def stored_posts(db_path: Path) -> list[dict]:
+    return stored_rows(db_path, "posts")
 
 
 def fixed_clock(monkeypatch: pytest.MonkeyPatch, *instants: int) -> None:
@@ -1498,9 +1502,7 @@ def comment_on(client: TestClient, post: dict, **fields) -> dict:
 
 
 def stored_comments(db_path: Path) -> list[dict]:
-    with sqlite3.connect(db_path) as connection:
-        connection.row_factory = sqlite3.Row
-        return [dict(row) for row in connection.execute("SELECT * FROM comments ORDER BY pk")]
+    return stored_rows(db_path, "comments")
 
 
 def test_a_comment_is_created_with_201_and_its_url(client: TestClient, db_path: Path, monkeypatch) -> None:
