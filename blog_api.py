@@ -13,6 +13,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
 import sqlite3
@@ -22,7 +23,7 @@ import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
@@ -32,17 +33,26 @@ import aiosqlite
 import msgspec
 import uvicorn
 from litestar import Controller, Litestar, Request, Response, delete, get, patch, post, put
-from litestar.datastructures import ResponseHeader, State
+from litestar.config.cors import CORSConfig
+from litestar.connection import ASGIConnection
+from litestar.datastructures import MutableScopeHeaders, ResponseHeader, State
 from litestar.di import NamedDependency, Provide
 from litestar.dto import MsgspecDTO
 from litestar.exceptions import (
     ClientException,
     HTTPException,
+    NotAuthorizedException,
     NotFoundException,
+    PermissionDeniedException,
     ServiceUnavailableException,
+    TooManyRequestsException,
     ValidationException,
 )
+from litestar.handlers import BaseRouteHandler
 from litestar.logging import LoggingConfig
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from litestar.middleware.base import DefineMiddleware
+from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import (
     RapidocRenderPlugin,
@@ -52,10 +62,10 @@ from litestar.openapi.plugins import (
     SwaggerRenderPlugin,
     YamlRenderPlugin,
 )
-from litestar.openapi.spec import Reference, Schema
+from litestar.openapi.spec import Components, Reference, Schema, SecurityScheme
 from litestar.params import JSONBody, KwargDefinition, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
-from litestar.types import Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from litestar.typing import FieldDefinition
 from msgspec import UNSET, Meta, UnsetType
 
@@ -87,6 +97,14 @@ class Config:
     log_level: str = "info"
     readers: int = 4
     busy_timeout_ms: int = 5000
+    token: str | None = field(default=None, repr=False)
+    """With a token, writes need ``Authorization: Bearer <token>`` and drafts are private."""
+    allow_anonymous_writes: bool = False
+    """Without a token, let anyone write even from beyond this machine."""
+    rate_limit: str | None = None
+    """Writes allowed per client, as ``N/second``, ``N/minute``, ``N/hour`` or ``N/day``."""
+    cors_origins: tuple[str, ...] = ()
+    debug: bool = False
 
     def __post_init__(self) -> None:
         if not self.db_path:
@@ -99,32 +117,67 @@ class Config:
             raise ValueError(f"readers must be at least 1, got {self.readers}")
         if self.busy_timeout_ms < 0:
             raise ValueError(f"busy timeout must not be negative, got {self.busy_timeout_ms}")
+        if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
+            raise ValueError("the token must be non-empty and contain no spaces")
+        if self.rate_limit is not None and not RATE_LIMIT.match(self.rate_limit):
+            raise ValueError(f"rate limit must look like 30/minute (or /second, /hour, /day), got {self.rate_limit!r}")
+        for origin in self.cors_origins:
+            if not re.match(r"^https?://[^/\s]+$", origin):
+                raise ValueError(f"a CORS origin is a scheme and host, like https://blog.example, got {origin!r}")
+
+    @property
+    def writes_per(self) -> tuple[Literal["second", "minute", "hour", "day"], int] | None:
+        """The rate limit as Litestar's RateLimitConfig takes it: (unit, requests)."""
+        if self.rate_limit is None:
+            return None
+        count, unit = self.rate_limit.split("/")
+        return unit, int(count)  # type: ignore[return-value]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Config":
-        """Read ``BLOG_API_DB``, ``BLOG_API_PORT``, ...; unset variables keep the defaults."""
+        """Read ``BLOG_API_DB``, ``BLOG_API_PORT``, ...; unset variables keep the defaults.
+        ``BLOG_API_TOKEN_FILE`` names a file holding the token."""
         values: dict[str, Any] = {}
-        for name, field in cls.__dataclass_fields__.items():
+        for name, field_ in cls.__dataclass_fields__.items():
             variable = env_variable(name)
             if variable not in environ:
                 continue
             raw = environ[variable].strip()
-            if field.type is bool:
+            if field_.type is bool:
                 if raw.lower() not in ("1", "true", "yes", "0", "false", "no", ""):
                     raise ValueError(f"{variable} must be true or false, got {raw!r}")
                 values[name] = raw.lower() in ("1", "true", "yes")
-            elif field.type is int:
+            elif field_.type is int:
                 try:
                     values[name] = int(raw)
                 except ValueError:
                     raise ValueError(f"{variable} must be a whole number, got {raw!r}") from None
+            elif field_.type == tuple[str, ...]:
+                values[name] = tuple(item for item in re.split(r"[,\s]+", raw) if item)
             else:
                 values[name] = raw.lower() if name == "log_level" else raw
+        if "token" not in values and environ.get("BLOG_API_TOKEN_FILE"):
+            values["token"] = read_token_file(environ["BLOG_API_TOKEN_FILE"])
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
         """The variables that make ``Config.from_env()`` return this config (for --reload)."""
-        return {env_variable(name): str(value) for name, value in vars(self).items()}
+        variables = {}
+        for name, value in vars(self).items():
+            if value is not None:
+                variables[env_variable(name)] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return variables
+
+
+RATE_LIMIT = re.compile(r"^[1-9][0-9]*/(second|minute|hour|day)$")
+
+
+def read_token_file(path: str) -> str:
+    """The token in a file (its first line), so that it need not appear in ``ps``."""
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read the token file {path}: {exc.strerror}") from None
 
 
 def env_variable(field_name: str) -> str:
@@ -140,7 +193,13 @@ Title = Annotated[
     Meta(min_length=1, max_length=100, description="1 to 100 characters.", examples=["My First Litestar Blog Post"]),
 ]
 Content = Annotated[
-    str, Meta(min_length=1, description="Not empty.", examples=["Litestar makes API development easy."])
+    str,
+    Meta(
+        min_length=1,
+        max_length=100_000,
+        description="1 to 100,000 characters.",
+        examples=["Litestar makes API development easy."],
+    ),
 ]
 Slug = Annotated[
     str,
@@ -458,10 +517,11 @@ POST_FIELDS = """
     (SELECT count(*) FROM comments WHERE comments.post_pk = posts.pk) AS comment_count
 """
 
+# :drafts is 1 when the caller may see unpublished posts, 0 when not.
 SELECT_POST = f"""
 SELECT {POST_FIELDS}
 FROM posts
-WHERE id = :key OR slug = :key
+WHERE (id = :key OR slug = :key) AND (published OR :drafts)
 """
 
 SELECT_POST_BY_PK = f"""
@@ -533,7 +593,10 @@ FROM json_each(:tags) JOIN tags ON tags.name = json_each.value
 
 SELECT_TAG_COUNTS = """
 SELECT tags.name, count(*) AS post_count
-FROM tags JOIN post_tags ON post_tags.tag_pk = tags.pk
+FROM tags
+JOIN post_tags ON post_tags.tag_pk = tags.pk
+JOIN posts ON posts.pk = post_tags.post_pk
+WHERE posts.published OR :drafts
 GROUP BY tags.pk
 ORDER BY tags.name
 """
@@ -547,7 +610,7 @@ RETURNING id
 SELECT_POST_PK = """
 SELECT pk
 FROM posts
-WHERE id = ?
+WHERE id = :post_id AND (published OR :drafts)
 """
 
 COMMENT_FIELDS = "comments.id, :post_id, comments.author, comments.body, comments.created_at"
@@ -557,14 +620,14 @@ INSERT_COMMENT = """
 INSERT INTO comments (id, post_pk, created_at, author, body)
 SELECT :id, pk, :now, :author, :body
 FROM posts
-WHERE id = :post_id
+WHERE id = :post_id AND (published OR :drafts)
 RETURNING pk
 """
 
 SELECT_COMMENT = f"""
 SELECT {COMMENT_FIELDS}
 FROM comments JOIN posts ON posts.pk = comments.post_pk
-WHERE comments.id = :comment_id AND posts.id = :post_id
+WHERE comments.id = :comment_id AND posts.id = :post_id AND (posts.published OR :drafts)
 """
 
 DELETE_COMMENT = """
@@ -659,6 +722,7 @@ WHERE {{conditions}}
 """
 TAGGED_POST_MATCHES_SEARCH = "post_pk IN (SELECT rowid FROM posts_fts WHERE posts_fts MATCH :search)"
 HAS_PUBLISHED = "published = :published"
+PUBLISHED_ONLY = "published = 1"
 CREATED_AFTER = "created_at > :created_after"
 CREATED_BEFORE = "created_at < :created_before"
 # Rows past a cursor's (key, tiebreak), written so that SQLite searches the sort index by
@@ -811,6 +875,7 @@ class Listing:
     created_before: int | None = None
     search: str | None = None  # the FTS5 query made from q
     tags: tuple[str, ...] = ()  # normalised, distinct; a post must have all
+    drafts_visible: bool = True  # False: unpublished posts are left out, whatever is asked
     cursor: PageCursor | None = None
     link_params: tuple[tuple[str, str], ...] = ()
     """The query parameters every Link repeats (all but offset and cursor)."""
@@ -818,7 +883,7 @@ class Listing:
     @property
     def fingerprint(self) -> str:
         """What a cursor must have been made for: the same matches in the same order."""
-        query = [CURSOR_VERSION, self.sort, self.descending, self.published]
+        query = [CURSOR_VERSION, self.sort, self.descending, self.published, self.drafts_visible]
         query += [self.created_after, self.created_before, self.search, sorted(self.tags)]
         return hashlib.sha256(msgspec.json.encode(query)).hexdigest()[:16]
 
@@ -832,6 +897,8 @@ class Listing:
         if self.published is not None:
             conditions.append(HAS_PUBLISHED)
             parameters["published"] = self.published
+        if not self.drafts_visible:
+            conditions.append(PUBLISHED_ONLY)
         if self.created_after is not None:
             conditions.append(CREATED_AFTER)
             parameters["created_after"] = self.created_after
@@ -868,7 +935,8 @@ class Listing:
         index_hint = ""
         has_membership_filter = self.search is not None or self.tags
         if has_membership_filter and not by_relevance and total > SEARCH_PLAN_THRESHOLD:
-            index_hint = f" INDEXED BY {SORT_INDEXES[self.sort][self.published is not None]}"
+            one_value_of_published = self.published is not None or not self.drafts_visible
+            index_hint = f" INDEXED BY {SORT_INDEXES[self.sort][one_value_of_published]}"
         direction = "DESC" if descending else "ASC"
         page = template.format(sort_key=key, direction=direction, conditions=all_of(conditions), index_hint=index_hint)
         collation = " COLLATE NOCASE" if self.sort == "title" else ""
@@ -993,6 +1061,7 @@ def listing_from_query(
     request: Request,
     secret: bytes,
     *,
+    drafts_visible: bool,
     limit: int,
     offset: int,
     cursor: str | None,
@@ -1031,6 +1100,7 @@ def listing_from_query(
         created_before=parse_moment(request, "created_before", created_before),
         search=search,
         tags=tags,
+        drafts_visible=drafts_visible,
         link_params=tuple(link_params),
     )
     return replace(listing, cursor=cursor_for(request, cursor, secret, listing.fingerprint))
@@ -1239,6 +1309,90 @@ UNAVAILABLE_ERROR_CODES = {
 
 
 # --------------------------------------------------------------------------------------
+# Security: who may write, who may see drafts
+# --------------------------------------------------------------------------------------
+
+EDITOR = "editor"
+"""The user of a request that carries the right token: it may write and see drafts."""
+BEARER_SCHEME = "BearerToken"
+
+
+def unauthorized(detail: str, error: str | None = None) -> NotAuthorizedException:
+    """401 with the challenge RFC 6750 asks for (never repeating what the client sent)."""
+    challenge = 'Bearer realm="blog_api"' + (f', error="{error}"' if error else "")
+    return NotAuthorizedException(detail=detail, headers={"WWW-Authenticate": challenge})
+
+
+class BearerTokenMiddleware(AbstractAuthenticationMiddleware):
+    """Recognises ``Authorization: Bearer <token>``, compared in constant time.
+
+    No header: an anonymous reader. A wrong token, or another scheme: 401 on any route, so
+    that a client learns at once that its token is wrong rather than seeing fewer posts.
+    """
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        super().__init__(app)
+        self._token = token.encode()
+
+    async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
+        header = connection.headers.get("authorization")
+        if header is None:
+            return AuthenticationResult(user=None, auth=None)
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode(), self._token):
+            raise unauthorized("The bearer token is not valid", error="invalid_token")
+        return AuthenticationResult(user=EDITOR, auth=None)
+
+
+def require_writer(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """The guard on every write. With a token: only its holders. Without one: anyone
+    connected through a loopback address, or anyone at all with --allow-anonymous-writes."""
+    config: Config = connection.app.state.config
+    if config.token is not None:
+        if connection.scope.get("user") != EDITOR:
+            raise unauthorized("Writing needs Authorization: Bearer <token>")
+    elif not config.allow_anonymous_writes and not arrived_on_loopback(connection):
+        raise PermissionDeniedException(
+            detail="This server takes anonymous writes only from its own machine; start it with --token"
+        )
+
+
+def arrived_on_loopback(connection: ASGIConnection) -> bool:
+    """Whether the request came in on a loopback address of this server (a Unix socket, or a
+    test client with a made-up host name, counts as local)."""
+    server = connection.scope.get("server")
+    if not server:
+        return True
+    try:
+        return ipaddress.ip_address(server[0]).is_loopback
+    except ValueError:
+        return True
+
+
+def drafts_visible(request: Request) -> bool:
+    """Whether this caller may see unpublished posts: everyone without a token, else editors."""
+    return request.app.state.config.token is None or request.scope.get("user") == EDITOR
+
+
+def too_many_requests(request: Request, exc: TooManyRequestsException) -> Response:
+    """Litestar's 429, with the ``Retry-After`` that RFC 9110 clients look for."""
+    headers = dict(exc.headers or {})
+    headers["Retry-After"] = str(max(1, int(headers.get("RateLimit-Reset", "1"))))
+    detail = "Too many writes from this client; try again after Retry-After seconds"
+    return Response({"status_code": 429, "detail": detail}, status_code=429, headers=headers)
+
+
+def is_write(request: Request) -> bool:
+    return request.method in ("POST", "PUT", "PATCH", "DELETE")
+
+
+async def add_security_headers(message: Message, scope: Scope) -> None:
+    """On every response, errors included: browsers must not guess other content types."""
+    if message["type"] == "http.response.start":
+        MutableScopeHeaders.from_message(message)["X-Content-Type-Options"] = "nosniff"
+
+
+# --------------------------------------------------------------------------------------
 # Route handlers
 # --------------------------------------------------------------------------------------
 
@@ -1262,10 +1416,19 @@ PAGE_HEADERS = [
     ),
 ]
 
+WRITE_ERRORS = [
+    NotAuthorizedException,
+    PermissionDeniedException,
+    TooManyRequestsException,
+    ServiceUnavailableException,
+]
+"""What any write can answer besides its own errors: no token, not from here, too many, busy."""
+
 UPDATE_ROUTE: dict[str, Any] = {
     "path": "/{post_id:str}",
     **json_body(PostUpdate),
-    "raises": [NotFoundException, SlugTaken, RequestEntityTooLarge, ServiceUnavailableException],
+    "guards": [require_writer],
+    "raises": [NotFoundException, SlugTaken, RequestEntityTooLarge, *WRITE_ERRORS],
 }
 """What PUT and PATCH share: they are one operation under two methods, as in the tutorial."""
 
@@ -1278,9 +1441,10 @@ class PostController(Controller):
 
     @post(
         **json_body(PostCreate),
+        guards=[require_writer],
         operation_id="createPost",
         summary="Create a post",
-        raises=[SlugTaken, RequestEntityTooLarge, ServiceUnavailableException],
+        raises=[SlugTaken, RequestEntityTooLarge, *WRITE_ERRORS],
         response_headers=[ResponseHeader(name="Location", description="URL of the new post.", documentation_only=True)],
     )
     async def create_post(self, data: JSONBody[PostCreate], db: NamedDependency[Database]) -> Response[Post]:
@@ -1335,6 +1499,7 @@ class PostController(Controller):
         listing = listing_from_query(
             request,
             db.cursor_secret,
+            drafts_visible=drafts_visible(request),
             limit=limit,
             offset=offset,
             cursor=cursor,
@@ -1355,9 +1520,9 @@ class PostController(Controller):
         summary="Get a post",
         raises=[NotFoundException, ServiceUnavailableException],
     )
-    async def get_post(self, post_id: PostIdOrSlug, db: NamedDependency[Database]) -> Post:
-        """One post by its ID or its slug."""
-        row = await db.fetch_one(SELECT_POST, {"key": post_id})
+    async def get_post(self, request: Request, post_id: PostIdOrSlug, db: NamedDependency[Database]) -> Post:
+        """One post by its ID or its slug (a draft only for those who may see drafts)."""
+        row = await db.fetch_one(SELECT_POST, {"key": post_id, "drafts": drafts_visible(request)})
         if row is None:
             raise post_not_found(post_id)
         return post_from_row(row)
@@ -1374,9 +1539,10 @@ class PostController(Controller):
 
     @delete(
         "/{post_id:str}",
+        guards=[require_writer],
         operation_id="deletePost",
         summary="Delete a post",
-        raises=[NotFoundException, ServiceUnavailableException],
+        raises=[NotFoundException, *WRITE_ERRORS],
     )
     async def delete_post(self, post_id: PostId, db: NamedDependency[Database]) -> None:
         """Delete a post; answers 204 with no body."""
@@ -1400,18 +1566,20 @@ class CommentController(Controller):
         **json_body(CommentCreate),
         operation_id="createComment",
         summary="Comment on a post",
-        raises=[NotFoundException, RequestEntityTooLarge, ServiceUnavailableException],
+        raises=[NotFoundException, RequestEntityTooLarge, TooManyRequestsException, ServiceUnavailableException],
         response_headers=[
             ResponseHeader(name="Location", description="URL of the new comment.", documentation_only=True)
         ],
     )
     async def create_comment(
-        self, post_id: PostId, data: JSONBody[CommentCreate], db: NamedDependency[Database]
+        self, request: Request, post_id: PostId, data: JSONBody[CommentCreate], db: NamedDependency[Database]
     ) -> Response[Comment]:
-        """Add a comment; answers 201 with it, or 404 if the post does not exist."""
+        """Add a comment; answers 201 with it, or 404 if the post does not exist (or is a
+        draft the caller may not see). Anyone may comment: no token is needed."""
         now = utc_now_us()
         comment_id = str(uuid.uuid4())
         parameters = {"id": comment_id, "post_id": post_id, "now": now, "author": data.author, "body": data.body}
+        parameters["drafts"] = drafts_visible(request)
         async with db.transaction() as connection:
             inserted = await connection.execute_fetchall(INSERT_COMMENT, parameters)
         if not inserted:
@@ -1435,7 +1603,7 @@ class CommentController(Controller):
         cursor: PageCursorToken = None,
     ) -> Response[list[Comment]]:
         """A page of the post's comments, oldest first, paged like posts."""
-        row = await db.fetch_one(SELECT_POST_PK, (post_id,))
+        row = await db.fetch_one(SELECT_POST_PK, {"post_id": post_id, "drafts": drafts_visible(request)})
         if row is None:
             raise post_not_found(post_id)
         if cursor is not None and offset:
@@ -1455,18 +1623,22 @@ class CommentController(Controller):
         summary="Get a comment",
         raises=[NotFoundException, ServiceUnavailableException],
     )
-    async def get_comment(self, post_id: PostId, comment_id: CommentId, db: NamedDependency[Database]) -> Comment:
+    async def get_comment(
+        self, request: Request, post_id: PostId, comment_id: CommentId, db: NamedDependency[Database]
+    ) -> Comment:
         """One comment of the post."""
-        row = await db.fetch_one(SELECT_COMMENT, {"post_id": post_id, "comment_id": comment_id})
+        parameters = {"post_id": post_id, "comment_id": comment_id, "drafts": drafts_visible(request)}
+        row = await db.fetch_one(SELECT_COMMENT, parameters)
         if row is None:
             raise comment_not_found(post_id, comment_id)
         return comment_from_row(row)
 
     @delete(
         "/{comment_id:str}",
+        guards=[require_writer],
         operation_id="deleteComment",
         summary="Delete a comment",
-        raises=[NotFoundException, ServiceUnavailableException],
+        raises=[NotFoundException, *WRITE_ERRORS],
     )
     async def delete_comment(self, post_id: PostId, comment_id: CommentId, db: NamedDependency[Database]) -> None:
         """Delete a comment of the post; answers 204 with no body."""
@@ -1533,9 +1705,10 @@ async def add_tags(connection: aiosqlite.Connection, post_pk: int, tags: list[st
 
 
 @get("/api/tags", operation_id="listTags", summary="List tags", tags=["tags"], raises=[ServiceUnavailableException])
-async def list_tags(db: NamedDependency[Database]) -> list[TagCount]:
-    """Every tag some post has, by name, with how many posts have it."""
-    return [TagCount(name=name, post_count=count) for name, count in await db.fetch_all(SELECT_TAG_COUNTS)]
+async def list_tags(request: Request, db: NamedDependency[Database]) -> list[TagCount]:
+    """Every tag some post has, by name, with how many posts have it (of those the caller may see)."""
+    rows = await db.fetch_all(SELECT_TAG_COUNTS, {"drafts": drafts_visible(request)})
+    return [TagCount(name=name, post_count=count) for name, count in rows]
 
 
 def unavailable_reason(exc: BaseException) -> str | None:
@@ -1619,19 +1792,47 @@ async def database_lifespan(app: Litestar) -> AsyncIterator[None]:
 def create_app(config: Config | None = None) -> Litestar:
     """A new app on ``config``'s database. Nothing is opened until the app starts."""
     config = config or Config()
+    middleware: list[Any] = []
+    openapi_security: dict[str, Any] = {}
+    if config.token is not None:
+        middleware.append(DefineMiddleware(BearerTokenMiddleware, token=config.token))
+        scheme = SecurityScheme(
+            type="http", scheme="bearer", description="The token the service was started with (--token)."
+        )
+        openapi_security = {
+            "components": Components(security_schemes={BEARER_SCHEME: scheme}),
+            # Writes need the token; reads take it, to see drafts, or go without.
+            "security": [{BEARER_SCHEME: []}, {}],
+        }
+    if config.writes_per is not None:
+        middleware.append(RateLimitConfig(rate_limit=config.writes_per, check_throttle_handler=is_write).middleware)
+    cors_config = None
+    if config.cors_origins:
+        cors_config = CORSConfig(
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match", "Idempotency-Key"],
+            expose_headers=["ETag", "Link", "X-Total-Count", "Location", "Retry-After"],
+        )
     return BlogAPI(
         route_handlers=[welcome, PostController, CommentController, list_tags],
         dependencies={"db": Provide(provide_database, sync_to_thread=False)},
         lifespan=[database_lifespan],
         state=State({"config": config}),
-        exception_handlers={sqlite3.OperationalError: database_unavailable},
+        middleware=middleware,
+        cors_config=cors_config,
+        before_send=[add_security_headers],
+        exception_handlers={
+            sqlite3.OperationalError: database_unavailable,
+            TooManyRequestsException: too_many_requests,
+        },
         request_max_body_size=MAX_BODY_BYTES,
         after_exception=[log_server_error],
         logging_config=LoggingConfig(log_exceptions="never", configure_root_logger=False),
         openapi_config=OpenAPIConfig(
             title="Blog API",
             version=__version__,
-            description="A blog's JSON API: posts with create, read, update and delete.",
+            description="A blog's JSON API: posts with tags, slugs and comments.",
             render_plugins=[
                 SwaggerRenderPlugin(),
                 RedocRenderPlugin(),
@@ -1640,8 +1841,9 @@ def create_app(config: Config | None = None) -> Litestar:
                 StoplightRenderPlugin(),
                 YamlRenderPlugin(),
             ],
+            **openapi_security,
         ),
-        debug=False,
+        debug=config.debug,
     )
 
 
@@ -1694,14 +1896,50 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
         help="reader connections in the pool (BLOG_API_READERS; default %(default)s)",
     )
     parser.add_argument(
+        "--token", default=defaults.token, help="bearer token that writes need; prefer --token-file (BLOG_API_TOKEN)"
+    )
+    parser.add_argument(
+        "--token-file", metavar="PATH", help="read the token from this file, out of sight of ps (BLOG_API_TOKEN_FILE)"
+    )
+    parser.add_argument(
+        "--allow-anonymous-writes",
+        action="store_true",
+        default=defaults.allow_anonymous_writes,
+        help="without a token, take writes from any address, not only this machine (BLOG_API_ALLOW_ANONYMOUS_WRITES)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        metavar="N/minute",
+        default=defaults.rate_limit,
+        help="writes allowed per client, e.g. 30/minute; over it: 429 (BLOG_API_RATE_LIMIT)",
+    )
+    parser.add_argument(
+        "--cors-origin",
+        dest="cors_origins",
+        action="append",
+        metavar="URL",
+        help="let browser code from this origin call the API; repeatable (BLOG_API_CORS_ORIGINS, comma-separated)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=defaults.debug,
+        help="show tracebacks in error responses; never in production (BLOG_API_DEBUG)",
+    )
+    parser.add_argument(
         "--busy-timeout-ms",
         type=int,
         default=defaults.busy_timeout_ms,
         help="how long a write waits for a lock before answering 503 (BLOG_API_BUSY_TIMEOUT_MS; default %(default)s)",
     )
     args = parser.parse_args(argv)
+    values = vars(args)
+    token_file = values.pop("token_file")
+    values["cors_origins"] = tuple(values["cors_origins"] or defaults.cors_origins)
     try:
-        return Config(**vars(args))
+        if token_file is not None:
+            values["token"] = read_token_file(token_file)
+        return Config(**values)
     except ValueError as exc:
         parser.error(str(exc))
 
@@ -1711,11 +1949,31 @@ def base_url(config: Config) -> str:
     return f"http://{host}:{config.port}"
 
 
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_args(argv)
+    if config.token is None and not config.allow_anonymous_writes and not is_loopback_host(config.host):
+        sys.exit(
+            f"blog_api: refusing to serve {config.host} without a token: anyone who can reach it could "
+            "rewrite the blog. Give --token (or --token-file), or --allow-anonymous-writes if you mean it."
+        )
     url = base_url(config)
     print(f"Blog API {__version__} on {url} with database {config.db_path}", flush=True)
     print(f"API docs: {url}/schema/swagger (also /schema/redoc, /schema/openapi.json)", flush=True)
+    if config.token is not None:
+        print("Writes need Authorization: Bearer <token>; drafts are visible only with it.", flush=True)
+    elif config.allow_anonymous_writes:
+        print("Anyone who can reach this server may write (--allow-anonymous-writes).", flush=True)
+    else:
+        print("No token: anyone on this machine may write; other machines may only read.", flush=True)
     server_options = {"host": config.host, "port": config.port, "log_level": config.log_level}
     if config.reload:
         # The reloader imports a fresh copy of this module, which reads its config from here.

@@ -399,11 +399,19 @@ def test_bodies_over_one_mebibyte_are_413_and_write_nothing(client: TestClient, 
 
 
 def test_a_body_just_under_one_mebibyte_is_accepted(client: TestClient) -> None:
-    envelope = len(json.dumps({"title": "big", "content": ""}))
-    content = "x" * (blog_api.MAX_BODY_BYTES - envelope)
-    response = client.post("/api/posts", content=json.dumps({"title": "big", "content": content}))
+    content = "🦀" * 87_000  # 12 bytes each as JSON escapes: 1,044,000 bytes, 87,000 characters
+    body = json.dumps({"title": "big", "content": content})
+    assert blog_api.MAX_BODY_BYTES - 5_000 < len(body) <= blog_api.MAX_BODY_BYTES
+    response = client.post("/api/posts", content=body)
     assert response.status_code == 201
-    assert len(response.json()["content"]) == len(content)
+    assert response.json()["content"] == content
+
+
+def test_content_over_100000_characters_is_refused(client: TestClient, db_path: Path) -> None:
+    assert create(client, content="x" * 100_000)["content"] == "x" * 100_000
+    response = client.post("/api/posts", json={**SEED_POST, "content": "x" * 100_001})
+    assert_validation_error(response, key="content")
+    assert len(stored_posts(db_path)) == 1
 
 
 def test_curl_without_a_content_type_still_works(client: TestClient) -> None:
@@ -479,6 +487,10 @@ def test_client_errors_are_not_logged_as_server_errors(client) -> None:
 # --------------------------------------------------------------------------------------
 
 
+WRITE_ERRORS = ("401", "403", "429", "503")
+"""No token, not from this machine, too many writes, database busy."""
+
+
 def test_openapi_describes_every_route_parameter_body_and_error(client: TestClient) -> None:
     schema = client.get("/schema/openapi.json").json()
     operations = {
@@ -489,16 +501,19 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
     expected = {
         ("GET", "/"): ("welcome", {"200"}),
         ("GET", "/api/posts"): ("listPosts", {"200", "400", "503"}),
-        ("POST", "/api/posts"): ("createPost", {"201", "400", "409", "413", "503"}),
+        ("POST", "/api/posts"): ("createPost", {"201", "400", "409", "413", *WRITE_ERRORS}),
         ("GET", "/api/posts/{post_id}"): ("getPost", {"200", "400", "404", "503"}),
-        ("PUT", "/api/posts/{post_id}"): ("updatePost", {"200", "400", "404", "409", "413", "503"}),
-        ("PATCH", "/api/posts/{post_id}"): ("patchPost", {"200", "400", "404", "409", "413", "503"}),
-        ("DELETE", "/api/posts/{post_id}"): ("deletePost", {"204", "400", "404", "503"}),
+        ("PUT", "/api/posts/{post_id}"): ("updatePost", {"200", "400", "404", "409", "413", *WRITE_ERRORS}),
+        ("PATCH", "/api/posts/{post_id}"): ("patchPost", {"200", "400", "404", "409", "413", *WRITE_ERRORS}),
+        ("DELETE", "/api/posts/{post_id}"): ("deletePost", {"204", "400", "404", *WRITE_ERRORS}),
         ("GET", "/api/tags"): ("listTags", {"200", "503"}),
-        ("POST", "/api/posts/{post_id}/comments"): ("createComment", {"201", "400", "404", "413", "503"}),
+        ("POST", "/api/posts/{post_id}/comments"): ("createComment", {"201", "400", "404", "413", "429", "503"}),
         ("GET", "/api/posts/{post_id}/comments"): ("listComments", {"200", "400", "404", "503"}),
         ("GET", "/api/posts/{post_id}/comments/{comment_id}"): ("getComment", {"200", "400", "404", "503"}),
-        ("DELETE", "/api/posts/{post_id}/comments/{comment_id}"): ("deleteComment", {"204", "400", "404", "503"}),
+        ("DELETE", "/api/posts/{post_id}/comments/{comment_id}"): (
+            "deleteComment",
+            {"204", "400", "404", *WRITE_ERRORS},
+        ),
     }
     assert set(operations) == set(expected)
     for key, (operation_id, statuses) in expected.items():
