@@ -1626,3 +1626,293 @@ def test_bad_comments_are_refused_and_nothing_written(client: TestClient, db_pat
     response = client.post(f"/api/posts/{post['id']}/comments", json=body)
     assert_validation_error(response, key)
     assert stored_comments(db_path) == []
+
+
+# --------------------------------------------------------------------------------------
+# Security: tokens, private drafts, safe defaults, limits, browsers
+# --------------------------------------------------------------------------------------
+
+TOKEN = "correct-horse-battery-staple-4242"
+EDITOR = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def secured(db_path: Path) -> Iterator[TestClient]:
+    """An app that needs a token to write."""
+    app = create_app(Config(db_path=str(db_path), token=TOKEN))
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def create_as_editor(client: TestClient, **fields) -> dict:
+    response = client.post("/api/posts", json={**SEED_POST, **fields}, headers=EDITOR)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def write_requests(client: TestClient) -> dict[str, tuple[str, str, dict | None]]:
+    """One request for each write route, on a post and comment made for it."""
+    post = create_as_editor(client, title="target")
+    comment = comment_on(client, post)
+    return {
+        "create post": ("POST", "/api/posts", SEED_POST),
+        "put post": ("PUT", f"/api/posts/{post['id']}", {"title": "changed"}),
+        "patch post": ("PATCH", f"/api/posts/{post['id']}", {"title": "changed"}),
+        "delete post": ("DELETE", f"/api/posts/{post['id']}", None),
+        "delete comment": ("DELETE", f"/api/posts/{post['id']}/comments/{comment['id']}", None),
+    }
+
+
+WRITE_ROUTES = ["create post", "put post", "patch post", "delete post", "delete comment"]
+
+
+@pytest.mark.parametrize("route", WRITE_ROUTES)
+def test_writes_need_the_token(secured: TestClient, db_path: Path, route: str) -> None:
+    method, url, body = write_requests(secured)[route]
+    before = (stored_posts(db_path), stored_comments(db_path))
+    for headers, error in [({}, None), ({"Authorization": "Bearer not-the-token"}, "invalid_token")]:
+        response = secured.request(method, url, json=body, headers=headers)
+        assert response.status_code == 401
+        assert response.json()["status_code"] == 401
+        challenge = response.headers["www-authenticate"]
+        assert challenge.startswith("Bearer ") and (error is None or f'error="{error}"' in challenge)
+        assert (stored_posts(db_path), stored_comments(db_path)) == before
+    response = secured.request(method, url, json=body, headers=EDITOR)
+    assert response.status_code in (200, 201, 204)
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [f"Basic {TOKEN}", "Bearer", "Bearer ", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", f"Token {TOKEN}"],
+)
+def test_anything_but_the_exact_bearer_token_is_refused(secured: TestClient, authorization: str) -> None:
+    response = secured.post("/api/posts", json=SEED_POST, headers={"Authorization": authorization})
+    assert response.status_code == 401
+    assert TOKEN not in response.text and TOKEN not in str(response.headers)
+
+
+def test_the_scheme_name_is_case_insensitive(secured: TestClient) -> None:
+    response = secured.post("/api/posts", json=SEED_POST, headers={"Authorization": f"bearer {TOKEN}"})
+    assert response.status_code == 201
+
+
+def test_a_wrong_token_is_refused_on_reads_too(secured: TestClient) -> None:
+    response = secured.get("/api/posts", headers={"Authorization": "Bearer guess"})
+    assert response.status_code == 401 and "error=" in response.headers["www-authenticate"]
+
+
+def test_drafts_are_invisible_without_the_token_everywhere(secured: TestClient) -> None:
+    public = create_as_editor(secured, title="Public python post", tags=["python"])
+    draft = create_as_editor(secured, title="Secret python draft", tags=["python", "secret"], published=False)
+    comment_on(secured, public)
+    draft_comment = secured.post(f"/api/posts/{draft['id']}/comments", json=COMMENT, headers=EDITOR).json()
+
+    listing = secured.get("/api/posts")
+    assert ids(listing.json()) == [public["id"]] and listing.headers["x-total-count"] == "1"
+    unpublished = secured.get("/api/posts", params={"published": "false"})
+    assert unpublished.json() == [] and unpublished.headers["x-total-count"] == "0"
+    assert ids(secured.get("/api/posts", params={"q": "python"}).json()) == [public["id"]]
+    assert secured.get("/api/posts", params={"q": "secret"}).headers["x-total-count"] == "0"
+    assert ids(secured.get("/api/posts", params={"tag": "python"}).json()) == [public["id"]]
+    assert secured.get("/api/tags").json() == [{"name": "python", "post_count": 1}]
+    for url in (f"/api/posts/{draft['id']}", f"/api/posts/{draft['slug']}"):
+        response = secured.get(url)
+        assert (
+            response.status_code == 404
+            and response.json()["detail"] == f"Post with ID {url.rsplit('/', 1)[1]} not found"
+        )
+    assert secured.get(f"/api/posts/{draft['id']}/comments").status_code == 404
+    assert secured.get(f"/api/posts/{draft['id']}/comments/{draft_comment['id']}").status_code == 404
+    assert secured.post(f"/api/posts/{draft['id']}/comments", json=COMMENT).status_code == 404
+
+    assert ids(secured.get("/api/posts", headers=EDITOR).json()) == [draft["id"], public["id"]]
+    assert secured.get(f"/api/posts/{draft['id']}", headers=EDITOR).status_code == 200
+    assert len(secured.get("/api/tags", headers=EDITOR).json()) == 2
+    assert secured.get(f"/api/posts/{draft['id']}/comments", headers=EDITOR).json() == [draft_comment]
+
+
+def test_anyone_may_comment_on_a_published_post(secured: TestClient) -> None:
+    post = create_as_editor(secured)
+    assert secured.post(f"/api/posts/{post['id']}/comments", json=COMMENT).status_code == 201
+
+
+def test_without_a_token_writes_come_only_from_this_machine(db_path: Path) -> None:
+    app = create_app(Config(db_path=str(db_path)))
+    with (
+        TestClient(app, base_url="http://203.0.113.7") as remote,
+        TestClient(app, base_url="http://127.0.0.1") as local,
+    ):
+        response = remote.post("/api/posts", json=SEED_POST)
+        assert response.status_code == 403 and "--token" in response.json()["detail"]
+        assert remote.get("/api/posts").status_code == 200
+        assert local.post("/api/posts", json=SEED_POST).status_code == 201
+    open_app = create_app(Config(db_path=str(db_path), allow_anonymous_writes=True))
+    with TestClient(open_app, base_url="http://203.0.113.7") as remote:
+        assert remote.post("/api/posts", json=SEED_POST).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("argv", "starts"),
+    [
+        (["--host", "192.0.2.10"], False),
+        (["--host", "192.0.2.10", "--allow-anonymous-writes"], True),
+        (["--host", "192.0.2.10", "--token", TOKEN], True),
+        (["--host", "127.0.0.1"], True),
+        (["--host", "::1"], True),
+        (["--host", "localhost"], True),
+    ],
+)
+def test_startup_refuses_a_public_address_without_a_token(monkeypatch, capsys, argv, starts: bool) -> None:
+    started: list[dict] = []
+    monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: started.append(options))
+    if starts:
+        blog_api.main(argv)
+        assert [options["host"] for options in started] == [argv[1]]
+    else:
+        with pytest.raises(SystemExit) as exit_info:
+            blog_api.main(argv)
+        assert "refusing to serve 192.0.2.10 without a token" in str(exit_info.value.code)
+        assert started == []
+    said = capsys.readouterr().out
+    assert TOKEN not in said
+    if starts and "--token" in argv:
+        assert "Writes need Authorization: Bearer <token>" in said
+
+
+def test_writes_over_the_rate_limit_are_429_with_retry_after(db_path: Path) -> None:
+    with TestClient(create_app(Config(db_path=str(db_path), rate_limit="2/minute"))) as client:
+        assert [client.post("/api/posts", json=SEED_POST).status_code for _ in range(2)] == [201, 201]
+        response = client.post("/api/posts", json=SEED_POST)
+        assert response.status_code == 429
+        assert response.json()["status_code"] == 429
+        assert 1 <= int(response.headers["retry-after"]) <= 60
+        assert client.get("/api/posts").status_code == 200  # reads are not limited
+        assert len(stored_posts(db_path)) == 2
+
+
+@pytest.fixture
+def browser_facing(db_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(Config(db_path=str(db_path), cors_origins=("https://blog.example",)))) as client:
+        yield client
+
+
+def test_cors_preflight_from_an_allowed_origin(browser_facing: TestClient) -> None:
+    response = browser_facing.options(
+        "/api/posts",
+        headers={
+            "Origin": "https://blog.example",
+            "Access-Control-Request-Method": "PUT",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert response.status_code == 204
+    assert response.headers["access-control-allow-origin"] == "https://blog.example"
+    assert "PUT" in response.headers["access-control-allow-methods"]
+    assert "authorization" in response.headers["access-control-allow-headers"].lower()
+
+
+def test_cors_preflight_from_another_origin_is_refused(browser_facing: TestClient) -> None:
+    response = browser_facing.options(
+        "/api/posts", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert response.status_code == 400
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_cors_exposes_the_headers_browser_code_needs(browser_facing: TestClient) -> None:
+    response = browser_facing.get("/api/posts", headers={"Origin": "https://blog.example"})
+    exposed = {name.strip().lower() for name in response.headers["access-control-expose-headers"].split(",")}
+    assert {"etag", "link", "x-total-count", "location"} <= exposed
+
+
+def test_no_cors_unless_asked(client: TestClient) -> None:
+    response = client.get("/api/posts", headers={"Origin": "https://blog.example"})
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_every_response_says_nosniff(secured: TestClient, monkeypatch) -> None:
+    post = create_as_editor(secured)
+    responses = [
+        secured.get("/"),
+        secured.get("/api/posts"),
+        secured.get("/nowhere"),
+        secured.post(f"/api/posts/{post['id']}", json={}),
+        secured.post("/api/posts", json=SEED_POST),
+        secured.post("/api/posts", json={}, headers=EDITOR),
+    ]
+    monkeypatch.setattr(blog_api, "post_from_row", lambda row: 1 / 0)
+    responses.append(secured.get(f"/api/posts/{post['id']}"))
+    assert [r.status_code for r in responses] == [200, 200, 404, 405, 401, 400, 500]
+    assert all(r.headers["x-content-type-options"] == "nosniff" for r in responses)
+
+
+def test_the_openapi_document_declares_the_bearer_scheme_only_with_a_token(secured, client) -> None:
+    schema = secured.get("/schema/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["BearerToken"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The token the service was started with (--token).",
+    }
+    assert {"BearerToken": []} in schema["security"]
+    assert TOKEN not in json.dumps(schema)
+    assert "securitySchemes" not in client.get("/schema/openapi.json").json().get("components", {})
+
+
+def test_the_token_is_not_in_the_config_repr() -> None:
+    assert TOKEN not in repr(Config(token=TOKEN))
+
+
+def test_token_settings_from_flags_files_and_environment(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(f"{TOKEN}\n")
+    assert blog_api.parse_args(["--token-file", str(token_file)], {}).token == TOKEN
+    assert Config.from_env({"BLOG_API_TOKEN_FILE": str(token_file)}).token == TOKEN
+    assert Config.from_env({"BLOG_API_TOKEN": TOKEN}).token == TOKEN
+    env = {"BLOG_API_CORS_ORIGINS": "https://a.example, https://b.example", "BLOG_API_RATE_LIMIT": "5/second"}
+    config = Config.from_env(env)
+    assert config.cors_origins == ("https://a.example", "https://b.example") and config.writes_per == ("second", 5)
+    assert Config.from_env(config.to_env()) == config
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--rate-limit", "lots"], "rate limit must look like 30/minute"),
+        (["--rate-limit", "0/minute"], "rate limit must look like 30/minute"),
+        (["--cors-origin", "blog.example"], "a CORS origin is a scheme and host"),
+        (["--token", "has space"], "the token must be non-empty and contain no spaces"),
+        (["--token-file", "/nonexistent/token"], "cannot read the token file"),
+    ],
+)
+def test_bad_security_settings_are_refused(capsys, argv, message) -> None:
+    with pytest.raises(SystemExit):
+        blog_api.parse_args(argv, {})
+    assert message in capsys.readouterr().err
+
+
+def test_the_token_never_reaches_a_response_or_a_log_line(tmp_path: Path, start_server) -> None:
+    """The real service, with the token from a file: every answer and every line it prints."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    port = free_port()
+    server = start_server(
+        [sys.executable, "blog_api.py", "--port", str(port), "--token-file", str(token_file), "--log-level", "debug"],
+        port,
+    )
+    http = httpx.Client(base_url=server.url, timeout=10)
+    responses = [
+        http.post("/api/posts", json=SEED_POST, headers=EDITOR),
+        http.post("/api/posts", json=SEED_POST),
+        http.post("/api/posts", json=SEED_POST, headers={"Authorization": f"Bearer {TOKEN}-wrong"}),
+        http.post("/api/posts", json={"title": ""}, headers=EDITOR),
+        http.get("/api/posts", headers=EDITOR),
+        http.get("/schema/openapi.json"),
+        http.get("/api/posts/missing", headers=EDITOR),
+    ]
+    http.close()
+    assert [response.status_code for response in responses] == [201, 401, 401, 400, 200, 200, 404]
+    for response in responses:
+        assert TOKEN not in response.text and TOKEN not in str(response.headers)
+    code, output = server.stop()
+    assert code == 0
+    assert TOKEN not in output and "Writes need Authorization" in output
