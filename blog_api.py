@@ -11,6 +11,7 @@ pool of readers), route handlers, the app factory, and ``main()``.
 import argparse
 import asyncio
 import base64
+import email.utils
 import hashlib
 import hmac
 import ipaddress
@@ -33,11 +34,13 @@ import aiosqlite
 import msgspec
 import uvicorn
 from litestar import Controller, Litestar, Request, Response, delete, get, patch, post, put
+from litestar.config.compression import CompressionConfig
 from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
 from litestar.datastructures import MutableScopeHeaders, ResponseHeader, State
 from litestar.di import NamedDependency, Provide
 from litestar.dto import MsgspecDTO
+from litestar.enums import MediaType
 from litestar.exceptions import (
     ClientException,
     HTTPException,
@@ -54,6 +57,7 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from litestar.middleware.base import DefineMiddleware
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import (
     RapidocRenderPlugin,
     RedocRenderPlugin,
@@ -63,7 +67,7 @@ from litestar.openapi.plugins import (
     YamlRenderPlugin,
 )
 from litestar.openapi.spec import Components, Reference, Schema, SecurityScheme
-from litestar.params import JSONBody, KwargDefinition, PathParameter, QueryParameter
+from litestar.params import HeaderParameter, JSONBody, KwargDefinition, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from litestar.typing import FieldDefinition
@@ -249,6 +253,7 @@ class PostCreate(msgspec.Struct, forbid_unknown_fields=True):
     created_at: Ignored = None
     updated_at: Ignored = None
     comment_count: Ignored = None
+    version: Ignored = None
 
     def __post_init__(self) -> None:
         if self.slug is not None:
@@ -269,6 +274,7 @@ class PostUpdate(msgspec.Struct, forbid_unknown_fields=True):
     created_at: Ignored = None
     updated_at: Ignored = None
     comment_count: Ignored = None
+    version: Ignored = None
 
     def __post_init__(self) -> None:
         if isinstance(self.slug, str):
@@ -340,6 +346,7 @@ class Post(msgspec.Struct):
     slug: str
     tags: list[str]
     comment_count: int
+    version: Annotated[int, Meta(description="Bumped by every change; the ETag is made from id and version.")]
 
 
 class CommentCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -370,6 +377,29 @@ class TagCount(msgspec.Struct):
 PostId = Annotated[str, PathParameter(description="The post's ID, as returned when it was created.")]
 PostIdOrSlug = Annotated[str, PathParameter(description="The post's ID, or its slug.")]
 CommentId = Annotated[str, PathParameter(description="The comment's ID, as returned when it was created.")]
+IfNoneMatch = Annotated[
+    str | None, HeaderParameter(name="If-None-Match", description="ETags the client has: 304 if one is current.")
+]
+IfModifiedSince = Annotated[
+    str | None,
+    HeaderParameter(
+        name="If-Modified-Since", description="An HTTP date: 304 if unchanged since (without If-None-Match)."
+    ),
+]
+IfMatch = Annotated[
+    str | None,
+    HeaderParameter(name="If-Match", description="Change only if the post's ETag is one of these (or `*`), else 412."),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Makes a retry safe: the same key and body within 24 hours gets the first answer again, "
+        "without a second write; the same key with another body is a 422.",
+    ),
+]
 TagFilter = Annotated[
     list[str] | None,
     QueryParameter(description="Only posts with this tag; repeat it for posts with all of them."),
@@ -417,6 +447,20 @@ SearchText = Annotated[
         "Results rank by relevance (bm25, title above content) unless `sort` is given.",
     ),
 ]
+
+
+class PreconditionFailed(ClientException):
+    """412: If-Match named an ETag that is no longer current; nothing was changed."""
+
+    status_code = 412
+    detail = "The post has changed since that ETag; fetch it again"
+
+
+class IdempotencyKeyReused(ClientException):
+    """422: an Idempotency-Key already used for a request with another body."""
+
+    status_code = 422
+    detail = "This Idempotency-Key was used for another request body"
 
 
 class SlugTaken(ClientException):
@@ -514,7 +558,8 @@ POST_FIELDS = """
             ORDER BY post_tags.position
         )
     ) AS tags,
-    (SELECT count(*) FROM comments WHERE comments.post_pk = posts.pk) AS comment_count
+    (SELECT count(*) FROM comments WHERE comments.post_pk = posts.pk) AS comment_count,
+    posts.version
 """
 
 # :drafts is 1 when the caller may see unpublished posts, 0 when not.
@@ -569,7 +614,7 @@ SET title = coalesce(:title, title),
         THEN updated_at
         ELSE max(:now, updated_at + 1)
     END
-WHERE id = :id
+WHERE id = :id AND (:versions IS NULL OR version IN (SELECT value FROM json_each(:versions)))
 RETURNING pk
 """
 
@@ -601,16 +646,33 @@ GROUP BY tags.pk
 ORDER BY tags.name
 """
 
+# :versions (a JSON array, or NULL for any) is what If-Match allows the post to be at.
 DELETE_POST = """
 DELETE FROM posts
-WHERE id = ?
+WHERE id = :id AND (:versions IS NULL OR version IN (SELECT value FROM json_each(:versions)))
 RETURNING id
 """
 
 SELECT_POST_PK = """
-SELECT pk
+SELECT pk, published
 FROM posts
 WHERE id = :post_id AND (published OR :drafts)
+"""
+
+SELECT_IDEMPOTENT_RESPONSE = """
+SELECT request_hash, status, location, body
+FROM idempotency_keys
+WHERE route = :route AND key = :key
+"""
+
+INSERT_IDEMPOTENT_RESPONSE = """
+INSERT INTO idempotency_keys (route, key, request_hash, status, location, body, created_at)
+VALUES (:route, :key, :request_hash, :status, :location, :body, :now)
+"""
+
+DELETE_EXPIRED_IDEMPOTENCY_KEYS = """
+DELETE FROM idempotency_keys
+WHERE created_at < :expired_before
 """
 
 COMMENT_FIELDS = "comments.id, :post_id, comments.author, comments.body, comments.created_at"
@@ -625,7 +687,7 @@ RETURNING pk
 """
 
 SELECT_COMMENT = f"""
-SELECT {COMMENT_FIELDS}
+SELECT {COMMENT_FIELDS}, posts.published
 FROM comments JOIN posts ON posts.pk = comments.post_pk
 WHERE comments.id = :comment_id AND posts.id = :post_id AND (posts.published OR :drafts)
 """
@@ -771,7 +833,7 @@ def format_timestamp(microseconds: int) -> str:
 
 def post_from_row(row: Sequence[Any]) -> Post:
     """A Post from the columns of POST_FIELDS."""
-    post_id, title, content, created_at, updated_at, published, slug, tags, comment_count = row
+    post_id, title, content, created_at, updated_at, published, slug, tags, comment_count, version = row
     return Post(
         id=post_id,
         title=title,
@@ -782,6 +844,7 @@ def post_from_row(row: Sequence[Any]) -> Post:
         slug=slug,
         tags=msgspec.json.decode(tags),
         comment_count=comment_count,
+        version=version,
     )
 
 
@@ -1393,6 +1456,123 @@ async def add_security_headers(message: Message, scope: Scope) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# HTTP caching, conditional requests and safe retries
+# --------------------------------------------------------------------------------------
+
+ENTITY_TAG = re.compile(r'(W/)?("[^"]*")')
+IDEMPOTENCY_KEY_LIFETIME_US = 24 * 60 * 60 * 1_000_000
+NOT_MODIFIED = ResponseSpec(None, description="Not Modified: the client's copy (its ETag) is current.")
+
+
+def entity_tags(field_value: str) -> list[tuple[bool, str]]:
+    """The entity tags of an If-Match or If-None-Match field, as (weak, tag) pairs."""
+    return [(bool(weak), tag) for weak, tag in ENTITY_TAG.findall(field_value)]
+
+
+def post_etag(post: Post) -> str:
+    """Strong: the version changes whenever anything GET shows of the post changes."""
+    return f'"{post.id}.{post.version}"'
+
+
+def page_etag(body: bytes, headers: Mapping[str, str]) -> str:
+    """Strong, over everything a page answers: its posts, its total and its links."""
+    digest = hashlib.sha256(body)
+    digest.update(f"{headers.get('X-Total-Count')}|{headers.get('Link')}".encode())
+    return f'"{digest.hexdigest()[:32]}"'
+
+
+def http_date(microseconds: int) -> str:
+    return email.utils.format_datetime(EPOCH + timedelta(microseconds=microseconds), usegmt=True)
+
+
+def is_not_modified(if_none_match: str | None, if_modified_since: str | None, etag: str, modified_us: int) -> bool:
+    """RFC 9110 13.1.2 and 13.1.3: If-None-Match decides (weak comparison, ``*`` matches);
+    only without it, If-Modified-Since, to the second."""
+    if if_none_match is not None:
+        return if_none_match.strip() == "*" or any(tag == etag for _, tag in entity_tags(if_none_match))
+    if if_modified_since is None:
+        return False
+    try:
+        since = email.utils.parsedate_to_datetime(if_modified_since)
+    except (TypeError, ValueError):
+        return False  # an invalid date is ignored, as RFC 9110 says
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    return EPOCH + timedelta(microseconds=modified_us - modified_us % 1_000_000) <= since
+
+
+def cache_control(request: Request, includes_drafts: bool) -> str:
+    """Public content may be kept by any cache, which must revalidate it (with its ETag);
+    anything with drafts in it, and any answer to an authenticated request, not at all."""
+    if includes_drafts or "authorization" in request.headers:
+        return "private, no-store"
+    return "no-cache"
+
+
+def not_modified(headers: dict[str, str]) -> Response:
+    return Response(None, status_code=304, headers=headers)
+
+
+def json_response(body: bytes, headers: dict[str, str], status_code: int = 200) -> Response:
+    return Response(body, status_code=status_code, media_type=MediaType.JSON, headers=headers)
+
+
+def allowed_versions(if_match: str | None, post_id: str) -> str | None:
+    """The versions If-Match lets a write find the post at, as a JSON array for SQL, or None
+    for any (no field, or ``*``). Weak tags never match (strong comparison, RFC 9110 13.1.1)."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    versions = []
+    for weak, tag in entity_tags(if_match):
+        tag_post_id, _, version = tag.strip('"').rpartition(".")
+        if not weak and tag_post_id == post_id and version.isdigit():
+            versions.append(int(version))
+    return msgspec.json.encode(versions).decode()
+
+
+async def precondition_failed_or_missing(connection: aiosqlite.Connection, post_id: str) -> ClientException:
+    """A conditional write that found nothing: 412 if the post exists, else 404."""
+    exists = await connection.execute_fetchall(SELECT_POST_PK, {"post_id": post_id, "drafts": True})
+    return PreconditionFailed() if exists else post_not_found(post_id)
+
+
+@dataclass(frozen=True)
+class IdempotentRequest:
+    """A POST with an Idempotency-Key: where, which key, and a digest of what it asked."""
+
+    route: str
+    key: str
+    request_hash: str
+
+    @classmethod
+    def of(cls, request: Request, key: str | None, data: msgspec.Struct) -> "IdempotentRequest | None":
+        if key is None:
+            return None
+        request_hash = hashlib.sha256(msgspec.json.encode(data)).hexdigest()
+        return cls(route=f"{request.method} {request.url.path}", key=key, request_hash=request_hash)
+
+    async def replay(self, connection: aiosqlite.Connection) -> Response | None:
+        """The response this key already got, or None; 422 if it came with another body."""
+        rows = await connection.execute_fetchall(SELECT_IDEMPOTENT_RESPONSE, {"route": self.route, "key": self.key})
+        if not rows:
+            return None
+        request_hash, status, location, body = rows[0]
+        if request_hash != self.request_hash:
+            raise IdempotencyKeyReused()
+        headers = {"Idempotent-Replayed": "true", **({"Location": location} if location else {})}
+        return json_response(body, headers, status_code=status)
+
+    async def remember(
+        self, connection: aiosqlite.Connection, status: int, location: str, body: bytes, now: int
+    ) -> None:
+        """Store the response in the write's own transaction, so a crash keeps both or neither."""
+        await connection.execute(DELETE_EXPIRED_IDEMPOTENCY_KEYS, {"expired_before": now - IDEMPOTENCY_KEY_LIFETIME_US})
+        parameters = {"route": self.route, "key": self.key, "request_hash": self.request_hash}
+        parameters.update(status=status, location=location, body=body, now=now)
+        await connection.execute(INSERT_IDEMPOTENT_RESPONSE, parameters)
+
+
+# --------------------------------------------------------------------------------------
 # Route handlers
 # --------------------------------------------------------------------------------------
 
@@ -1407,15 +1587,6 @@ async def welcome() -> Welcome:
     return Welcome(message="Welcome to the Blog API")
 
 
-PAGE_HEADERS = [
-    ResponseHeader(name="X-Total-Count", description="How many match, on all pages.", documentation_only=True),
-    ResponseHeader(
-        name="Link",
-        description="RFC 8288 links to the `first`, `prev`, `next` and `last` pages, where they exist.",
-        documentation_only=True,
-    ),
-]
-
 WRITE_ERRORS = [
     NotAuthorizedException,
     PermissionDeniedException,
@@ -1428,9 +1599,31 @@ UPDATE_ROUTE: dict[str, Any] = {
     "path": "/{post_id:str}",
     **json_body(PostUpdate),
     "guards": [require_writer],
-    "raises": [NotFoundException, SlugTaken, RequestEntityTooLarge, *WRITE_ERRORS],
+    "raises": [NotFoundException, PreconditionFailed, SlugTaken, RequestEntityTooLarge, *WRITE_ERRORS],
+    "response_headers": [ResponseHeader(name="ETag", description="The post's new ETag.", documentation_only=True)],
 }
 """What PUT and PATCH share: they are one operation under two methods, as in the tutorial."""
+
+
+def documented(*names: str) -> list[ResponseHeader]:
+    return [RESPONSE_HEADERS[name] for name in names]
+
+
+RESPONSE_HEADERS = {
+    name: ResponseHeader(name=name, description=description, documentation_only=True)
+    for name, description in [
+        ("Location", "URL of what was created."),
+        ("ETag", "Strong validator: send it back in If-None-Match (304) or If-Match (412 if stale)."),
+        ("Last-Modified", "When the post last changed (updated_at), for If-Modified-Since."),
+        (
+            "Cache-Control",
+            "`no-cache` for public content (revalidate); `private, no-store` for drafts or with a token.",
+        ),
+        ("X-Total-Count", "How many match, on all pages."),
+        ("Link", "RFC 8288 links to the `first`, `prev`, `next` and `last` pages, where they exist."),
+        ("Idempotent-Replayed", "`true` when this is the stored answer to an earlier request with the same key."),
+    ]
+}
 
 
 class PostController(Controller):
@@ -1444,15 +1637,25 @@ class PostController(Controller):
         guards=[require_writer],
         operation_id="createPost",
         summary="Create a post",
-        raises=[SlugTaken, RequestEntityTooLarge, *WRITE_ERRORS],
-        response_headers=[ResponseHeader(name="Location", description="URL of the new post.", documentation_only=True)],
+        raises=[SlugTaken, IdempotencyKeyReused, RequestEntityTooLarge, *WRITE_ERRORS],
+        response_headers=documented("Location", "ETag", "Idempotent-Replayed"),
     )
-    async def create_post(self, data: JSONBody[PostCreate], db: NamedDependency[Database]) -> Response[Post]:
+    async def create_post(
+        self,
+        request: Request,
+        data: JSONBody[PostCreate],
+        db: NamedDependency[Database],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[Post]:
         """Create a post; answers 201 with the post and its URL in ``Location``. Without a
         slug, one is made from the title, numbered (``-2``, ``-3``) if already taken."""
         now = utc_now_us()
         post_id = str(uuid.uuid4())
+        location = f"{self.path}/{post_id}"
+        idempotent = IdempotentRequest.of(request, idempotency_key, data)
         async with db.transaction() as connection:
+            if idempotent and (replay := await idempotent.replay(connection)):
+                return replay
             slug = data.slug or await free_slug(connection, slugify(data.title))
             parameters = {"id": post_id, "slug": slug, "title": data.title, "content": data.content}
             parameters.update(published=data.published, now=now)
@@ -1460,24 +1663,29 @@ class PostController(Controller):
                 [(pk,)] = await connection.execute_fetchall(INSERT_POST, parameters)
             if data.tags:
                 await add_tags(connection, pk, data.tags)
-        created = Post(
-            id=post_id,
-            title=data.title,
-            content=data.content,
-            created_at=format_timestamp(now),
-            updated_at=format_timestamp(now),
-            published=data.published,
-            slug=slug,
-            tags=data.tags,
-            comment_count=0,
-        )
-        return Response(created, status_code=201, headers={"Location": f"{self.path}/{post_id}"})
+            created = Post(
+                id=post_id,
+                title=data.title,
+                content=data.content,
+                created_at=format_timestamp(now),
+                updated_at=format_timestamp(now),
+                published=data.published,
+                slug=slug,
+                tags=data.tags,
+                comment_count=0,
+                version=1,
+            )
+            body = msgspec.json.encode(created)
+            if idempotent:
+                await idempotent.remember(connection, 201, location, body, now)
+        return json_response(body, {"Location": location, "ETag": post_etag(created)}, status_code=201)
 
     @get(
         operation_id="listPosts",
         summary="List posts",
         raises=[ServiceUnavailableException],
-        response_headers=PAGE_HEADERS,
+        response_headers=documented("X-Total-Count", "Link", "ETag", "Cache-Control"),
+        responses={304: NOT_MODIFIED},
     )
     async def list_posts(
         self,
@@ -1493,6 +1701,7 @@ class PostController(Controller):
         created_before: CreatedBefore = None,
         q: SearchText = None,
         tag: TagFilter = None,
+        if_none_match: IfNoneMatch = None,
     ) -> Response[list[Post]]:
         """A page of posts, newest first unless asked otherwise, with the total count in
         ``X-Total-Count`` and the neighbouring pages in ``Link``."""
@@ -1512,44 +1721,86 @@ class PostController(Controller):
             tag=tag,
         )
         page = await fetch_page(db, listing, post_from_row)
-        return Response(page.items, headers=page_headers(request, listing, page, db.cursor_secret))
+        includes_drafts = any(not post.published for post in page.items)
+        return page_response(request, listing, page, db.cursor_secret, includes_drafts, if_none_match)
 
     @get(
         "/{post_id:str}",
         operation_id="getPost",
         summary="Get a post",
         raises=[NotFoundException, ServiceUnavailableException],
+        response_headers=documented("ETag", "Last-Modified", "Cache-Control"),
+        responses={304: NOT_MODIFIED},
     )
-    async def get_post(self, request: Request, post_id: PostIdOrSlug, db: NamedDependency[Database]) -> Post:
+    async def get_post(
+        self,
+        request: Request,
+        post_id: PostIdOrSlug,
+        db: NamedDependency[Database],
+        if_none_match: IfNoneMatch = None,
+        if_modified_since: IfModifiedSince = None,
+    ) -> Response[Post]:
         """One post by its ID or its slug (a draft only for those who may see drafts)."""
         row = await db.fetch_one(SELECT_POST, {"key": post_id, "drafts": drafts_visible(request)})
         if row is None:
             raise post_not_found(post_id)
-        return post_from_row(row)
+        post, updated_at = post_from_row(row), row[4]
+        headers = {
+            "ETag": post_etag(post),
+            "Last-Modified": http_date(updated_at),
+            "Cache-Control": cache_control(request, includes_drafts=not post.published),
+        }
+        if is_not_modified(if_none_match, if_modified_since, headers["ETag"], updated_at):
+            return not_modified(headers)
+        return Response(post, headers=headers)
 
     @put(operation_id="updatePost", summary="Update a post", **UPDATE_ROUTE)
-    async def update_post(self, post_id: PostId, data: JSONBody[PostUpdate], db: NamedDependency[Database]) -> Post:
-        """Change the fields sent and leave the others; ``updated_at`` moves forward."""
-        return await apply_update(db, post_id, data)
+    async def update_post(
+        self, post_id: PostId, data: JSONBody[PostUpdate], db: NamedDependency[Database], if_match: IfMatch = None
+    ) -> Response[Post]:
+        """Change the fields sent and leave the others; ``updated_at`` moves forward. With
+        If-Match, only if the post is still at that ETag (else 412, and nothing changes)."""
+        return await apply_update(db, post_id, data, if_match)
 
     @patch(operation_id="patchPost", summary="Update a post (the same as PUT)", **UPDATE_ROUTE)
-    async def patch_post(self, post_id: PostId, data: JSONBody[PostUpdate], db: NamedDependency[Database]) -> Post:
+    async def patch_post(
+        self, post_id: PostId, data: JSONBody[PostUpdate], db: NamedDependency[Database], if_match: IfMatch = None
+    ) -> Response[Post]:
         """The same as PUT: change the fields sent and leave the others."""
-        return await apply_update(db, post_id, data)
+        return await apply_update(db, post_id, data, if_match)
 
     @delete(
         "/{post_id:str}",
         guards=[require_writer],
         operation_id="deletePost",
         summary="Delete a post",
-        raises=[NotFoundException, *WRITE_ERRORS],
+        raises=[NotFoundException, PreconditionFailed, *WRITE_ERRORS],
     )
-    async def delete_post(self, post_id: PostId, db: NamedDependency[Database]) -> None:
-        """Delete a post; answers 204 with no body."""
+    async def delete_post(self, post_id: PostId, db: NamedDependency[Database], if_match: IfMatch = None) -> None:
+        """Delete a post; answers 204 with no body. With If-Match, only if still at that ETag."""
+        parameters = {"id": post_id, "versions": allowed_versions(if_match, post_id)}
         async with db.transaction() as connection:
-            deleted = await connection.execute_fetchall(DELETE_POST, (post_id,))
-        if not deleted:
-            raise post_not_found(post_id)
+            if not await connection.execute_fetchall(DELETE_POST, parameters):
+                raise await precondition_failed_or_missing(connection, post_id)
+
+
+def page_response(
+    request: Request,
+    listing: Listing | CommentListing,
+    page: Page,
+    secret: bytes,
+    includes_drafts: bool,
+    if_none_match: str | None,
+) -> Response:
+    """A page as JSON, with its total, links, ETag and Cache-Control; 304 if the client's
+    copy is current."""
+    body = msgspec.json.encode(page.items)
+    headers = page_headers(request, listing, page, secret)
+    headers["ETag"] = page_etag(body, headers)
+    headers["Cache-Control"] = cache_control(request, includes_drafts)
+    if is_not_modified(if_none_match, None, headers["ETag"], 0):
+        return not_modified(headers)
+    return json_response(body, headers)
 
 
 def comment_not_found(post_id: str, comment_id: str) -> NotFoundException:
@@ -1566,32 +1817,47 @@ class CommentController(Controller):
         **json_body(CommentCreate),
         operation_id="createComment",
         summary="Comment on a post",
-        raises=[NotFoundException, RequestEntityTooLarge, TooManyRequestsException, ServiceUnavailableException],
-        response_headers=[
-            ResponseHeader(name="Location", description="URL of the new comment.", documentation_only=True)
+        raises=[
+            NotFoundException,
+            IdempotencyKeyReused,
+            RequestEntityTooLarge,
+            TooManyRequestsException,
+            ServiceUnavailableException,
         ],
+        response_headers=documented("Location", "Idempotent-Replayed"),
     )
     async def create_comment(
-        self, request: Request, post_id: PostId, data: JSONBody[CommentCreate], db: NamedDependency[Database]
+        self,
+        request: Request,
+        post_id: PostId,
+        data: JSONBody[CommentCreate],
+        db: NamedDependency[Database],
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[Comment]:
         """Add a comment; answers 201 with it, or 404 if the post does not exist (or is a
         draft the caller may not see). Anyone may comment: no token is needed."""
         now = utc_now_us()
         comment_id = str(uuid.uuid4())
+        location = f"/api/posts/{post_id}/comments/{comment_id}"
         parameters = {"id": comment_id, "post_id": post_id, "now": now, "author": data.author, "body": data.body}
         parameters["drafts"] = drafts_visible(request)
+        idempotent = IdempotentRequest.of(request, idempotency_key, data)
         async with db.transaction() as connection:
-            inserted = await connection.execute_fetchall(INSERT_COMMENT, parameters)
-        if not inserted:
-            raise post_not_found(post_id)
-        comment = comment_from_row((comment_id, post_id, data.author, data.body, now))
-        return Response(comment, status_code=201, headers={"Location": f"/api/posts/{post_id}/comments/{comment_id}"})
+            if idempotent and (replay := await idempotent.replay(connection)):
+                return replay
+            if not await connection.execute_fetchall(INSERT_COMMENT, parameters):
+                raise post_not_found(post_id)
+            body = msgspec.json.encode(comment_from_row((comment_id, post_id, data.author, data.body, now)))
+            if idempotent:
+                await idempotent.remember(connection, 201, location, body, now)
+        return json_response(body, {"Location": location}, status_code=201)
 
     @get(
         operation_id="listComments",
         summary="List a post's comments",
         raises=[NotFoundException, ServiceUnavailableException],
-        response_headers=PAGE_HEADERS,
+        response_headers=documented("X-Total-Count", "Link", "ETag", "Cache-Control"),
+        responses={304: NOT_MODIFIED},
     )
     async def list_comments(
         self,
@@ -1601,6 +1867,7 @@ class CommentController(Controller):
         limit: PageSize = 20,
         offset: PageOffset = 0,
         cursor: PageCursorToken = None,
+        if_none_match: IfNoneMatch = None,
     ) -> Response[list[Comment]]:
         """A page of the post's comments, oldest first, paged like posts."""
         row = await db.fetch_one(SELECT_POST_PK, {"post_id": post_id, "drafts": drafts_visible(request)})
@@ -1615,23 +1882,35 @@ class CommentController(Controller):
             link_params=(("limit", str(limit)),),
         )
         page = await fetch_page(db, listing, comment_from_row)
-        return Response(page.items, headers=page_headers(request, listing, page, db.cursor_secret))
+        post_is_draft = not row[1]
+        return page_response(request, listing, page, db.cursor_secret, post_is_draft, if_none_match)
 
     @get(
         "/{comment_id:str}",
         operation_id="getComment",
         summary="Get a comment",
         raises=[NotFoundException, ServiceUnavailableException],
+        response_headers=documented("ETag", "Cache-Control"),
+        responses={304: NOT_MODIFIED},
     )
     async def get_comment(
-        self, request: Request, post_id: PostId, comment_id: CommentId, db: NamedDependency[Database]
-    ) -> Comment:
-        """One comment of the post."""
+        self,
+        request: Request,
+        post_id: PostId,
+        comment_id: CommentId,
+        db: NamedDependency[Database],
+        if_none_match: IfNoneMatch = None,
+    ) -> Response[Comment]:
+        """One comment of the post. Comments never change, so their ETag is their ID."""
         parameters = {"post_id": post_id, "comment_id": comment_id, "drafts": drafts_visible(request)}
         row = await db.fetch_one(SELECT_COMMENT, parameters)
         if row is None:
             raise comment_not_found(post_id, comment_id)
-        return comment_from_row(row)
+        post_is_draft = not row[-1]
+        headers = {"ETag": f'"{comment_id}"', "Cache-Control": cache_control(request, post_is_draft)}
+        if is_not_modified(if_none_match, None, headers["ETag"], 0):
+            return not_modified(headers)
+        return Response(comment_from_row(row[:-1]), headers=headers)
 
     @delete(
         "/{comment_id:str}",
@@ -1648,7 +1927,7 @@ class CommentController(Controller):
             raise comment_not_found(post_id, comment_id)
 
 
-async def apply_update(db: Database, post_id: str, data: PostUpdate) -> Post:
+async def apply_update(db: Database, post_id: str, data: PostUpdate, if_match: str | None) -> Response[Post]:
     def sent(value: Any) -> Any:
         return None if value is UNSET else value
 
@@ -1661,18 +1940,20 @@ async def apply_update(db: Database, post_id: str, data: PostUpdate) -> Post:
         "slug": sent(data.slug),
         "tags": None if new_tags is None else msgspec.json.encode(new_tags).decode(),
         "now": utc_now_us(),
+        "versions": allowed_versions(if_match, post_id),
     }
     async with db.transaction() as connection:
         with slug_must_be_free(parameters["slug"]):
             rows = await connection.execute_fetchall(UPDATE_POST, parameters)
         if not rows:
-            raise post_not_found(post_id)
+            raise await precondition_failed_or_missing(connection, post_id)
         [(pk,)] = rows
         if new_tags is not None:
             await connection.execute(DELETE_POST_TAGS, (pk,))
             await add_tags(connection, pk, new_tags)
         [row] = await connection.execute_fetchall(SELECT_POST_BY_PK, (pk,))
-    return post_from_row(row)
+    updated = post_from_row(row)
+    return Response(updated, headers={"ETag": post_etag(updated)})
 
 
 async def free_slug(connection: aiosqlite.Connection, slug: str) -> str:
@@ -1704,11 +1985,26 @@ async def add_tags(connection: aiosqlite.Connection, post_pk: int, tags: list[st
     await connection.execute(INSERT_POST_TAGS, {"tags": tags_json, "post_pk": post_pk})
 
 
-@get("/api/tags", operation_id="listTags", summary="List tags", tags=["tags"], raises=[ServiceUnavailableException])
-async def list_tags(request: Request, db: NamedDependency[Database]) -> list[TagCount]:
-    """Every tag some post has, by name, with how many posts have it (of those the caller may see)."""
+@get(
+    "/api/tags",
+    operation_id="listTags",
+    summary="List tags",
+    tags=["tags"],
+    raises=[ServiceUnavailableException],
+    response_headers=documented("ETag", "Cache-Control"),
+    responses={304: NOT_MODIFIED},
+)
+async def list_tags(
+    request: Request, db: NamedDependency[Database], if_none_match: IfNoneMatch = None
+) -> Response[list[TagCount]]:
+    """Every tag some post has, by name, with how many posts have it (of those the caller may
+    see: the counts may include drafts, so then they are private)."""
     rows = await db.fetch_all(SELECT_TAG_COUNTS, {"drafts": drafts_visible(request)})
-    return [TagCount(name=name, post_count=count) for name, count in rows]
+    body = msgspec.json.encode([TagCount(name=name, post_count=count) for name, count in rows])
+    headers = {"ETag": page_etag(body, {}), "Cache-Control": cache_control(request, drafts_visible(request))}
+    if is_not_modified(if_none_match, None, headers["ETag"], 0):
+        return not_modified(headers)
+    return json_response(body, headers)
 
 
 def unavailable_reason(exc: BaseException) -> str | None:
@@ -1821,6 +2117,7 @@ def create_app(config: Config | None = None) -> Litestar:
         state=State({"config": config}),
         middleware=middleware,
         cors_config=cors_config,
+        compression_config=CompressionConfig(backend="brotli", brotli_gzip_fallback=True, minimum_size=1024),
         before_send=[add_security_headers],
         exception_handlers={
             sqlite3.OperationalError: database_unavailable,

@@ -17,6 +17,9 @@ CREATE TABLE IF NOT EXISTS posts (
     -- increases even when two updates land in the same microsecond.
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL,
+    -- Bumped by the triggers below whenever what GET shows of the post changes: the
+    -- strong ETag is made from id and version, and If-Match compares versions.
+    version     INTEGER NOT NULL DEFAULT 1,
     -- Made from the title (my-first-post, then my-first-post-2, ...) or chosen by the client.
     slug        TEXT    NOT NULL UNIQUE CHECK (length(slug) BETWEEN 1 AND 120),
     title       TEXT    NOT NULL CHECK (length(title) BETWEEN 1 AND 100),
@@ -89,6 +92,13 @@ BEGIN
     DELETE FROM tags WHERE pk = old.tag_pk;
 END;
 
+-- A change of the post itself moves updated_at (the UPDATE statement decides when).
+CREATE TRIGGER IF NOT EXISTS posts_bump_version AFTER UPDATE OF updated_at ON posts
+WHEN new.updated_at IS NOT old.updated_at
+BEGIN
+    UPDATE posts SET version = old.version + 1 WHERE pk = new.pk;
+END;
+
 -- Comments belong to a post and go with it.
 CREATE TABLE IF NOT EXISTS comments (
     pk          INTEGER PRIMARY KEY,
@@ -101,6 +111,30 @@ CREATE TABLE IF NOT EXISTS comments (
 
 -- A post's comments, oldest first, and its comment_count.
 CREATE INDEX IF NOT EXISTS comments_by_post ON comments (post_pk, created_at, id);
+
+-- A comment changes its post's comment_count, so its representation: a new version.
+CREATE TRIGGER IF NOT EXISTS comments_bump_post_version_after_insert AFTER INSERT ON comments BEGIN
+    UPDATE posts SET version = version + 1 WHERE pk = new.post_pk;
+END;
+
+CREATE TRIGGER IF NOT EXISTS comments_bump_post_version_after_delete AFTER DELETE ON comments BEGIN
+    UPDATE posts SET version = version + 1 WHERE pk = old.post_pk;
+END;
+
+-- POST requests with an Idempotency-Key: the response given, replayed to a retry with the
+-- same key and body. Written in the transaction of the write itself, kept at least 24 hours.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    route         TEXT    NOT NULL,  -- e.g. POST /api/posts
+    key           TEXT    NOT NULL,
+    request_hash  TEXT    NOT NULL,
+    status        INTEGER NOT NULL,
+    location      TEXT,
+    body          BLOB    NOT NULL,
+    created_at    INTEGER NOT NULL,
+    PRIMARY KEY (route, key)
+) STRICT;
+
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_at);
 
 -- Settings of this database. cursor_secret signs the page cursors of GET /api/posts, so a
 -- cursor stays valid across restarts and between workers, and a forged one is refused.

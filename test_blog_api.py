@@ -34,7 +34,7 @@ SEED_POST = {
     "title": "My First Litestar Blog Post",
     "content": "This is the content of my first blog post. Litestar makes API development easy and enjoyable!",
 }
-ADDED_FIELDS = ["slug", "tags", "comment_count"]
+ADDED_FIELDS = ["slug", "tags", "comment_count", "version"]
 """What the blog content model adds after the tutorial's fields."""
 SEED_DRAFT = {"title": "Draft Post", "content": "This is an unpublished draft post.", "published": False}
 
@@ -192,7 +192,7 @@ def test_put_changes_only_the_fields_sent(client: TestClient, db_path: Path) -> 
 
     assert response.status_code == 200
     updated = response.json()
-    assert updated == {**post, **changes, "updated_at": updated["updated_at"]}
+    assert updated == {**post, **changes, "updated_at": updated["updated_at"], "version": post["version"] + 1}
     assert updated["updated_at"] > post["updated_at"]
     assert client.get(f"/api/posts/{post['id']}").json() == updated
     [row] = stored_posts(db_path)
@@ -246,7 +246,7 @@ def test_patch_behaves_like_put(client: TestClient) -> None:
     post = create(client)
     response = client.patch(f"/api/posts/{post['id']}", json={"published": False})
     assert response.status_code == 200
-    assert response.json() == {**post, "published": False, "updated_at": response.json()["updated_at"]}
+    assert response.json() == {**post, "published": False, "updated_at": response.json()["updated_at"], "version": 2}
 
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH"])
@@ -500,16 +500,19 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
     }
     expected = {
         ("GET", "/"): ("welcome", {"200"}),
-        ("GET", "/api/posts"): ("listPosts", {"200", "400", "503"}),
-        ("POST", "/api/posts"): ("createPost", {"201", "400", "409", "413", *WRITE_ERRORS}),
-        ("GET", "/api/posts/{post_id}"): ("getPost", {"200", "400", "404", "503"}),
-        ("PUT", "/api/posts/{post_id}"): ("updatePost", {"200", "400", "404", "409", "413", *WRITE_ERRORS}),
-        ("PATCH", "/api/posts/{post_id}"): ("patchPost", {"200", "400", "404", "409", "413", *WRITE_ERRORS}),
-        ("DELETE", "/api/posts/{post_id}"): ("deletePost", {"204", "400", "404", *WRITE_ERRORS}),
-        ("GET", "/api/tags"): ("listTags", {"200", "503"}),
-        ("POST", "/api/posts/{post_id}/comments"): ("createComment", {"201", "400", "404", "413", "429", "503"}),
-        ("GET", "/api/posts/{post_id}/comments"): ("listComments", {"200", "400", "404", "503"}),
-        ("GET", "/api/posts/{post_id}/comments/{comment_id}"): ("getComment", {"200", "400", "404", "503"}),
+        ("GET", "/api/posts"): ("listPosts", {"200", "304", "400", "503"}),
+        ("POST", "/api/posts"): ("createPost", {"201", "400", "409", "413", "422", *WRITE_ERRORS}),
+        ("GET", "/api/posts/{post_id}"): ("getPost", {"200", "304", "400", "404", "503"}),
+        ("PUT", "/api/posts/{post_id}"): ("updatePost", {"200", "400", "404", "409", "412", "413", *WRITE_ERRORS}),
+        ("PATCH", "/api/posts/{post_id}"): ("patchPost", {"200", "400", "404", "409", "412", "413", *WRITE_ERRORS}),
+        ("DELETE", "/api/posts/{post_id}"): ("deletePost", {"204", "400", "404", "412", *WRITE_ERRORS}),
+        ("GET", "/api/tags"): ("listTags", {"200", "304", "400", "503"}),
+        ("POST", "/api/posts/{post_id}/comments"): (
+            "createComment",
+            {"201", "400", "404", "413", "422", "429", "503"},
+        ),
+        ("GET", "/api/posts/{post_id}/comments"): ("listComments", {"200", "304", "400", "404", "503"}),
+        ("GET", "/api/posts/{post_id}/comments/{comment_id}"): ("getComment", {"200", "304", "400", "404", "503"}),
         ("DELETE", "/api/posts/{post_id}/comments/{comment_id}"): (
             "deleteComment",
             {"204", "400", "404", *WRITE_ERRORS},
@@ -532,12 +535,21 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
         "created_before",
         "q",
         "tag",
+        "If-None-Match",
     ]
-    for key, names in [(("GET", "/api/posts"), listing_parameters), (("GET", "/api/posts/{post_id}"), ["post_id"])]:
+    for key, names in [
+        (("GET", "/api/posts"), listing_parameters),
+        (("GET", "/api/posts/{post_id}"), ["post_id", "If-None-Match", "If-Modified-Since"]),
+    ]:
         parameters = operations[key]["parameters"]
         assert sorted(parameter["name"] for parameter in parameters) == sorted(names)
         assert all(parameter["description"] for parameter in parameters)
-    assert set(operations["GET", "/api/posts"]["responses"]["200"]["headers"]) == {"X-Total-Count", "Link"}
+    assert set(operations["GET", "/api/posts"]["responses"]["200"]["headers"]) == {
+        "X-Total-Count",
+        "Link",
+        "ETag",
+        "Cache-Control",
+    }
     assert "Location" in operations["POST", "/api/posts"]["responses"]["201"]["headers"]
 
     components = schema["components"]["schemas"]
