@@ -1928,3 +1928,202 @@ def test_the_token_never_reaches_a_response_or_a_log_line(tmp_path: Path, start_
     code, output = server.stop()
     assert code == 0
     assert TOKEN not in output and "Writes need Authorization" in output
+
+
+# --------------------------------------------------------------------------------------
+# HTTP caching, conditional requests, safe concurrent edits, safe retries
+# --------------------------------------------------------------------------------------
+
+
+def test_a_post_has_a_strong_etag_last_modified_and_cache_control(client: TestClient, monkeypatch) -> None:
+    fixed_clock(monkeypatch, 1_741_776_155_700_944)
+    post = create(client)
+    response = client.get(f"/api/posts/{post['id']}")
+    assert response.headers["etag"] == f'"{post["id"]}.1"'
+    assert response.headers["last-modified"] == "Wed, 12 Mar 2025 10:42:35 GMT"
+    assert response.headers["cache-control"] == "no-cache"
+
+
+@pytest.mark.parametrize("form", ["exact", "weak", "star", "in a list"])
+def test_a_current_if_none_match_is_304_without_a_body(client: TestClient, form: str) -> None:
+    post = create(client)
+    etag = client.get(f"/api/posts/{post['id']}").headers["etag"]
+    header = {"exact": etag, "weak": f"W/{etag}", "star": "*", "in a list": f'"other", {etag}'}[form]
+    response = client.get(f"/api/posts/{post['id']}", headers={"If-None-Match": header})
+    assert response.status_code == 304
+    assert response.content == b""
+    assert response.headers["etag"] == etag and response.headers["cache-control"] == "no-cache"
+    head = client.head(f"/api/posts/{post['id']}", headers={"If-None-Match": header})
+    assert head.status_code == 304
+
+
+def test_after_a_change_the_etag_moves_and_the_old_one_gets_200(client: TestClient) -> None:
+    post = create(client)
+    url = f"/api/posts/{post['id']}"
+    first = client.get(url).headers["etag"]
+    put = client.put(url, json={"title": "Changed"})
+    assert put.headers["etag"] == f'"{post["id"]}.2"'
+    response = client.get(url, headers={"If-None-Match": first})
+    assert response.status_code == 200 and response.json()["title"] == "Changed"
+    assert response.headers["etag"] == put.headers["etag"]
+    comment_on(client, post)  # the post's comment_count, so its representation, changed
+    again = client.get(url, headers={"If-None-Match": put.headers["etag"]})
+    assert again.status_code == 200 and again.json()["comment_count"] == 1
+    assert again.headers["etag"] == f'"{post["id"]}.3"'
+
+
+def test_if_modified_since_is_304_to_the_second_and_yields_to_if_none_match(client, monkeypatch) -> None:
+    fixed_clock(monkeypatch, 1_741_776_155_700_944)  # 10:42:35.700944
+    post = create(client)
+    url = f"/api/posts/{post['id']}"
+    assert client.get(url, headers={"If-Modified-Since": "Wed, 12 Mar 2025 10:42:35 GMT"}).status_code == 304
+    assert client.get(url, headers={"If-Modified-Since": "Wed, 12 Mar 2025 11:00:00 GMT"}).status_code == 304
+    assert client.get(url, headers={"If-Modified-Since": "Wed, 12 Mar 2025 10:42:34 GMT"}).status_code == 200
+    assert client.get(url, headers={"If-Modified-Since": "yesterday"}).status_code == 200
+    both = {"If-Modified-Since": "Wed, 12 Mar 2025 11:00:00 GMT", "If-None-Match": '"stale"'}
+    assert client.get(url, headers=both).status_code == 200
+
+
+@pytest.mark.parametrize("url", ["/api/posts", "/api/posts/{id}/comments", "/api/tags"])
+def test_lists_have_an_etag_and_answer_304_until_they_change(client: TestClient, url: str) -> None:
+    post = create(client, tags=["python"])
+    comment_on(client, post)
+    url = url.format(id=post["id"])
+    response = client.get(url)
+    etag = response.headers["etag"]
+    assert response.status_code == 200 and etag.startswith('"')
+    unchanged = client.get(url, headers={"If-None-Match": etag})
+    assert (unchanged.status_code, unchanged.content, unchanged.headers["etag"]) == (304, b"", etag)
+    second = create(client, title="Second", tags=["python"])
+    comment_on(client, second)
+    comment_on(client, post)
+    changed = client.get(url, headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["etag"] != etag
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
+def test_a_stale_if_match_is_412_and_changes_nothing(client: TestClient, db_path: Path, method: str) -> None:
+    post = create(client)
+    url = f"/api/posts/{post['id']}"
+    stale = client.get(url).headers["etag"]
+    client.patch(url, json={"title": "Someone else's edit"})
+    before = stored_posts(db_path)
+    for if_match in (stale, f"W/{client.get(url).headers['etag']}", '"nonsense"', "garbage"):
+        response = client.request(method, url, json={"title": "Mine"}, headers={"If-Match": if_match})
+        assert response.status_code == 412, if_match
+        assert response.json()["status_code"] == 412
+    assert stored_posts(db_path) == before
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
+def test_a_current_or_star_if_match_lets_the_write_through(client: TestClient, method: str) -> None:
+    for if_match in ("current", "*"):
+        post = create(client, title=f"for {if_match}")
+        url = f"/api/posts/{post['id']}"
+        header = client.get(url).headers["etag"] if if_match == "current" else "*"
+        response = client.request(method, url, json={"title": "Mine"}, headers={"If-Match": header})
+        assert response.status_code == (204 if method == "DELETE" else 200)
+
+
+def test_if_match_on_a_missing_post_is_404(client: TestClient) -> None:
+    response = client.put("/api/posts/missing", json={"title": "x"}, headers={"If-Match": "*"})
+    assert response.status_code == 404
+
+
+def test_two_writers_with_the_same_etag_race_and_exactly_one_wins(db_path: Path) -> None:
+    async def race() -> list[int]:
+        async with AsyncTestClient(create_app(Config(db_path=str(db_path)))) as client:
+            post = (await client.post("/api/posts", json=SEED_POST)).json()
+            url = f"/api/posts/{post['id']}"
+            etag = (await client.get(url)).headers["etag"]
+            writes = [client.put(url, json={"title": f"writer {n}"}, headers={"If-Match": etag}) for n in range(2)]
+            return sorted(response.status_code for response in await asyncio.gather(*writes))
+
+    assert run(race()) == [200, 412]
+    [row] = stored_posts(db_path)
+    assert row["title"] in ("writer 0", "writer 1") and row["version"] == 2
+
+
+def test_cache_control_of_public_draft_and_authenticated_answers(db_path: Path) -> None:
+    with TestClient(create_app(Config(db_path=str(db_path)))) as open_blog:
+        public = create(open_blog)
+        draft = create(open_blog, title="Draft", published=False)
+        assert open_blog.get(f"/api/posts/{public['id']}").headers["cache-control"] == "no-cache"
+        assert open_blog.get(f"/api/posts/{draft['id']}").headers["cache-control"] == "private, no-store"
+        assert open_blog.get("/api/posts").headers["cache-control"] == "private, no-store"  # a draft is on it
+        assert open_blog.get("/api/posts?published=true").headers["cache-control"] == "no-cache"
+        assert open_blog.get(f"/api/posts/{draft['id']}/comments").headers["cache-control"] == "private, no-store"
+    with TestClient(create_app(Config(db_path=str(db_path), token=TOKEN))) as secured:
+        assert secured.get("/api/posts").headers["cache-control"] == "no-cache"  # drafts are left out
+        assert secured.get("/api/tags").headers["cache-control"] == "no-cache"
+        for url in ("/api/posts", f"/api/posts/{public['id']}", "/api/tags"):
+            assert secured.get(url, headers=EDITOR).headers["cache-control"] == "private, no-store"
+
+
+def test_a_retried_post_with_the_same_idempotency_key_creates_one_post(client: TestClient, db_path: Path) -> None:
+    headers = {"Idempotency-Key": "retry-1"}
+    first = client.post("/api/posts", json=SEED_POST, headers=headers)
+    retry = client.post("/api/posts", json=SEED_POST, headers=headers)
+    assert (first.status_code, retry.status_code) == (201, 201)
+    assert retry.json() == first.json() and retry.headers["location"] == first.headers["location"]
+    assert retry.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
+    assert len(stored_posts(db_path)) == 1
+    other = client.post("/api/posts", json=SEED_POST, headers={"Idempotency-Key": "retry-2"})
+    assert other.json()["id"] != first.json()["id"] and len(stored_posts(db_path)) == 2
+
+
+def test_the_same_idempotency_key_with_another_body_is_422(client: TestClient, db_path: Path) -> None:
+    headers = {"Idempotency-Key": "key"}
+    client.post("/api/posts", json=SEED_POST, headers=headers)
+    response = client.post("/api/posts", json={**SEED_POST, "title": "Different"}, headers=headers)
+    assert response.status_code == 422 and response.json()["status_code"] == 422
+    assert len(stored_posts(db_path)) == 1
+
+
+def test_racing_retries_with_one_idempotency_key_create_one_post(db_path: Path) -> None:
+    async def race() -> list[httpx.Response]:
+        async with AsyncTestClient(create_app(Config(db_path=str(db_path)))) as client:
+            retries = [client.post("/api/posts", json=SEED_POST, headers={"Idempotency-Key": "k"}) for _ in range(8)]
+            return await asyncio.gather(*retries)
+
+    responses = run(race())
+    assert {response.status_code for response in responses} == {201}
+    assert len({response.json()["id"] for response in responses}) == 1
+    assert len(stored_posts(db_path)) == 1
+    assert len(stored_rows(db_path, "idempotency_keys")) == 1
+
+
+def test_idempotency_keys_are_kept_24_hours(client: TestClient, db_path: Path, monkeypatch) -> None:
+    day = 24 * 60 * 60 * 1_000_000
+    fixed_clock(monkeypatch, 1_000 * day)
+    first = client.post("/api/posts", json=SEED_POST, headers={"Idempotency-Key": "old"})
+    fixed_clock(monkeypatch, 1_001 * day - 1)  # just under 24 hours later: still replayed
+    assert client.post("/api/posts", json=SEED_POST, headers={"Idempotency-Key": "old"}).json() == first.json()
+    fixed_clock(monkeypatch, 1_001 * day + 1)  # a later write forgets it
+    client.post("/api/posts", json=SEED_POST, headers={"Idempotency-Key": "new"})
+    assert [row["key"] for row in stored_rows(db_path, "idempotency_keys")] == ["new"]
+
+
+def test_comments_honour_idempotency_keys_too(client: TestClient, db_path: Path) -> None:
+    post = create(client)
+    url = f"/api/posts/{post['id']}/comments"
+    first = client.post(url, json=COMMENT, headers={"Idempotency-Key": "c1"})
+    retry = client.post(url, json=COMMENT, headers={"Idempotency-Key": "c1"})
+    assert retry.json() == first.json() and len(stored_comments(db_path)) == 1
+    assert client.post(url, json={**COMMENT, "body": "other"}, headers={"Idempotency-Key": "c1"}).status_code == 422
+
+
+def test_a_bad_idempotency_key_is_a_400(client: TestClient, db_path: Path) -> None:
+    response = client.post("/api/posts", json=SEED_POST, headers={"Idempotency-Key": "k" * 256})
+    assert_validation_error(response, key="idempotency_key", source="header")  # Litestar names the parameter
+    assert stored_posts(db_path) == []
+
+
+@pytest.mark.parametrize(("accept", "encoding"), [("br", "br"), ("gzip", "gzip"), ("br, gzip", "br"), ("", None)])
+def test_large_answers_are_compressed_when_the_client_accepts_it(client, accept: str, encoding: str | None) -> None:
+    create(client, content="long content " * 200)
+    response = client.get("/api/posts", headers={"Accept-Encoding": accept})
+    assert response.headers.get("content-encoding") == encoding
+    assert response.json()[0]["content"] == "long content " * 200  # decoded by the client
+    small = client.get("/", headers={"Accept-Encoding": accept})
+    assert "content-encoding" not in small.headers
