@@ -15,6 +15,7 @@ import email.utils
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
 import re
 import sqlite3
@@ -24,8 +25,10 @@ import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 from urllib.parse import urlencode
@@ -68,7 +71,6 @@ from litestar.openapi.plugins import (
 )
 from litestar.openapi.spec import Components, Reference, Schema, SecurityScheme
 from litestar.params import HeaderParameter, JSONBody, KwargDefinition, PathParameter, QueryParameter
-from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from litestar.typing import FieldDefinition
 from msgspec import UNSET, Meta, UnsetType
@@ -88,6 +90,7 @@ MIN_SQLITE_VERSION = (3, 37, 0)  # STRICT tables; RETURNING needs 3.35
 MAX_BODY_BYTES = 1024 * 1024
 ENV_PREFIX = "BLOG_API_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,9 @@ class Config:
     """Writes allowed per client, as ``N/second``, ``N/minute``, ``N/hour`` or ``N/day``."""
     cors_origins: tuple[str, ...] = ()
     debug: bool = False
+    log_format: str = "text"
+    """``text`` for people, ``json`` for log shippers: one JSON object per line."""
+    echo_sql: bool = False
 
     def __post_init__(self) -> None:
         if not self.db_path:
@@ -117,6 +123,8 @@ class Config:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log format must be text or json, got {self.log_format!r}")
         if self.readers < 1:
             raise ValueError(f"readers must be at least 1, got {self.readers}")
         if self.busy_timeout_ms < 0:
@@ -1225,8 +1233,11 @@ class Database:
     writer serves reads too, under the same lock.
     """
 
-    def __init__(self, path: str, *, readers: int = 4, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: str, *, readers: int = 4, busy_timeout_ms: int = 5000, echo_sql: bool = False) -> None:
         self.path = path
+        self._echo_sql = echo_sql
+        self._serving: dict[int, str] = {}
+        """Which request each connection is serving (by id()), for its SQL log lines."""
         self.in_memory = path == ":memory:"
         self._reader_count = 0 if self.in_memory else readers
         self._busy_timeout_ms = busy_timeout_ms
@@ -1288,11 +1299,23 @@ class Database:
             await asyncio.to_thread(connection._thread.join, 5)
             raise
         try:
+            if self._echo_sql:
+                await connection.set_trace_callback(partial(self._log_statement, id(connection)))
             await connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
             await connection.execute("PRAGMA foreign_keys = ON")
         except BaseException:
             await connection.close()
             raise
+        return connection
+
+    def _log_statement(self, connection_id: int, sql: str) -> None:
+        """--echo-sql: each statement with its parameters bound, as the connection's thread
+        runs it, under the ID of the request it serves."""
+        sql_logger.info("%s", " ".join(sql.split()), extra={"request_id": self._serving.get(connection_id, "-")})
+
+    def _serve(self, connection: aiosqlite.Connection) -> aiosqlite.Connection:
+        if self._echo_sql:
+            self._serving[id(connection)] = REQUEST_ID.get()
         return connection
 
     async def _apply_schema(self) -> None:
@@ -1331,6 +1354,7 @@ class Database:
         """
         writer = self._require_writer()
         async with self._write_lock:
+            self._serve(writer)
             try:
                 await writer.execute("BEGIN IMMEDIATE")
                 yield writer
@@ -1343,10 +1367,10 @@ class Database:
         """Run one read-only statement on an idle reader and return its rows."""
         if self.in_memory:
             async with self._write_lock:
-                return await self._require_writer().execute_fetchall(sql, parameters)
+                return await self._serve(self._require_writer()).execute_fetchall(sql, parameters)
         reader = await self._idle_readers.get()
         try:
-            return await reader.execute_fetchall(sql, parameters)
+            return await self._serve(reader).execute_fetchall(sql, parameters)
         finally:
             self._idle_readers.put_nowait(reader)
 
@@ -1369,6 +1393,90 @@ UNAVAILABLE_ERROR_CODES = {
     sqlite3.SQLITE_READONLY: "The database is read-only",
     sqlite3.SQLITE_CANTOPEN: "The database file cannot be opened",
 }
+
+
+# --------------------------------------------------------------------------------------
+# Logs and request IDs
+# --------------------------------------------------------------------------------------
+
+logger = logging.getLogger("blog_api")
+access_logger = logging.getLogger("blog_api.access")
+sql_logger = logging.getLogger("blog_api.sql")
+
+REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
+"""The ID of the request being served, for every log line written while serving it."""
+REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def request_id_for(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's X-Request-ID if it is a sane token (letters, digits, ``._:-``, at most 64),
+    else a new one: anything else could forge or garble log lines."""
+    for name, value in headers:
+        if name.lower() == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if REQUEST_ID_SHAPE.match(candidate):
+                return candidate
+    return uuid.uuid4().hex
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = REQUEST_ID.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request_id, and the access
+    fields (method, path, status, duration_ms) on access lines."""
+
+    FIELDS = ("method", "path", "status", "duration_ms")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", REQUEST_ID.get()),
+        }
+        line.update((name, getattr(record, name)) for name in self.FIELDS if hasattr(record, name))
+        if record.exc_info:
+            line["traceback"] = self.formatException(record.exc_info)
+        return msgspec.json.encode(line).decode()
+
+
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+def logging_config(config: "Config") -> LoggingConfig:
+    """Our loggers, and Litestar's, on stderr in the chosen format with request IDs."""
+    formatter = {"()": JsonFormatter} if config.log_format == "json" else {"format": TEXT_LOG_FORMAT}
+    level = config.log_level.upper()
+    return LoggingConfig(
+        formatters={"blog_api": formatter},
+        filters={"request_id": {"()": RequestIdFilter}},
+        handlers={"blog_api": {"class": "logging.StreamHandler", "formatter": "blog_api", "filters": ["request_id"]}},
+        loggers={
+            "blog_api": {"level": level, "handlers": ["blog_api"], "propagate": False},
+            "litestar": {"level": level, "handlers": ["blog_api"], "propagate": False},
+        },
+        log_exceptions="never",
+        configure_root_logger=False,
+    )
+
+
+def uvicorn_log_config(config: "Config") -> dict[str, Any] | None:
+    """uvicorn's own lines (startup, shutdown) as JSON too, when logs are JSON."""
+    if config.log_format != "json":
+        return None
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "loggers": {"uvicorn": {"handlers": ["json"], "level": config.log_level.upper(), "propagate": False}},
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -2019,13 +2127,21 @@ def database_unavailable(request: Request, exc: sqlite3.OperationalError) -> Res
     any other SQLite error is a bug and answers 500."""
     reason = unavailable_reason(exc)
     if reason is None:
-        return Response({"status_code": 500, "detail": "Internal Server Error"}, status_code=500)
-    request.logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return server_error(request, exc)
+    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
     busy = reason.startswith("The database is busy")
     return Response(
-        {"status_code": HTTP_503_SERVICE_UNAVAILABLE, "detail": reason},
-        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        {"status_code": 503, "detail": reason, "extra": {"request_id": REQUEST_ID.get()}},
+        status_code=503,
         headers={"Retry-After": "1"} if busy else None,
+    )
+
+
+def server_error(request: Request, exc: Exception) -> Response:
+    """A 500 that shows nothing inside but the request ID, to find its log lines."""
+    return Response(
+        {"status_code": 500, "detail": "Internal Server Error", "extra": {"request_id": REQUEST_ID.get()}},
+        status_code=500,
     )
 
 
@@ -2037,9 +2153,7 @@ async def log_server_error(exc: Exception, scope: Scope) -> None:
     """
     if (isinstance(exc, HTTPException) and exc.status_code < 500) or unavailable_reason(exc):
         return
-    scope["litestar_app"].logger.error(
-        "Internal server error on %s %s", scope.get("method", ""), scope.get("path", ""), exc_info=exc
-    )
+    logger.error("Internal server error on %s %s", scope.get("method", ""), scope.get("path", ""), exc_info=exc)
 
 
 # --------------------------------------------------------------------------------------
@@ -2048,24 +2162,52 @@ async def log_server_error(exc: Exception, scope: Scope) -> None:
 
 
 class BlogAPI(Litestar):
-    """Litestar, answering HEAD as GET without the body (RFC 9110 9.3.2) on every GET route.
+    """Litestar, with what has to happen before routing, at the ASGI entry point:
 
-    Litestar routes HEAD only to handlers declared for it, and its middleware runs after
-    routing, so this happens at the ASGI entry point. It keeps one handler per resource and
-    keeps HEAD out of the OpenAPI document, where it would only repeat GET.
+    - every request gets an ID (its sane ``X-Request-ID``, or a new one), echoed on the
+      response and written in every log line of the request;
+    - one access line per request (method, path, status, milliseconds, request ID), errors
+      from routing (404, 405) included;
+    - HEAD is answered as GET without the body (RFC 9110 9.3.2) on every GET route: Litestar
+      routes HEAD only to handlers declared for it, and this keeps HEAD out of the OpenAPI
+      document, where it would only repeat GET.
     """
 
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "HEAD":
+        if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
+        request_id = request_id_for(scope["headers"])
+        scope.setdefault("state", {})["request_id"] = request_id
+        context = REQUEST_ID.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        head = scope["method"] == "HEAD"
 
-        async def send_without_body(message: Message) -> None:
-            if message["type"] == "http.response.body":
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableScopeHeaders.from_message(message)["X-Request-ID"] = request_id
+            elif head and message["type"] == "http.response.body":
                 message = {**message, "body": b""}
             await send(message)
 
-        await super().__call__({**scope, "method": "GET"}, receive, send_without_body)
+        try:
+            await super().__call__({**scope, "method": "GET"} if head else scope, receive, send_with_request_id)
+        finally:
+            duration_ms = round((time.perf_counter() - started) * 1000, 2)
+            path = scope["path"]
+            access_logger.log(
+                logging.DEBUG if path == "/health" else logging.INFO,
+                "%s %s %s %.2fms",
+                scope["method"],
+                path,
+                status,
+                duration_ms,
+                extra={"method": scope["method"], "path": path, "status": status, "duration_ms": duration_ms},
+            )
+            REQUEST_ID.reset(context)
 
 
 def provide_database(state: State) -> Database:
@@ -2076,7 +2218,9 @@ def provide_database(state: State) -> Database:
 async def database_lifespan(app: Litestar) -> AsyncIterator[None]:
     """Open the database before the first request and always close it at shutdown."""
     config: Config = app.state.config
-    db = Database(config.db_path, readers=config.readers, busy_timeout_ms=config.busy_timeout_ms)
+    db = Database(
+        config.db_path, readers=config.readers, busy_timeout_ms=config.busy_timeout_ms, echo_sql=config.echo_sql
+    )
     await db.open()
     app.state.db = db
     try:
@@ -2122,10 +2266,11 @@ def create_app(config: Config | None = None) -> Litestar:
         exception_handlers={
             sqlite3.OperationalError: database_unavailable,
             TooManyRequestsException: too_many_requests,
+            **({} if config.debug else {500: server_error}),
         },
         request_max_body_size=MAX_BODY_BYTES,
         after_exception=[log_server_error],
-        logging_config=LoggingConfig(log_exceptions="never", configure_root_logger=False),
+        logging_config=logging_config(config),
         openapi_config=OpenAPIConfig(
             title="Blog API",
             version=__version__,

@@ -439,7 +439,11 @@ def test_busy_database_is_503_with_retry_after_and_writes_nothing(db_path: Path)
             other.close()
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"
-        assert response.json() == {"status_code": 503, "detail": "The database is busy; try again shortly"}
+        assert response.json() == {
+            "status_code": 503,
+            "detail": "The database is busy; try again shortly",
+            "extra": {"request_id": response.headers["x-request-id"]},
+        }
         assert stored_posts(db_path) == []
         assert client.post("/api/posts", json=SEED_POST).status_code == 201
 
@@ -454,18 +458,23 @@ def test_a_server_error_is_500_without_details_and_logged_with_traceback(client,
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
-    litestar_logger = logging.getLogger("litestar")
-    litestar_logger.addHandler(handler)
+    service_logger = logging.getLogger("blog_api")
+    service_logger.addHandler(handler)
     try:
         response = client.get(f"/api/posts/{post['id']}")
     finally:
-        litestar_logger.removeHandler(handler)
+        service_logger.removeHandler(handler)
 
     assert response.status_code == 500
-    assert response.json() == {"status_code": 500, "detail": "Internal Server Error"}
+    request_id = response.headers["x-request-id"]
+    assert response.json() == {
+        "status_code": 500,
+        "detail": "Internal Server Error",
+        "extra": {"request_id": request_id},
+    }
     assert "secret" not in response.text
     [record] = [record for record in records if record.levelno >= logging.ERROR]
-    assert f"GET /api/posts/{post['id']}" in record.getMessage()
+    assert f"GET /api/posts/{post['id']}" in record.getMessage() and record.request_id == request_id
     assert record.exc_info and "secret internals" in str(record.exc_info[1])
 
 
@@ -473,12 +482,12 @@ def test_client_errors_are_not_logged_as_server_errors(client) -> None:
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
-    logging.getLogger("litestar").addHandler(handler)
+    logging.getLogger("blog_api").addHandler(handler)
     try:
         client.get("/api/posts/missing")
         client.post("/api/posts", json={})
     finally:
-        logging.getLogger("litestar").removeHandler(handler)
+        logging.getLogger("blog_api").removeHandler(handler)
     assert [record for record in records if record.levelno >= logging.ERROR] == []
 
 
