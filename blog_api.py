@@ -721,6 +721,11 @@ ORDER BY comments.created_at {{direction}}, comments.id {{direction}}
 LIMIT :limit OFFSET :offset
 """
 
+# /health: a real query, answered by a reader as every GET is.
+SELECT_SCHEMA_VERSION = """
+SELECT user_version FROM pragma_user_version
+"""
+
 SELECT_CURSOR_SECRET = """
 SELECT value
 FROM meta
@@ -875,6 +880,8 @@ def sql_statements(script: str) -> list[str]:
     """Split a script into statements the way the sqlite3 shell does (triggers included)."""
     statements, pending = [], ""
     for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
         pending += line
         if sqlite3.complete_statement(pending):
             statements.append(pending.strip())
@@ -1238,6 +1245,7 @@ class Database:
         self._echo_sql = echo_sql
         self._serving: dict[int, str] = {}
         """Which request each connection is serving (by id()), for its SQL log lines."""
+        self._last_logged: dict[int, tuple[str, str]] = {}
         self.in_memory = path == ":memory:"
         self._reader_count = 0 if self.in_memory else readers
         self._busy_timeout_ms = busy_timeout_ms
@@ -1310,8 +1318,15 @@ class Database:
 
     def _log_statement(self, connection_id: int, sql: str) -> None:
         """--echo-sql: each statement with its parameters bound, as the connection's thread
-        runs it, under the ID of the request it serves."""
-        sql_logger.info("%s", " ".join(sql.split()), extra={"request_id": self._serving.get(connection_id, "-")})
+        runs it, under the ID of the request it serves. SQLite also reports the statements
+        that triggers and FTS5 run inside it ("-- ..."), and the statement again for each
+        trigger it fires: those are left out."""
+        request_id = self._serving.get(connection_id, "-")
+        line = " ".join(sql.split())
+        if line.startswith("--") or self._last_logged.get(connection_id) == (request_id, line):
+            return
+        self._last_logged[connection_id] = (request_id, line)
+        sql_logger.info("%s", line, extra={"request_id": request_id})
 
     def _serve(self, connection: aiosqlite.Connection) -> aiosqlite.Connection:
         if self._echo_sql:
@@ -1501,8 +1516,8 @@ class BearerTokenMiddleware(AbstractAuthenticationMiddleware):
     that a client learns at once that its token is wrong rather than seeing fewer posts.
     """
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        super().__init__(app)
+    def __init__(self, app: ASGIApp, token: str, exclude: str | None = None) -> None:
+        super().__init__(app, exclude=exclude)
         self._token = token.encode()
 
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
@@ -2093,6 +2108,29 @@ async def add_tags(connection: aiosqlite.Connection, post_pk: int, tags: list[st
     await connection.execute(INSERT_POST_TAGS, {"tags": tags_json, "post_pk": post_pk})
 
 
+class Health(msgspec.Struct):
+    status: str
+    database: str
+    schema_version: int | None = None
+
+
+@get(
+    "/health",
+    operation_id="health",
+    summary="Health check",
+    tags=["meta"],
+    responses={503: ResponseSpec(Health, description="The database cannot answer; `database` says why.")},
+)
+async def health(db: NamedDependency[Database]) -> Response[Health]:
+    """200 once the database has really answered a query; 503 with the reason if not."""
+    try:
+        [(schema_version,)] = await db.fetch_all(SELECT_SCHEMA_VERSION)
+    except (sqlite3.Error, DatabaseError) as exc:
+        logger.warning("health check failed: %s", exc)
+        return Response(Health(status="error", database=str(exc)), status_code=503)
+    return Response(Health(status="ok", database="ok", schema_version=schema_version))
+
+
 @get(
     "/api/tags",
     operation_id="listTags",
@@ -2235,7 +2273,7 @@ def create_app(config: Config | None = None) -> Litestar:
     middleware: list[Any] = []
     openapi_security: dict[str, Any] = {}
     if config.token is not None:
-        middleware.append(DefineMiddleware(BearerTokenMiddleware, token=config.token))
+        middleware.append(DefineMiddleware(BearerTokenMiddleware, token=config.token, exclude="^/health$"))
         scheme = SecurityScheme(
             type="http", scheme="bearer", description="The token the service was started with (--token)."
         )
@@ -2255,7 +2293,7 @@ def create_app(config: Config | None = None) -> Litestar:
             expose_headers=["ETag", "Link", "X-Total-Count", "Location", "Retry-After"],
         )
     return BlogAPI(
-        route_handlers=[welcome, PostController, CommentController, list_tags],
+        route_handlers=[welcome, health, PostController, CommentController, list_tags],
         dependencies={"db": Provide(provide_database, sync_to_thread=False)},
         lifespan=[database_lifespan],
         state=State({"config": config}),
@@ -2330,6 +2368,18 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
         type=str.lower,
         default=defaults.log_level,
         help="least severe level logged (BLOG_API_LOG_LEVEL; default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=defaults.log_format,
+        help="text for people, json for log shippers (BLOG_API_LOG_FORMAT; default %(default)s)",
+    )
+    parser.add_argument(
+        "--echo-sql",
+        action="store_true",
+        default=defaults.echo_sql,
+        help="log every SQL statement with its parameters (BLOG_API_ECHO_SQL)",
     )
     parser.add_argument(
         "--readers",
@@ -2407,23 +2457,27 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"blog_api: refusing to serve {config.host} without a token: anyone who can reach it could "
             "rewrite the blog. Give --token (or --token-file), or --allow-anonymous-writes if you mean it."
         )
+    blog = create_app(config)  # also sets up logging, in the format asked for
     url = base_url(config)
-    print(f"Blog API {__version__} on {url} with database {config.db_path}", flush=True)
-    print(f"API docs: {url}/schema/swagger (also /schema/redoc, /schema/openapi.json)", flush=True)
+    logger.info("Blog API %s on %s with database %s", __version__, url, config.db_path)
+    logger.info("API docs: %s/schema/swagger (also /schema/redoc, /schema/openapi.json)", url)
     if config.token is not None:
-        print("Writes need Authorization: Bearer <token>; drafts are visible only with it.", flush=True)
+        logger.info("Writes need Authorization: Bearer <token>; drafts are visible only with it.")
     elif config.allow_anonymous_writes:
-        print("Anyone who can reach this server may write (--allow-anonymous-writes).", flush=True)
+        logger.info("Anyone who can reach this server may write (--allow-anonymous-writes).")
     else:
-        print("No token: anyone on this machine may write; other machines may only read.", flush=True)
-    server_options = {"host": config.host, "port": config.port, "log_level": config.log_level}
+        logger.info("No token: anyone on this machine may write; other machines may only read.")
+    server_options: dict[str, Any] = {"host": config.host, "port": config.port, "log_level": config.log_level}
+    server_options["access_log"] = False  # blog_api writes its own, with request IDs
+    if (log_config := uvicorn_log_config(config)) is not None:
+        server_options["log_config"] = log_config
     if config.reload:
         # The reloader imports a fresh copy of this module, which reads its config from here.
         os.environ.update(config.to_env())
         code_dir = str(Path(__file__).resolve().parent)
         uvicorn.run("blog_api:app", reload=True, app_dir=code_dir, reload_dirs=[code_dir], **server_options)
     else:
-        uvicorn.run(create_app(config), **server_options)
+        uvicorn.run(blog, **server_options)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -509,6 +510,7 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
     }
     expected = {
         ("GET", "/"): ("welcome", {"200"}),
+        ("GET", "/health"): ("health", {"200", "503"}),
         ("GET", "/api/posts"): ("listPosts", {"200", "304", "400", "503"}),
         ("POST", "/api/posts"): ("createPost", {"201", "400", "409", "413", "422", *WRITE_ERRORS}),
         ("GET", "/api/posts/{post_id}"): ("getPost", {"200", "304", "400", "404", "503"}),
@@ -1794,7 +1796,8 @@ def test_startup_refuses_a_public_address_without_a_token(monkeypatch, capsys, a
             blog_api.main(argv)
         assert "refusing to serve 192.0.2.10 without a token" in str(exit_info.value.code)
         assert started == []
-    said = capsys.readouterr().out
+    captured = capsys.readouterr()
+    said = captured.out + captured.err
     assert TOKEN not in said
     if starts and "--token" in argv:
         assert "Writes need Authorization: Bearer <token>" in said
@@ -2136,3 +2139,108 @@ def test_large_answers_are_compressed_when_the_client_accepts_it(client, accept:
     assert response.json()[0]["content"] == "long content " * 200  # decoded by the client
     small = client.get("/", headers={"Accept-Encoding": accept})
     assert "content-encoding" not in small.headers
+
+
+# --------------------------------------------------------------------------------------
+# Operations: logs, request IDs, health
+# --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def log_records(name: str = "blog_api") -> Iterator[list[logging.LogRecord]]:
+    """Every record the service logs while the block runs, request IDs filled in."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.DEBUG)
+    handler.addFilter(blog_api.RequestIdFilter())
+    handler.emit = records.append
+    target = logging.getLogger(name)
+    previous_level = target.level
+    target.addHandler(handler)
+    target.setLevel(logging.DEBUG)
+    try:
+        yield records
+    finally:
+        target.removeHandler(handler)
+        target.setLevel(previous_level)
+
+
+def test_each_request_writes_one_access_line(client: TestClient) -> None:
+    with log_records("blog_api.access") as records:
+        response = client.get("/api/posts/missing", headers={"X-Request-ID": "req-42"})
+        client.get("/nowhere")
+    first, second = records
+    assert first.getMessage().startswith("GET /api/posts/missing 404 ")
+    assert (first.method, first.path, first.status, first.request_id) == ("GET", "/api/posts/missing", 404, "req-42")
+    assert first.levelno == logging.INFO and 0 < first.duration_ms < 10_000
+    assert (second.path, second.status) == ("/nowhere", 404)
+    assert response.headers["x-request-id"] == "req-42"
+
+
+def test_health_is_logged_only_at_debug_level(client: TestClient) -> None:
+    with log_records("blog_api.access") as records:
+        client.get("/health")
+    [record] = records
+    assert record.levelno == logging.DEBUG and record.path == "/health"
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [("abc-123", True), ("a.b:c_d-e", True), ("x" * 64, True), ("x" * 65, False), ("has space", False),
+     ("é", False), ("line\r\nbreak", False), (None, False)],
+)  # fmt: skip
+def test_request_ids_are_echoed_when_sane_and_made_otherwise(client: TestClient, sent, kept: bool) -> None:
+    headers = {} if sent is None else {"X-Request-ID": sent.encode("utf-8")}
+    response = client.get("/", headers=headers)
+    if kept:
+        assert response.headers["x-request-id"] == sent
+    else:
+        assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+
+
+def test_every_log_line_of_a_request_carries_its_id(db_path: Path) -> None:
+    with TestClient(create_app(Config(db_path=str(db_path), echo_sql=True))) as client, log_records() as records:
+        client.post("/api/posts", json=SEED_POST, headers={"X-Request-ID": "write-1"})
+    lines = [(record.name, record.getMessage()) for record in records if record.request_id == "write-1"]
+    sql = [message for name, message in lines if name == "blog_api.sql"]
+    assert sql[0] == "BEGIN IMMEDIATE" and sql[-1] == "COMMIT"
+    assert any(
+        message.startswith("INSERT INTO posts") and "'My First Litestar Blog Post'" in message for message in sql
+    )
+    assert ("blog_api.access", lines[-1][1]) == lines[-1] and lines[-1][1].startswith("POST /api/posts 201")
+    assert not any(message.startswith("--") for message in sql)
+
+
+def test_the_real_service_logs_one_json_object_per_line(tmp_path: Path, start_server) -> None:
+    port = free_port()
+    command = [sys.executable, "blog_api.py", "--port", str(port), "--log-format", "json", "--echo-sql"]
+    server = start_server([*command, "--token", TOKEN], port)
+    created = httpx.post(server.url + "/api/posts", json=SEED_POST, headers={**EDITOR, "X-Request-ID": "json-1"})
+    httpx.get(server.url + "/api/posts/missing", headers={"X-Request-ID": "json-2"})
+    code, output = server.stop()
+    assert code == 0 and created.status_code == 201
+    lines = [json.loads(line) for line in output.splitlines() if line.strip()]
+    assert all({"time", "level", "logger", "message", "request_id"} <= set(line) for line in lines)
+    access = [line for line in lines if line["logger"] == "blog_api.access"]
+    assert [(a["method"], a["path"], a["status"], a["request_id"]) for a in access if a["path"] != "/"] == [
+        ("POST", "/api/posts", 201, "json-1"),
+        ("GET", "/api/posts/missing", 404, "json-2"),
+    ]
+    assert any(line["logger"] == "blog_api.sql" and line["request_id"] == "json-1" for line in lines)
+    assert any("API docs:" in line["message"] for line in lines)
+    assert TOKEN not in output
+
+
+def test_health_is_ok_after_a_real_query(secured: TestClient) -> None:
+    response = secured.get("/health", headers={"Authorization": "Bearer wrong"})  # health is not behind auth
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok", "schema_version": blog_api.SCHEMA_VERSION}
+
+
+def test_health_is_503_with_the_reason_when_the_database_cannot_answer(client: TestClient, monkeypatch) -> None:
+    async def broken(self, sql, parameters=()):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Database, "fetch_all", broken)
+    response = client.get("/health")
+    assert response.status_code == 503
+    assert response.json() == {"status": "error", "database": "disk I/O error", "schema_version": None}
