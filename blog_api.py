@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import aiosqlite
 import msgspec
@@ -47,6 +47,7 @@ from litestar.enums import MediaType
 from litestar.exceptions import (
     ClientException,
     HTTPException,
+    MethodNotAllowedException,
     NotAuthorizedException,
     NotFoundException,
     PermissionDeniedException,
@@ -115,6 +116,8 @@ class Config:
     log_format: str = "text"
     """``text`` for people, ``json`` for log shippers: one JSON object per line."""
     echo_sql: bool = False
+    read_only: bool = False
+    """Serve an existing database without ever writing to it: every write answers 405."""
 
     def __post_init__(self) -> None:
         if not self.db_path:
@@ -123,6 +126,8 @@ class Config:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if self.read_only and self.db_path == ":memory:":
+            raise ValueError("a read-only database must be a file that exists, not :memory:")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log format must be text or json, got {self.log_format!r}")
         if self.readers < 1:
@@ -1240,8 +1245,18 @@ class Database:
     writer serves reads too, under the same lock.
     """
 
-    def __init__(self, path: str, *, readers: int = 4, busy_timeout_ms: int = 5000, echo_sql: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        readers: int = 4,
+        busy_timeout_ms: int = 5000,
+        echo_sql: bool = False,
+        read_only: bool = False,
+    ) -> None:
         self.path = path
+        self.read_only = read_only
+        self._read_only_uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
         self._echo_sql = echo_sql
         self._serving: dict[int, str] = {}
         """Which request each connection is serving (by id()), for its SQL log lines."""
@@ -1261,6 +1276,9 @@ class Database:
             needed = ".".join(map(str, MIN_SQLITE_VERSION))
             raise DatabaseError(f"blog_api needs SQLite {needed} or newer; Python here has {sqlite3.sqlite_version}")
         try:
+            if self.read_only:
+                await self._open_read_only()
+                return
             self._writer = await self._connect()
             if not self.in_memory:
                 await self._writer.execute("PRAGMA journal_mode = WAL")
@@ -1279,6 +1297,21 @@ class Database:
                 raise DatabaseError(f"cannot use the database {self.path!r}: {exc}") from exc
             raise
 
+    async def _open_read_only(self) -> None:
+        """Readers only, opened read-only (``mode=ro``): the schema must already be current."""
+        for _ in range(self._reader_count):
+            reader = await self._connect(self._read_only_uri)
+            await reader.execute("PRAGMA query_only = ON")
+            self._readers.append(reader)
+            self._idle_readers.put_nowait(reader)
+        [(version,)] = await self.fetch_all(SELECT_SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise DatabaseError(
+                f"the database {self.path!r} has schema version {version}, not {SCHEMA_VERSION}: serve it once "
+                "without --read-only to create or upgrade it"
+            )
+        [(self.cursor_secret,)] = await self.fetch_all(SELECT_CURSOR_SECRET)
+
     async def close(self) -> None:
         """Close every connection: each one's thread would otherwise keep the process alive.
 
@@ -1295,9 +1328,12 @@ class Database:
             for connection in not_yet_closed:
                 connection.stop()
 
-    async def _connect(self) -> aiosqlite.Connection:
+    async def _connect(self, uri: str | None = None) -> aiosqlite.Connection:
         # isolation_level=None: no implicit transactions; we say BEGIN and COMMIT ourselves.
-        connection = aiosqlite.connect(self.path, isolation_level=None)
+        if uri is None:
+            connection = aiosqlite.connect(self.path, isolation_level=None)
+        else:
+            connection = aiosqlite.connect(uri, uri=True, isolation_level=None)
         try:
             await connection
         except BaseException:
@@ -1530,6 +1566,15 @@ class BearerTokenMiddleware(AbstractAuthenticationMiddleware):
         return AuthenticationResult(user=EDITOR, auth=None)
 
 
+def refuse_writes_when_read_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """The guard on every write route: with --read-only, 405 (only GET and HEAD are allowed)."""
+    if connection.app.state.config.read_only:
+        raise MethodNotAllowedException(
+            detail="This server is read-only (--read-only): it takes no writes",
+            headers={"Allow": "GET, HEAD"},
+        )
+
+
 def require_writer(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     """The guard on every write. With a token: only its holders. Without one: anyone
     connected through a loopback address, or anyone at all with --allow-anonymous-writes."""
@@ -1713,6 +1758,7 @@ async def welcome() -> Welcome:
 WRITE_ERRORS = [
     NotAuthorizedException,
     PermissionDeniedException,
+    MethodNotAllowedException,
     TooManyRequestsException,
     ServiceUnavailableException,
 ]
@@ -1721,7 +1767,7 @@ WRITE_ERRORS = [
 UPDATE_ROUTE: dict[str, Any] = {
     "path": "/{post_id:str}",
     **json_body(PostUpdate),
-    "guards": [require_writer],
+    "guards": [refuse_writes_when_read_only, require_writer],
     "raises": [NotFoundException, PreconditionFailed, SlugTaken, RequestEntityTooLarge, *WRITE_ERRORS],
     "response_headers": [ResponseHeader(name="ETag", description="The post's new ETag.", documentation_only=True)],
 }
@@ -1757,7 +1803,7 @@ class PostController(Controller):
 
     @post(
         **json_body(PostCreate),
-        guards=[require_writer],
+        guards=[refuse_writes_when_read_only, require_writer],
         operation_id="createPost",
         summary="Create a post",
         raises=[SlugTaken, IdempotencyKeyReused, RequestEntityTooLarge, *WRITE_ERRORS],
@@ -1894,7 +1940,7 @@ class PostController(Controller):
 
     @delete(
         "/{post_id:str}",
-        guards=[require_writer],
+        guards=[refuse_writes_when_read_only, require_writer],
         operation_id="deletePost",
         summary="Delete a post",
         raises=[NotFoundException, PreconditionFailed, *WRITE_ERRORS],
@@ -1938,12 +1984,14 @@ class CommentController(Controller):
 
     @post(
         **json_body(CommentCreate),
+        guards=[refuse_writes_when_read_only],
         operation_id="createComment",
         summary="Comment on a post",
         raises=[
             NotFoundException,
             IdempotencyKeyReused,
             RequestEntityTooLarge,
+            MethodNotAllowedException,
             TooManyRequestsException,
             ServiceUnavailableException,
         ],
@@ -2037,7 +2085,7 @@ class CommentController(Controller):
 
     @delete(
         "/{comment_id:str}",
-        guards=[require_writer],
+        guards=[refuse_writes_when_read_only, require_writer],
         operation_id="deleteComment",
         summary="Delete a comment",
         raises=[NotFoundException, *WRITE_ERRORS],
@@ -2257,7 +2305,11 @@ async def database_lifespan(app: Litestar) -> AsyncIterator[None]:
     """Open the database before the first request and always close it at shutdown."""
     config: Config = app.state.config
     db = Database(
-        config.db_path, readers=config.readers, busy_timeout_ms=config.busy_timeout_ms, echo_sql=config.echo_sql
+        config.db_path,
+        readers=config.readers,
+        busy_timeout_ms=config.busy_timeout_ms,
+        echo_sql=config.echo_sql,
+        read_only=config.read_only,
     )
     await db.open()
     app.state.db = db
@@ -2368,6 +2420,12 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
         type=str.lower,
         default=defaults.log_level,
         help="least severe level logged (BLOG_API_LOG_LEVEL; default %(default)s)",
+    )
+    parser.add_argument(
+        "--read-only",
+        action="store_true",
+        default=defaults.read_only,
+        help="serve an existing database without writing to it; writes answer 405 (BLOG_API_READ_ONLY)",
     )
     parser.add_argument(
         "--log-format",

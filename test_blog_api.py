@@ -497,8 +497,8 @@ def test_client_errors_are_not_logged_as_server_errors(client) -> None:
 # --------------------------------------------------------------------------------------
 
 
-WRITE_ERRORS = ("401", "403", "429", "503")
-"""No token, not from this machine, too many writes, database busy."""
+WRITE_ERRORS = ("401", "403", "405", "429", "503")
+"""No token, not from this machine, read-only, too many writes, database busy."""
 
 
 def test_openapi_describes_every_route_parameter_body_and_error(client: TestClient) -> None:
@@ -520,7 +520,7 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
         ("GET", "/api/tags"): ("listTags", {"200", "304", "400", "503"}),
         ("POST", "/api/posts/{post_id}/comments"): (
             "createComment",
-            {"201", "400", "404", "413", "422", "429", "503"},
+            {"201", "400", "404", "405", "413", "422", "429", "503"},
         ),
         ("GET", "/api/posts/{post_id}/comments"): ("listComments", {"200", "304", "400", "404", "503"}),
         ("GET", "/api/posts/{post_id}/comments/{comment_id}"): ("getComment", {"200", "304", "400", "404", "503"}),
