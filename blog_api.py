@@ -17,6 +17,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import random
 import re
 import sqlite3
 import sys
@@ -24,7 +25,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, closing, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -827,6 +828,22 @@ SEARCH_PLAN_THRESHOLD = 1000
 """Above this many matches, a search or tag filter sorted by a column walks that column's
 index and stops at a full page; below it, SQLite sorts the matches (its own choice either
 way would cost 10 to 100 times more at the other end)."""
+
+# python blog_api.py seed: whole rows at once, with the pks chosen by the seeder.
+SEED_POST = """
+INSERT INTO posts (pk, id, slug, title, content, published, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?7)
+"""
+
+SEED_POST_TAG = """
+INSERT INTO post_tags (post_pk, tag_pk, position)
+SELECT ?, pk, ? FROM tags WHERE name = ?
+"""
+
+SEED_COMMENT = """
+INSERT INTO comments (id, post_pk, created_at, author, body)
+VALUES (?, ?, ?, ?, ?)
+"""
 
 SELECT_USER_TABLES = """
 SELECT name
@@ -2383,6 +2400,196 @@ app = create_app(Config.from_env())
 
 
 # --------------------------------------------------------------------------------------
+# Demo data and backups: python blog_api.py seed | backup
+# --------------------------------------------------------------------------------------
+
+DEMO_TOPICS = [
+    "api",
+    "async",
+    "blog",
+    "cache",
+    "client",
+    "code",
+    "database",
+    "deploy",
+    "design",
+    "docs",
+    "error",
+    "feature",
+    "framework",
+    "guide",
+    "http",
+    "index",
+    "json",
+    "latency",
+    "library",
+    "litestar",
+    "logging",
+    "migration",
+    "model",
+    "python",
+    "query",
+    "release",
+    "request",
+    "response",
+    "route",
+    "schema",
+    "search",
+    "server",
+    "service",
+    "sqlite",
+    "stack",
+    "table",
+    "testing",
+    "thread",
+    "token",
+    "types",
+    "update",
+    "users",
+    "version",
+    "web",
+]
+DEMO_WORDS = [
+    "a",
+    "about",
+    "after",
+    "all",
+    "also",
+    "and",
+    "as",
+    "at",
+    "be",
+    "because",
+    "but",
+    "by",
+    "can",
+    "for",
+    "from",
+    "have",
+    "how",
+    "in",
+    "into",
+    "is",
+    "it",
+    "just",
+    "like",
+    "make",
+    "more",
+    "new",
+    "not",
+    "now",
+    "of",
+    "on",
+    "one",
+    "only",
+    "or",
+    "other",
+    "our",
+    "out",
+    "over",
+    "so",
+    "some",
+    "such",
+    "than",
+    "that",
+    "the",
+    "their",
+    "then",
+    "there",
+    "these",
+    "they",
+    "this",
+    "time",
+    "to",
+    "up",
+    "use",
+    "we",
+    "what",
+    "when",
+    "which",
+    "while",
+    "with",
+    "will",
+    "would",
+    "you",
+]
+DEMO_TAGS = ["python", "litestar", "sqlite", "web", "api", "performance", "testing", "security", "devops",
+             "tutorial", "release", "design", "databases", "async", "http"]  # fmt: skip
+DEMO_AUTHORS = ["Ada", "Grace", "Linus", "Guido", "Barbara", "Ken", "Margaret", "Dennis", "Frances", "Alan"]
+DEMO_START_US = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z: seeded timestamps do not depend on today
+
+
+def demo_sentence(rng: random.Random) -> str:
+    words = [rng.choice(DEMO_TOPICS if rng.random() < 0.35 else DEMO_WORDS) for _ in range(rng.randint(5, 12))]
+    return " ".join(words).capitalize() + "."
+
+
+def demo_post(rng: random.Random, number: int) -> tuple[str, str, list[str], bool]:
+    """Title, paragraphs, tags and published flag of one post, all from ``rng``."""
+    title = f"{rng.choice(DEMO_TOPICS).capitalize()} {rng.choice(DEMO_WORDS)} {rng.choice(DEMO_TOPICS)} #{number}"
+    paragraphs = [" ".join(demo_sentence(rng) for _ in range(rng.randint(2, 4))) for _ in range(rng.randint(1, 3))]
+    return title, "\n\n".join(paragraphs), rng.sample(DEMO_TAGS, rng.randint(0, 3)), rng.random() >= 0.1
+
+
+def seed_database(db_path: str, posts: int, random_seed: int) -> dict[str, int]:
+    """Add ``posts`` realistic posts (with tags, comments and 10% drafts) in one transaction.
+    The same seed gives the same posts, ids and timestamps included."""
+
+    async def make_schema() -> None:
+        db = Database(db_path, readers=1)
+        await db.open()
+        await db.close()
+
+    asyncio.run(make_schema())
+    rng = random.Random(random_seed)
+    counts = {"posts": 0, "drafts": 0, "comments": 0}
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as connection:
+        connection.execute("PRAGMA foreign_keys = ON")
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            [(first_pk,)] = connection.execute("SELECT coalesce(max(pk), 0) + 1 FROM posts")
+            post_rows, tag_rows, comment_rows = [], [], []
+            for number in range(posts):
+                title, content, tags, published = demo_post(rng, first_pk + number)
+                post_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+                created = DEMO_START_US + number * 3_600_000_000 + rng.randrange(3_600_000_000)
+                pk = first_pk + number
+                post_rows.append((pk, post_id, f"{slugify(title)}-{post_id[:8]}", title, content, published, created))
+                tag_rows += [(pk, position, name) for position, name in enumerate(tags)]
+                for minute in range(rng.choice((0, 0, 0, 1, 2, 5))):
+                    comment_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+                    body = demo_sentence(rng)
+                    comment_rows.append(
+                        (comment_id, pk, created + (minute + 1) * 60_000_000, rng.choice(DEMO_AUTHORS), body)
+                    )
+                counts["drafts"] += not published
+            connection.executemany(SEED_POST, post_rows)
+            connection.executemany("INSERT OR IGNORE INTO tags (name) VALUES (?)", [(name,) for name in DEMO_TAGS])
+            connection.executemany(SEED_POST_TAG, tag_rows)
+            connection.executemany(SEED_COMMENT, comment_rows)
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+    counts.update(posts=posts, comments=len(comment_rows))
+    return counts
+
+
+def backup_database(source: str, target: str) -> str:
+    """Copy a live database to a new file with SQLite's online backup API: one consistent
+    snapshot, taken while the service goes on writing (WAL). Returns the copy's
+    ``PRAGMA integrity_check``."""
+    if not Path(source).is_file():
+        raise DatabaseError(f"there is no database at {source!r}")
+    if Path(target).exists():
+        raise DatabaseError(f"{target!r} exists already; give a new path")
+    with closing(sqlite3.connect(source)) as live, closing(sqlite3.connect(target)) as copy:
+        live.backup(copy)
+        [(integrity,)] = copy.execute("PRAGMA integrity_check")
+    return integrity
+
+
+# --------------------------------------------------------------------------------------
 # main(): python blog_api.py
 # --------------------------------------------------------------------------------------
 
@@ -2390,8 +2597,9 @@ app = create_app(Config.from_env())
 def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> Config:
     """Read the command line; each flag's default comes from its ``BLOG_API_*`` variable."""
     parser = argparse.ArgumentParser(
-        prog="blog_api.py",
-        description="Serve the blog API over HTTP with uvicorn.",
+        prog="blog_api.py [serve]",
+        description="Serve the blog API over HTTP with uvicorn. "
+        "Other commands: `blog_api.py seed --help`, `blog_api.py backup --help`.",
         epilog="Each flag can also be set by the environment variable named in its help.",
     )
     try:
@@ -2509,6 +2717,59 @@ def is_loopback_host(host: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """``python blog_api.py [serve|seed|backup] ...``: serve is the default."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    command = arguments.pop(0) if arguments and arguments[0] in COMMANDS else "serve"
+    COMMANDS[command](arguments)
+
+
+def seed(argv: list[str]) -> None:
+    defaults = Config.from_env()
+    parser = argparse.ArgumentParser(
+        prog="blog_api.py seed",
+        description="Fill the database with realistic demo posts: titles, paragraphs, tags, comments, "
+        "10%% drafts. The same --random-seed gives the same posts.",
+    )
+    parser.add_argument(
+        "--db", dest="db_path", default=defaults.db_path, help="database file (BLOG_API_DB; default %(default)s)"
+    )
+    parser.add_argument("--posts", type=int, default=200, help="how many posts to add (default %(default)s)")
+    parser.add_argument("--random-seed", type=int, default=0, help="seed of the generator (default %(default)s)")
+    args = parser.parse_args(argv)
+    if args.posts < 0:
+        parser.error("--posts must not be negative")
+    started = time.perf_counter()
+    try:
+        counts = seed_database(args.db_path, args.posts, args.random_seed)
+    except DatabaseError as exc:
+        sys.exit(f"blog_api seed: {exc}")
+    print(
+        f"Seeded {counts['posts']} posts ({counts['drafts']} drafts) and {counts['comments']} comments "
+        f"into {args.db_path} in {time.perf_counter() - started:.1f} s"
+    )
+
+
+def backup(argv: list[str]) -> None:
+    defaults = Config.from_env()
+    parser = argparse.ArgumentParser(
+        prog="blog_api.py backup",
+        description="Copy the live database, while the service keeps serving, with SQLite's online backup API.",
+    )
+    parser.add_argument("path", help="where to write the copy (must not exist)")
+    parser.add_argument(
+        "--db", dest="db_path", default=defaults.db_path, help="database to copy (BLOG_API_DB; default %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        integrity = backup_database(args.db_path, args.path)
+    except (DatabaseError, sqlite3.Error) as exc:
+        sys.exit(f"blog_api backup: {exc}")
+    if integrity != "ok":
+        sys.exit(f"blog_api backup: the copy at {args.path} failed its integrity check: {integrity}")
+    print(f"Backed up {args.db_path} to {args.path} (integrity check: ok); serve it with --db {args.path}")
+
+
+def serve(argv: list[str]) -> None:
     config = parse_args(argv)
     if config.token is None and not config.allow_anonymous_writes and not is_loopback_host(config.host):
         sys.exit(
@@ -2536,6 +2797,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         uvicorn.run("blog_api:app", reload=True, app_dir=code_dir, reload_dirs=[code_dir], **server_options)
     else:
         uvicorn.run(blog, **server_options)
+
+
+COMMANDS = {"serve": serve, "seed": seed, "backup": backup}
 
 
 if __name__ == "__main__":
