@@ -2499,8 +2499,10 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
     """Read the command line; each flag's default comes from its ``BLOG_API_*`` variable."""
     parser = argparse.ArgumentParser(
         prog="blog_api.py [serve]",
-        description="Serve the blog API over HTTP with uvicorn. "
-        "Other commands: `blog_api.py seed --help`, `blog_api.py backup --help`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve the blog API over HTTP with uvicorn.\n\nOther commands:\n"
+        "  blog_api.py seed --help     fill the database with demo posts\n"
+        "  blog_api.py backup --help   copy the live database",
         epilog="Each flag can also be set by the environment variable named in its help.",
     )
     try:

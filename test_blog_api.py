@@ -4,6 +4,7 @@ database holds afterwards. Each test gets a fresh app on its own temporary datab
 import asyncio
 import base64
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -2244,3 +2245,138 @@ def test_health_is_503_with_the_reason_when_the_database_cannot_answer(client: T
     response = client.get("/health")
     assert response.status_code == 503
     assert response.json() == {"status": "error", "database": "disk I/O error", "schema_version": None}
+
+
+# --------------------------------------------------------------------------------------
+# Operations: read-only mode, backups, demo data, the CLI
+# --------------------------------------------------------------------------------------
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_read_only_serves_reads_and_answers_405_to_every_write(db_path: Path) -> None:
+    with TestClient(create_app(Config(db_path=str(db_path)))) as writable:
+        post = create(writable, tags=["python"])
+        comment = comment_on(writable, post)
+    digest = file_digest(db_path)
+    with TestClient(create_app(Config(db_path=str(db_path), read_only=True))) as client:
+        assert client.get(f"/api/posts/{post['id']}").json()["id"] == post["id"]
+        assert ids(client.get("/api/posts", params={"q": "litestar"}).json()) == [post["id"]]
+        assert client.get("/health").json()["status"] == "ok"
+        writes = [
+            client.post("/api/posts", json=SEED_POST),
+            client.put(f"/api/posts/{post['id']}", json={"title": "x"}),
+            client.patch(f"/api/posts/{post['id']}", json={"title": "x"}),
+            client.delete(f"/api/posts/{post['id']}"),
+            client.post(f"/api/posts/{post['id']}/comments", json=COMMENT),
+            client.delete(f"/api/posts/{post['id']}/comments/{comment['id']}"),
+        ]
+        for response in writes:
+            assert response.status_code == 405
+            assert "read-only" in response.json()["detail"] and response.headers["allow"] == "GET, HEAD"
+    assert file_digest(db_path) == digest
+
+
+def test_read_only_refuses_a_missing_or_outdated_database(tmp_path: Path) -> None:
+    with pytest.raises(blog_api.DatabaseError, match="unable to open database file"):
+        run(open_database(tmp_path / "missing.db", read_only=True))
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as connection:
+        connection.execute("CREATE TABLE t (x)")
+    with pytest.raises(blog_api.DatabaseError, match="serve it once without --read-only"):
+        run(open_database(old, read_only=True))
+
+
+def test_a_backup_under_concurrent_writes_holds_every_post_acknowledged_before_it(tmp_path, start_server) -> None:
+    live, copy = tmp_path / "live.db", tmp_path / "copy.db"
+    port = free_port()
+    server = start_server([sys.executable, "blog_api.py", "--port", str(port), "--db", str(live)], port)
+    http = httpx.Client(base_url=server.url, timeout=10)
+    before = [http.post("/api/posts", json={**SEED_POST, "title": f"before {n}"}).json()["id"] for n in range(30)]
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as writer:
+            while not stop.is_set():
+                assert writer.post("/api/posts", json={**SEED_POST, "title": "during"}).status_code == 201
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        time.sleep(0.2)
+        result = subprocess.run(
+            [sys.executable, "blog_api.py", "backup", str(copy), "--db", str(live)],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+        http.close()
+    assert result.returncode == 0, result.stderr
+    assert "integrity check: ok" in result.stdout
+    with sqlite3.connect(copy) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        copied = {row[0] for row in connection.execute("SELECT id FROM posts")}
+    assert set(before) <= copied
+    with TestClient(create_app(Config(db_path=str(copy)))) as client:  # it serves with --db
+        assert client.get(f"/api/posts/{before[0]}").status_code == 200
+
+
+def test_a_backup_refuses_to_overwrite_or_to_copy_nothing(tmp_path: Path) -> None:
+    existing = tmp_path / "existing.db"
+    existing.write_text("keep me")
+    for argv, message in [
+        (["backup", str(existing), "--db", str(tmp_path / "x.db")], "there is no database"),
+        (["backup", str(existing), "--db", str(existing)], "exists already"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            blog_api.main(argv)
+        assert message in str(exit_info.value.code)
+    assert existing.read_text() == "keep me"
+
+
+def test_seed_adds_realistic_posts_the_same_for_the_same_seed(tmp_path: Path, capsys) -> None:
+    first, second, other = tmp_path / "a.db", tmp_path / "b.db", tmp_path / "c.db"
+    for path, seed in [(first, "7"), (second, "7"), (other, "8")]:
+        blog_api.main(["seed", "--posts", "60", "--random-seed", seed, "--db", str(path)])
+    assert "Seeded 60 posts" in capsys.readouterr().out
+
+    def contents(path: Path) -> list:
+        with sqlite3.connect(path) as connection:
+            posts = connection.execute("SELECT id, slug, title, content, published, created_at FROM posts ORDER BY pk")
+            comments = connection.execute("SELECT id, author, body FROM comments ORDER BY pk")
+            return [posts.fetchall(), comments.fetchall(), stored_tags(path)]
+
+    assert contents(first) == contents(second) != contents(other)
+    posts, comments, tags = contents(first)
+    assert len(posts) == 60 and comments and tags
+    assert 0 < sum(not published for *_, published, _ in posts) < 60  # some drafts
+    assert all("\n\n" in content or len(content.split()) >= 10 for _, _, _, content, _, _ in posts)
+    with TestClient(create_app(Config(db_path=str(first)))) as client:
+        response = client.get("/api/posts", params={"limit": 100})
+        assert response.headers["x-total-count"] == "60"
+        assert any(post["tags"] for post in response.json()) and any(post["comment_count"] for post in response.json())
+        blog_api.main(["seed", "--posts", "5", "--db", str(first)])  # adds to what is there
+        assert client.get("/api/posts").headers["x-total-count"] == "65"
+
+
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        (["--help"], ["--read-only", "--log-format", "--echo-sql", "seed --help", "backup --help"]),
+        (["serve", "--help"], ["--port", "--db"]),
+        (["seed", "--help"], ["--posts", "--random-seed", "--db"]),
+        (["backup", "--help"], ["path", "--db"]),
+    ],
+)
+def test_every_command_explains_itself(command: list[str], words: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "blog_api.py", *command], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert all(word in result.stdout for word in words)
