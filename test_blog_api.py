@@ -982,6 +982,9 @@ def test_python_blog_api_py_serves_the_tutorials_curl_session(start_server, tmp_
     code, output = server.stop()
     assert code == 0, output
     assert f"API docs: {server.url}/schema/swagger" in output
+    timestamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    access_line = rf"^{timestamp} INFO blog_api\.access \[[0-9a-f]{{32}}\] DELETE /api/posts/\S+ 204 \d+\.\d\dms$"
+    assert re.search(access_line, output, re.MULTILINE), output
     assert [row["title"] for row in stored_posts(tmp_path / "seed.db")] == [changes["title"], SEED_DRAFT["title"]]
 
 
