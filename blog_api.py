@@ -1,7 +1,19 @@
 """blog_api: a blog's JSON API in one module, on Litestar and hand-written SQL over SQLite.
 
-Read top to bottom: configuration, the API's types, SQL, the database (one writer and a
-pool of readers), route handlers, the app factory, and ``main()``.
+Read top to bottom, one section per concern:
+
+    Configuration             the Config dataclass, from CLI flags and BLOG_API_* variables
+    Types of the API          msgspec Structs for bodies and answers, and their rules
+    SQL                       every statement, as named constants
+    Listing                   filters, order, pages and signed cursors of GET /api/posts
+    The database              one writer connection and a pool of readers (aiosqlite)
+    Logs and request IDs      access lines, JSON logs, X-Request-ID
+    Security                  bearer token, private drafts, safe defaults
+    HTTP caching              ETags, 304, If-Match (412), Idempotency-Key
+    Route handlers            posts, comments, tags, health
+    The app factory           create_app(config)
+    Demo data and backups     python blog_api.py seed | backup
+    main()                    python blog_api.py [serve]
 
     python blog_api.py                   # serve on http://127.0.0.1:8000
     uvicorn blog_api:app                 # the same app, configured from BLOG_API_* variables
