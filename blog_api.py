@@ -31,6 +31,7 @@ import logging
 import os
 import random
 import re
+import signal
 import sqlite3
 import sys
 import time
@@ -102,6 +103,7 @@ upgraded or refused."""
 
 MIN_SQLITE_VERSION = (3, 37, 0)  # STRICT tables; RETURNING needs 3.35
 MAX_BODY_BYTES = 1024 * 1024
+GRACEFUL_SHUTDOWN_SECONDS = 3
 ENV_PREFIX = "BLOG_API_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
@@ -2703,8 +2705,14 @@ def serve(argv: list[str]) -> None:
         logger.info("No token: anyone on this machine may write; other machines may only read.")
     server_options: dict[str, Any] = {"host": config.host, "port": config.port, "log_level": config.log_level}
     server_options["access_log"] = False  # blog_api writes its own, with request IDs
+    # On SIGTERM or Ctrl-C: refuse new connections, let requests in flight finish (for up to
+    # this long), then close the pool, which checkpoints the WAL: out within 5 seconds.
+    server_options["timeout_graceful_shutdown"] = GRACEFUL_SHUTDOWN_SECONDS
     if (log_config := uvicorn_log_config(config)) is not None:
         server_options["log_config"] = log_config
+    # uvicorn re-raises SIGTERM once it has shut down gracefully; without this handler that
+    # would end the process "killed by a signal" instead of with status 0.
+    signal.signal(signal.SIGTERM, exit_after_graceful_shutdown)
     if config.reload:
         # The reloader imports a fresh copy of this module, which reads its config from here.
         os.environ.update(config.to_env())
@@ -2712,6 +2720,10 @@ def serve(argv: list[str]) -> None:
         uvicorn.run("blog_api:app", reload=True, app_dir=code_dir, reload_dirs=[code_dir], **server_options)
     else:
         uvicorn.run(blog, **server_options)
+
+
+def exit_after_graceful_shutdown(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
 
 
 COMMANDS = {"serve": serve, "seed": seed, "backup": backup}

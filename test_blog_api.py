@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import signal
 import socket
@@ -19,7 +20,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -2383,3 +2384,221 @@ def test_every_command_explains_itself(command: list[str], words: list[str]) -> 
     )
     assert result.returncode == 0, result.stderr
     assert all(word in result.stdout for word in words)
+
+
+# --------------------------------------------------------------------------------------
+# Proof under fire: crashes, concurrency, shutdown, disk trouble
+# --------------------------------------------------------------------------------------
+
+DELETED = None
+
+
+class Writer(threading.Thread):
+    """Creates, updates and deletes its own posts on a real server until stopped or until the
+    server vanishes, remembering for each post every state it may be in now: exactly the
+    acknowledged one, plus those of writes sent but never answered."""
+
+    def __init__(self, url: str, name: str, stop: threading.Event, possible: dict[str, set]) -> None:
+        super().__init__(name=name, daemon=True)
+        self.url, self.stop, self.possible = url, stop, possible
+        self.random = random.Random(name)
+        self.acknowledged = 0
+        self.server_errors: list[str] = []
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=5) as http:
+            number = 0
+            while not self.stop.is_set():
+                number += 1
+                try:
+                    self.step(http, f"{self.name}-{number}")
+                except httpx.TransportError:
+                    return  # the server is gone: whatever was in flight stays uncertain
+
+    def step(self, http: httpx.Client, title: str) -> None:
+        live = [post_id for post_id, states in self.possible.items() if states != {DELETED}]
+        choice = self.random.random()
+        if not live or choice < 0.5:
+            response = http.post("/api/posts", json={"title": title, "content": f"content of {title}"})
+            if response.status_code == 201:
+                self.possible[response.json()["id"]] = {title}
+        else:
+            post_id = self.random.choice(live)
+            new_state = DELETED if choice > 0.85 else title
+            self.possible[post_id].add(new_state)  # sent: it may happen even without an answer
+            if new_state is DELETED:
+                response = http.delete(f"/api/posts/{post_id}")
+            else:
+                response = http.patch(f"/api/posts/{post_id}", json={"title": title})
+            if response.status_code in (200, 204):
+                self.possible[post_id] = {new_state}
+        if response.status_code >= 500:
+            self.server_errors.append(f"{response.status_code} {response.text}")
+        else:
+            self.acknowledged += 1
+
+
+def check_against_ledger(url: str, possible: dict[str, set]) -> int:
+    """Every post is in one of the states it may be in; returns how many were checked."""
+    with httpx.Client(base_url=url, timeout=10) as http:
+        for post_id, states in possible.items():
+            response = http.get(f"/api/posts/{post_id}")
+            found = DELETED if response.status_code == 404 else response.json()["title"]
+            assert found in states, (post_id, found, states)
+    return len(possible)
+
+
+def integrity(db_path: Path) -> str:
+    with closing(sqlite3.connect(db_path)) as connection:
+        return connection.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def test_nothing_acknowledged_is_lost_when_the_server_is_killed(tmp_path: Path, start_server) -> None:
+    """kill -9 in the middle of writes, five times; every acknowledged write is there after."""
+    db_path, port = tmp_path / "crash.db", free_port()
+    command = [sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path), "--log-level", "warning"]
+    ledgers: list[dict[str, set]] = []
+    acknowledged = 0
+    for _ in range(5):
+        server = start_server(command, port)
+        for ledger in ledgers:
+            check_against_ledger(server.url, ledger)
+        stop = threading.Event()
+        writers = [Writer(server.url, f"w{len(ledgers)}-{n}", stop, {}) for n in range(4)]
+        for writer in writers:
+            writer.start()
+        time.sleep(0.8)
+        server.process.kill()  # SIGKILL: no shutdown, no checkpoint, mid-transaction
+        server.process.wait(timeout=10)
+        stop.set()
+        for writer in writers:
+            writer.join(timeout=10)
+            assert writer.server_errors == []
+            acknowledged += writer.acknowledged
+            ledgers.append(writer.possible)
+    server = start_server(command, port)
+    checked = sum(check_against_ledger(server.url, ledger) for ledger in ledgers)
+    server.stop()
+    assert integrity(db_path) == "ok"
+    assert acknowledged > 100 and checked > 50
+
+
+def test_64_clients_reading_and_writing_at_once(tmp_path: Path, start_server) -> None:
+    db_path, port = tmp_path / "busy.db", free_port()
+    server = start_server(
+        [sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path), "--log-level", "warning"], port
+    )
+
+    async def client(number: int, until: float) -> tuple[dict[str, str], list[str]]:
+        mine: dict[str, str] = {}
+        failures: list[str] = []
+        rng = random.Random(number)
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            step = 0
+            while time.monotonic() < until:
+                step += 1
+                title = f"c{number}-{step}"
+                roll = rng.random()
+                if roll < 0.4:
+                    response = await http.get("/api/posts", params={"limit": 5})
+                elif roll < 0.7 or not mine:
+                    response = await http.post("/api/posts", json={"title": title, "content": "x"})
+                    if response.status_code == 201:
+                        mine[response.json()["id"]] = title
+                elif roll < 0.9:
+                    post_id = rng.choice(list(mine))
+                    response = await http.put(f"/api/posts/{post_id}", json={"title": title})
+                    if response.status_code == 200:
+                        mine[post_id] = title
+                else:
+                    post_id = rng.choice(list(mine))
+                    response = await http.delete(f"/api/posts/{post_id}")
+                    if response.status_code == 204:
+                        del mine[post_id]
+                if response.status_code >= 500 or "locked" in response.text:
+                    failures.append(f"{response.status_code} {response.text[:200]}")
+        return mine, failures
+
+    async def all_clients() -> list[tuple[dict[str, str], list[str]]]:
+        until = time.monotonic() + 4
+        return await asyncio.gather(*(client(number, until) for number in range(64)))
+
+    results = run(all_clients())
+    code, output = server.stop()
+    assert code == 0
+    assert [failure for _, failures in results for failure in failures] == []
+    assert "database is locked" not in output and "Traceback" not in output
+    expected = {post_id: title for mine, _ in results for post_id, title in mine.items()}
+    with closing(sqlite3.connect(db_path)) as connection:
+        stored = dict(connection.execute("SELECT id, title FROM posts"))
+    assert stored == expected and len(expected) > 100
+    assert integrity(db_path) == "ok"
+
+
+def test_sigterm_during_load_finishes_in_flight_work_and_exits_cleanly(tmp_path: Path, start_server) -> None:
+    db_path, port = tmp_path / "stop.db", free_port()
+    server = start_server(
+        [sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path), "--log-level", "warning"], port
+    )
+    stop = threading.Event()
+    writers = [Writer(server.url, f"s{n}", stop, {}) for n in range(6)]
+    for writer in writers:
+        writer.start()
+    time.sleep(0.8)
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    code = server.process.wait(timeout=10)
+    took = time.monotonic() - signalled
+    stop.set()
+    for writer in writers:
+        writer.join(timeout=10)
+    assert code == 0 and took < 5
+    assert all(writer.server_errors == [] for writer in writers)
+    assert sum(writer.acknowledged for writer in writers) > 20
+    with pytest.raises(httpx.TransportError):  # new requests are refused
+        httpx.get(server.url + "/", timeout=2)
+    wal = Path(f"{db_path}-wal")
+    assert not wal.exists() or wal.stat().st_size == 0  # the pool closed and checkpointed
+    assert integrity(db_path) == "ok"
+    server = start_server(
+        [sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path), "--log-level", "warning"], port
+    )
+    for writer in writers:
+        check_against_ledger(server.url, writer.possible)
+
+
+def test_a_full_disk_is_a_503_and_corrupts_nothing(db_path: Path) -> None:
+    async def fill() -> tuple[list[httpx.Response], int]:
+        async with AsyncTestClient(create_app(Config(db_path=str(db_path)))) as client:
+            first = (await client.post("/api/posts", json=SEED_POST)).json()
+            writer = client.app.state.db._writer  # no small disk here: cap the file instead
+            [(pages,)] = await writer.execute_fetchall("PRAGMA page_count")
+            await writer.execute(f"PRAGMA max_page_count = {pages + 8}")
+            responses = [
+                await client.post("/api/posts", json={**SEED_POST, "title": f"big {n}", "content": "x" * 20_000})
+                for n in range(12)
+            ]
+            assert (await client.get(f"/api/posts/{first['id']}")).status_code == 200  # reads go on
+            await writer.execute("PRAGMA max_page_count = 1073741823")  # space again: writes go on
+            assert (await client.post("/api/posts", json=SEED_POST)).status_code == 201
+            return responses, len([r for r in responses if r.status_code == 201])
+
+    responses, written = run(fill())
+    full = [response for response in responses if response.status_code != 201]
+    assert full and all(response.status_code == 503 for response in full)
+    assert full[0].json()["detail"] == "The database's disk is full"
+    assert integrity(db_path) == "ok"
+    assert len(stored_posts(db_path)) == 1 + written + 1
+
+
+def test_a_database_where_nothing_can_be_written_is_refused_clearly() -> None:
+    """/proc takes no new files, whoever asks (a chmod-ed folder would not stop root)."""
+    result = subprocess.run(
+        [sys.executable, "blog_api.py", "--port", str(free_port()), "--db", "/proc/blog_api.db"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "cannot use the database '/proc/blog_api.db': unable to open database file" in result.stdout + result.stderr
