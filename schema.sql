@@ -22,9 +22,11 @@ CREATE TABLE IF NOT EXISTS posts (
     version     INTEGER NOT NULL DEFAULT 1,
     -- Made from the title (my-first-post, then my-first-post-2, ...) or chosen by the client.
     slug        TEXT    NOT NULL UNIQUE CHECK (length(slug) BETWEEN 1 AND 120),
-    title       TEXT    NOT NULL CHECK (length(title) BETWEEN 1 AND 100),
+    -- length() stops at a NUL character, which JSON text may hold: "not empty" is checked
+    -- on the bytes (the service checks the exact character counts).
+    title       TEXT    NOT NULL CHECK (length(CAST(title AS BLOB)) >= 1 AND length(title) <= 100),
     -- Last, so that reading the columns above never walks a long post's overflow pages.
-    content     TEXT    NOT NULL CHECK (length(content) >= 1),
+    content     TEXT    NOT NULL CHECK (length(CAST(content AS BLOB)) >= 1),
     CHECK (updated_at >= created_at)
 ) STRICT;
 
@@ -72,7 +74,7 @@ END;
 -- the client gave them. A tag no post uses any more is deleted with its last link.
 CREATE TABLE IF NOT EXISTS tags (
     pk    INTEGER PRIMARY KEY,
-    name  TEXT NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 30)
+    name  TEXT NOT NULL UNIQUE CHECK (length(CAST(name AS BLOB)) >= 1 AND length(name) <= 30)
 ) STRICT;
 
 CREATE TABLE IF NOT EXISTS post_tags (
@@ -105,8 +107,8 @@ CREATE TABLE IF NOT EXISTS comments (
     id          TEXT    NOT NULL UNIQUE,
     post_pk     INTEGER NOT NULL REFERENCES posts (pk) ON DELETE CASCADE,
     created_at  INTEGER NOT NULL,
-    author      TEXT    NOT NULL CHECK (length(author) BETWEEN 1 AND 100),
-    body        TEXT    NOT NULL CHECK (length(body) BETWEEN 1 AND 10000)
+    author      TEXT    NOT NULL CHECK (length(CAST(author AS BLOB)) >= 1 AND length(author) <= 100),
+    body        TEXT    NOT NULL CHECK (length(CAST(body AS BLOB)) >= 1 AND length(body) <= 10000)
 ) STRICT;
 
 -- A post's comments, oldest first, and its comment_count.

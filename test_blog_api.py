@@ -383,6 +383,13 @@ def test_titles_count_characters_not_bytes(client: TestClient) -> None:
     assert_validation_error(response, key="title")
 
 
+def test_text_that_starts_with_nul_is_stored_not_a_500(client: TestClient) -> None:
+    """Found by fuzzing: SQLite's length() stops at NUL, so a CHECK on it refused such text."""
+    post = create(client, title="\x00title", content="\x00content", tags=["x"])
+    assert client.get(f"/api/posts/{post['id']}").json()["content"] == "\x00content"
+    assert comment_on(client, post, author="\x00a", body="\x00b")["body"] == "\x00b"
+
+
 def test_text_round_trips_exactly(client: TestClient) -> None:
     content = "nul \x00 tab \t quotes \"' emoji 🦀 rtl \u202e sql '); DROP TABLE posts; --"
     post = create(client, title="x", content=content)
@@ -1443,19 +1450,24 @@ def test_tags_are_trimmed_lowercased_and_deduplicated_in_order(client: TestClien
     assert client.get(f"/api/posts/{post['id']}").json()["tags"] == ["python", "litestar", "web dev"]
 
 
-def test_ten_tags_after_collapsing_duplicates_are_accepted(client: TestClient) -> None:
-    tags = [f"tag{n}" for n in range(10)]
+def test_up_to_ten_tags_are_accepted_and_duplicates_collapse(client: TestClient) -> None:
+    tags = [f"tag{n}" for n in range(8)]
     assert create(client, tags=[*tags, "TAG0", " tag1 "])["tags"] == tags
 
 
 @pytest.mark.parametrize(
     "tags",
-    [["x" * 31], [f"tag{n}" for n in range(11)], [""], ["   "], ["ok", 5], "python", ["tab\tis fine", "bell\x07"]],
-    ids=["31 characters", "11 tags", "empty", "blank", "not a string", "not a list", "control character"],
+    [["x" * 31], [f"tag{n}" for n in range(11)], [""], ["ok", 5], "python"],
+    ids=["31 characters", "11 tags", "empty", "not a string", "not a list"],
 )
 def test_bad_tags_are_refused_and_nothing_written(client: TestClient, db_path: Path, tags) -> None:
     assert_validation_error(client.post("/api/posts", json={**SEED_POST, "tags": tags}), key="tags")
     assert stored_posts(db_path) == []
+
+
+def test_blank_tags_and_control_characters_are_dropped(client: TestClient) -> None:
+    post = create(client, tags=["   ", "bell\x07", "tab\tand  space", "\x00"])
+    assert post["tags"] == ["bell", "tab and space"]
 
 
 def test_tags_are_replaced_on_update_and_kept_when_not_sent(client: TestClient) -> None:
@@ -1510,9 +1522,11 @@ def test_tag_filter_needs_every_tag_and_combines_with_listing(client: TestClient
     assert client.get("/api/posts", params={"tag": "nothing"}).json() == []
 
 
-@pytest.mark.parametrize("tag", ["", "x" * 31])
-def test_a_bad_tag_filter_is_a_400(client: TestClient, tag: str) -> None:
-    assert_validation_error(client.get("/api/posts", params={"tag": tag}), key="tag", source="query")
+@pytest.mark.parametrize("tag", ["", "x" * 31, "no-such-tag"])
+def test_a_tag_filter_that_no_post_can_have_matches_nothing(client: TestClient, tag: str) -> None:
+    create(client, tags=["python"])
+    response = client.get("/api/posts", params={"tag": tag})
+    assert response.status_code == 200 and response.json() == [] and response.headers["x-total-count"] == "0"
 
 
 def test_a_page_is_read_in_one_query_whatever_its_tags_and_comments(client: TestClient, monkeypatch) -> None:
@@ -2279,7 +2293,7 @@ def test_read_only_serves_reads_and_answers_405_to_every_write(db_path: Path) ->
         ]
         for response in writes:
             assert response.status_code == 405
-            assert "read-only" in response.json()["detail"] and response.headers["allow"] == "GET, HEAD"
+            assert "read-only" in response.json()["detail"] and response.headers["allow"] == "GET, HEAD, OPTIONS"
     assert file_digest(db_path) == digest
 
 
@@ -2602,3 +2616,24 @@ def test_a_database_where_nothing_can_be_written_is_refused_clearly() -> None:
     )
     assert result.returncode != 0
     assert "cannot use the database '/proc/blog_api.db': unable to open database file" in result.stdout + result.stderr
+
+
+def test_fuzzing_from_the_openapi_document_finds_nothing(start_server, tmp_path: Path) -> None:
+    """schemathesis, with its default checks and response-schema conformance, over every
+    operation: examples, coverage, fuzzing and stateful sequences (create, then get, update,
+    delete what was created, linked by Location headers). schemathesis.toml lists the
+    statuses that schema-valid but stale or forged requests rightly get."""
+    port = free_port()
+    # Warnings and errors only: thousands of access lines would fill the pipe that Server reads at the end.
+    fuzzed = [sys.executable, "blog_api.py", "--port", str(port), "--db", str(tmp_path / "fuzz.db")]
+    server = start_server([*fuzzed, "--log-level", "warning"], port)
+    command = [str(Path(sys.executable).with_name("schemathesis")), "run", f"{server.url}/schema/openapi.json"]
+    command += ["--checks", "all", "--max-examples", "150", "--seed", "1", "--no-color"]
+    result = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=240)
+    code, output = server.stop()
+    summary = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
+    assert result.returncode == 0 and summary, result.stdout[-3000:]
+    generated, passed = map(int, summary.groups())
+    print(f"schemathesis: {generated} cases generated, {passed} passed")
+    assert generated >= 2000 and passed == generated
+    assert code == 0 and "Traceback" not in output
