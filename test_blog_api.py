@@ -2495,6 +2495,7 @@ def test_nothing_acknowledged_is_lost_when_the_server_is_killed(tmp_path: Path, 
     server.stop()
     assert integrity(db_path) == "ok"
     assert acknowledged > 100 and checked > 50
+    print(f"kill -9 survived: 5; acknowledged writes: {acknowledged}; posts verified: {checked}")
 
 
 def test_64_clients_reading_and_writing_at_once(tmp_path: Path, start_server) -> None:
