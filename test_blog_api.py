@@ -862,10 +862,15 @@ def test_bad_settings_are_refused_with_a_clear_message(capsys, argv, environ, me
     assert message in capsys.readouterr().err
 
 
-def test_help_explains_every_flag() -> None:
-    result = subprocess.run(
-        [sys.executable, "blog_api.py", "--help"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=30
+def run_blog_api(*arguments: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """``python blog_api.py <arguments>`` run to its end, as a user would, with its output."""
+    return subprocess.run(
+        [sys.executable, "blog_api.py", *arguments], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=timeout
     )
+
+
+def test_help_explains_every_flag() -> None:
+    result = run_blog_api("--help", timeout=30)
     assert result.returncode == 0
     for flag, variable in [
         ("--host", "BLOG_API_HOST"),
@@ -1017,13 +1022,7 @@ def test_startup_on_a_foreign_database_fails_with_a_clear_message(tmp_path: Path
     foreign = tmp_path / "foreign.db"
     with sqlite3.connect(foreign) as connection:
         connection.execute("CREATE TABLE posts (id TEXT)")
-    result = subprocess.run(
-        [sys.executable, "blog_api.py", "--port", str(free_port()), "--db", str(foreign)],
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_blog_api("--port", str(free_port()), "--db", str(foreign), timeout=30)
     assert result.returncode != 0
     assert "holds tables (posts) but no blog_api schema version" in result.stdout + result.stderr
 
@@ -2324,13 +2323,7 @@ def test_a_backup_under_concurrent_writes_holds_every_post_acknowledged_before_i
     writer.start()
     try:
         time.sleep(0.2)
-        result = subprocess.run(
-            [sys.executable, "blog_api.py", "backup", str(copy), "--db", str(live)],
-            cwd=PROJECT_DIR,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = run_blog_api("backup", str(copy), "--db", str(live), timeout=60)
     finally:
         stop.set()
         writer.join(timeout=30)
@@ -2393,9 +2386,7 @@ def test_seed_adds_realistic_posts_the_same_for_the_same_seed(tmp_path: Path, ca
     ],
 )
 def test_every_command_explains_itself(command: list[str], words: list[str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "blog_api.py", *command], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=30
-    )
+    result = run_blog_api(*command, timeout=30)
     assert result.returncode == 0, result.stderr
     assert all(word in result.stdout for word in words)
 
@@ -2608,13 +2599,7 @@ def test_a_full_disk_is_a_503_and_corrupts_nothing(db_path: Path) -> None:
 
 def test_a_database_where_nothing_can_be_written_is_refused_clearly() -> None:
     """/proc takes no new files, whoever asks (a chmod-ed folder would not stop root)."""
-    result = subprocess.run(
-        [sys.executable, "blog_api.py", "--port", str(free_port()), "--db", "/proc/blog_api.db"],
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_blog_api("--port", str(free_port()), "--db", "/proc/blog_api.db", timeout=30)
     assert result.returncode != 0
     assert "cannot use the database '/proc/blog_api.db': unable to open database file" in result.stdout + result.stderr
 
