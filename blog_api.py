@@ -247,18 +247,20 @@ Slug = Annotated[
     ),
     KwargDefinition(pattern=SLUG_PATTERN),  # documented here, checked by check_slug with a clearer message
 ]
+MAX_TAGS = 10
+MAX_TAG_LENGTH = 30
 Tags = Annotated[
     list[
         Annotated[
             str,
-            Meta(min_length=1, max_length=30),
-            KwargDefinition(min_length=1, max_length=30),  # Litestar documents this one
+            Meta(min_length=1, max_length=MAX_TAG_LENGTH),
+            KwargDefinition(min_length=1, max_length=MAX_TAG_LENGTH),  # Litestar documents this one
         ]
     ],
     Meta(
-        max_length=10,
-        description="Up to 10 tags of 1 to 30 characters. Each is trimmed, loses control characters and is "
-        "lowercased; duplicates collapse, and one left blank is dropped.",
+        max_length=MAX_TAGS,
+        description=f"Up to {MAX_TAGS} tags of 1 to {MAX_TAG_LENGTH} characters. Each is trimmed, loses control "
+        "characters and is lowercased; duplicates collapse, and one left blank is dropped.",
         examples=[["python", "litestar"]],
     ),
 ]
@@ -323,8 +325,6 @@ class PostUpdate(msgspec.Struct, forbid_unknown_fields=True):
             self.tags = normalized_tags(self.tags)
 
 
-MAX_TAGS = 10
-MAX_TAG_LENGTH = 30
 SLUG_WORD = re.compile(r"[^\W_]+")
 UUID_SHAPE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
