@@ -437,8 +437,10 @@ IdempotencyKey = Annotated[
         "without a second write; the same key with another body is a 422.",
     ),
 ]
+# A plain array (no "or null"): a query string cannot say null, and schema-driven tools
+# should not be asked to believe it can.
 TagFilter = Annotated[
-    list[str] | None,
+    list[str],
     QueryParameter(description="Only posts with this tag; repeat it for posts with all of them."),
 ]
 PublishedFilter = Annotated[
@@ -1910,7 +1912,7 @@ class PostController(Controller):
         created_after: CreatedAfter = None,
         created_before: CreatedBefore = None,
         q: SearchText = None,
-        tag: TagFilter = None,
+        tag: TagFilter = (),  # type: ignore[assignment]
         if_none_match: IfNoneMatch = None,
     ) -> Response[list[Post]]:
         """A page of posts, newest first unless asked otherwise, with the total count in
