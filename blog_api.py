@@ -107,6 +107,7 @@ GRACEFUL_SHUTDOWN_SECONDS = 3
 ENV_PREFIX = "BLOG_API_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
+SYNCHRONOUS_MODES = ("full", "normal", "off")
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,11 @@ class Config:
     echo_sql: bool = False
     read_only: bool = False
     """Serve an existing database without ever writing to it: every write answers 405."""
+    workers: int = 1
+    """uvicorn worker processes, all serving the same database file."""
+    synchronous: str = "full"
+    """SQLite's ``synchronous``: ``full`` (every acknowledged write survives power loss),
+    ``normal`` (survives a crash of blog_api, not of the machine) or ``off`` (for benchmarks)."""
 
     def __post_init__(self) -> None:
         if not self.db_path:
@@ -147,6 +153,12 @@ class Config:
             raise ValueError(f"log format must be text or json, got {self.log_format!r}")
         if self.readers < 1:
             raise ValueError(f"readers must be at least 1, got {self.readers}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.workers > 1 and (self.reload or self.db_path == ":memory:"):
+            raise ValueError("several workers need a database file (not :memory:) and no --reload")
+        if self.synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be full, normal or off, got {self.synchronous!r}")
         if self.busy_timeout_ms < 0:
             raise ValueError(f"busy timeout must not be negative, got {self.busy_timeout_ms}")
         if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
@@ -187,7 +199,7 @@ class Config:
             elif field_.type == tuple[str, ...]:
                 values[name] = tuple(item for item in re.split(r"[,\s]+", raw) if item)
             else:
-                values[name] = raw.lower() if name == "log_level" else raw
+                values[name] = raw.lower() if name in ("log_level", "synchronous") else raw
         if "token" not in values and environ.get("BLOG_API_TOKEN_FILE"):
             values["token"] = read_token_file(environ["BLOG_API_TOKEN_FILE"])
         return cls(**values)
@@ -1271,6 +1283,9 @@ def query_error(request: Request, key: str, message: str) -> ValidationException
 # --------------------------------------------------------------------------------------
 
 
+SYNCHRONOUS_PRAGMAS = {mode: f"PRAGMA synchronous = {mode.upper()}" for mode in SYNCHRONOUS_MODES}
+
+
 class DatabaseError(Exception):
     """The database cannot be opened or used; the message says why, for a person."""
 
@@ -1293,8 +1308,10 @@ class Database:
         busy_timeout_ms: int = 5000,
         echo_sql: bool = False,
         read_only: bool = False,
+        synchronous: str = "full",
     ) -> None:
         self.path = path
+        self._synchronous_pragma = SYNCHRONOUS_PRAGMAS[synchronous]
         self.read_only = read_only
         self._read_only_uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
         self._echo_sql = echo_sql
@@ -1322,8 +1339,8 @@ class Database:
             self._writer = await self._connect()
             if not self.in_memory:
                 await self._writer.execute("PRAGMA journal_mode = WAL")
-            # Every acknowledged write survives a crash or power loss.
-            await self._writer.execute("PRAGMA synchronous = FULL")
+            # By default (FULL) every acknowledged write survives a crash or power loss.
+            await self._writer.execute(self._synchronous_pragma)
             await self._apply_schema()
             await self._load_cursor_secret()
             for _ in range(self._reader_count):
@@ -2389,6 +2406,7 @@ async def database_lifespan(app: Litestar) -> AsyncIterator[None]:
         config.db_path,
         readers=config.readers,
         busy_timeout_ms=config.busy_timeout_ms,
+        synchronous=config.synchronous,
         echo_sql=config.echo_sql,
         read_only=config.read_only,
     )
@@ -2657,6 +2675,20 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
         default=defaults.busy_timeout_ms,
         help="how long a write waits for a lock before answering 503 (BLOG_API_BUSY_TIMEOUT_MS; default %(default)s)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.workers,
+        help="worker processes serving the same database; see the README for when more than 1 pays "
+        "(BLOG_API_WORKERS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--synchronous",
+        choices=SYNCHRONOUS_MODES,
+        default=defaults.synchronous,
+        help="when a write is acknowledged: full = on disk, survives power loss; normal = survives a crash of "
+        "blog_api only; off = for benchmarks (BLOG_API_SYNCHRONOUS; default %(default)s)",
+    )
     args = parser.parse_args(argv)
     values = vars(args)
     token_file = values.pop("token_file")
@@ -2763,13 +2795,29 @@ def serve(argv: list[str]) -> None:
     # uvicorn re-raises SIGTERM once it has shut down gracefully; without this handler that
     # would end the process "killed by a signal" instead of with status 0.
     signal.signal(signal.SIGTERM, exit_after_graceful_shutdown)
+    code_dir = str(Path(__file__).resolve().parent)
     if config.reload:
         # The reloader imports a fresh copy of this module, which reads its config from here.
         os.environ.update(config.to_env())
-        code_dir = str(Path(__file__).resolve().parent)
         uvicorn.run("blog_api:app", reload=True, app_dir=code_dir, reload_dirs=[code_dir], **server_options)
+    elif config.workers > 1:
+        # Make or check the schema once, before the workers start, rather than in a race
+        # between them; each worker then imports this module and reads its config from here.
+        try:
+            asyncio.run(check_database(config))
+        except DatabaseError as exc:
+            sys.exit(f"blog_api: {exc}")
+        os.environ.update(config.to_env())
+        uvicorn.run("blog_api:app", workers=config.workers, app_dir=code_dir, **server_options)
     else:
         uvicorn.run(blog, **server_options)
+
+
+async def check_database(config: Config) -> None:
+    """Open the database as the service would (making it, or its schema, if missing), then close it."""
+    db = Database(config.db_path, readers=1, read_only=config.read_only, synchronous=config.synchronous)
+    await db.open()
+    await db.close()
 
 
 def exit_after_graceful_shutdown(signum: int, frame: Any) -> None:

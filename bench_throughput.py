@@ -1,0 +1,325 @@
+"""Throughput benchmark: blog_api under wrk, against a bare Litestar app with the same routes.
+
+    .venv/bin/python bench_throughput.py                # 3 rounds of 5 s a case (about 5 minutes)
+    .venv/bin/python bench_throughput.py --duration 2 --rounds 1   # a quick look
+
+It seeds a database with ``python blog_api.py seed``, then starts, each as its own process:
+
+- ``python blog_api.py`` exactly as a user does (one worker, synchronous=full, access log on);
+- the same with ``--synchronous off``, to show what durability costs;
+- the same with ``--workers 2``, to show what a second process buys on this machine;
+- the baseline: a bare Litestar app (this file, ``--serve-baseline``) with the same four
+  routes, decoding the same request bodies with the same msgspec types and answering
+  fixed posts read once from the seeded database. No database, no middleware: the
+  ceiling of the framework under the same uvicorn.
+
+wrk (installed with apt-get if missing) drives each at 32 connections on 127.0.0.1 for
+GET one post, GET a page of 20, POST create and PUT update. The rounds alternate between
+the servers, so noise from other work on the machine falls on all of them alike; the
+table gives medians over the rounds. Peak RSS is each server's VmHWM (summed over worker
+processes) at the end. Everything stops by itself and is removed at the end.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).parent
+BLOG_API = HERE / "blog_api.py"
+CONNECTIONS = 32
+SEEDED_POSTS = 2000
+CASES = ("GET one", "GET page of 20", "POST create", "PUT update")
+JSON_HEADERS = '{["Content-Type"] = "application/json"}'
+
+# wrk scripts. Each request differs: GETs and PUTs walk over the seeded posts; POSTs make
+# posts with new titles (so their slugs never collide); %(ids)s and %(content)s are filled in.
+GET_ONE_LUA = """
+ids = {%(ids)s}
+n = 0
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/api/posts/" .. ids[n %% #ids + 1])
+end
+"""
+POST_LUA = """
+n = 0
+run = "%(run)s"
+request = function()
+  n = n + 1
+  local title = "Benchmark post " .. run .. " " .. n
+  local body = '{"title": "' .. title .. '", "content": "%(content)s", "tags": ["bench", "wrk"]}'
+  return wrk.format("POST", "/api/posts", %(headers)s, body)
+end
+"""
+PUT_LUA = """
+ids = {%(ids)s}
+n = 0
+run = "%(run)s"
+request = function()
+  n = n + 1
+  local body = '{"title": "Edited ' .. run .. ' ' .. n .. '", "content": "%(content)s"}'
+  return wrk.format("PUT", "/api/posts/" .. ids[n %% #ids + 1], %(headers)s, body)
+end
+"""
+
+
+# --------------------------------------------------------------------------------------
+# The baseline: bare Litestar, the same routes, fixed answers
+# --------------------------------------------------------------------------------------
+
+
+def serve_baseline(db_path: str, port: int) -> None:
+    """Serve the four routes with no database: posts are read once, at startup."""
+    import uvicorn
+    from litestar import Litestar, Response, get, post, put
+
+    import blog_api
+
+    connection = sqlite3.connect(db_path)
+    query = f"SELECT {blog_api.POST_FIELDS} FROM posts WHERE published ORDER BY created_at DESC LIMIT 20"
+    rows = connection.execute(query).fetchall()
+    connection.close()
+    posts = [blog_api.post_from_row(row) for row in rows]
+
+    @get("/api/posts/{post_id:str}")
+    async def get_post(post_id: str) -> blog_api.Post:
+        return posts[0]
+
+    @get("/api/posts")
+    async def list_posts() -> Response[list[blog_api.Post]]:
+        return Response(posts, headers={"X-Total-Count": str(SEEDED_POSTS)})
+
+    @post("/api/posts")
+    async def create_post(data: blog_api.PostCreate) -> blog_api.Post:
+        return posts[0]
+
+    @put("/api/posts/{post_id:str}")
+    async def update_post(post_id: str, data: blog_api.PostUpdate) -> blog_api.Post:
+        return posts[0]
+
+    app = Litestar([get_post, list_posts, create_post, update_post])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# --------------------------------------------------------------------------------------
+# Running servers and wrk
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    command: list[str]
+    port: int
+    log: Path
+    process: subprocess.Popen | None = None
+    results: dict[str, list["Result"]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, cwd=HERE)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                sys.exit(f"{self.name} ended at start:\n{self.log.read_text()}")
+            try:
+                httpx.get(f"{self.url}/api/posts?limit=1", timeout=1).raise_for_status()
+                return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        sys.exit(f"{self.name} did not start within 30 s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def peak_rss_mb(self) -> float:
+        """VmHWM of the server and its worker processes, summed."""
+        assert self.process is not None
+        return sum(peak_rss_kb(pid) for pid in process_tree(self.process.pid)) / 1024
+
+
+def process_tree(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(grandchild for child in children for grandchild in process_tree(int(child)))]
+
+
+def peak_rss_kb(pid: int) -> int:
+    match = re.search(r"^VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+@dataclass
+class Result:
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def run_wrk(url: str, script: Path | None, duration: float) -> Result:
+    command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration:g}s", "--latency", url]
+    if script is not None:
+        command[-1:-1] = ["-s", str(script)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=duration + 60).stdout
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    errors = int(non_2xx.group(1)) if non_2xx else 0
+    errors += sum(map(int, socket_errors.groups())) if socket_errors else 0
+    return Result(
+        requests_per_second=float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        p50_ms=wrk_ms(re.search(r"^\s+50%\s+(\S+)", output, re.MULTILINE).group(1)),
+        p99_ms=wrk_ms(re.search(r"^\s+99%\s+(\S+)", output, re.MULTILINE).group(1)),
+        errors=errors,
+    )
+
+
+def wrk_ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def ensure_wrk() -> None:
+    if shutil.which("wrk"):
+        return
+    print("wrk is missing: installing it with apt-get (Debian's package)", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def seeded_ids(db_path: Path) -> list[str]:
+    connection = sqlite3.connect(db_path)
+    ids = [row[0] for row in connection.execute("SELECT id FROM posts WHERE published ORDER BY pk")]
+    connection.close()
+    return ids
+
+
+def write_scripts(directory: Path, ids: list[str], content: str) -> dict[str, Path | None]:
+    values = {
+        "ids": ", ".join(f'"{post_id}"' for post_id in ids),
+        "run": uuid.uuid4().hex[:8],
+        "content": content,
+        "headers": JSON_HEADERS,
+    }
+    scripts = {"GET one": GET_ONE_LUA, "POST create": POST_LUA, "PUT update": PUT_LUA}
+    paths: dict[str, Path | None] = {"GET page of 20": None}
+    for case, template in scripts.items():
+        path = directory / f"{case.replace(' ', '_')}.lua"
+        path.write_text(template % values)
+        paths[case] = path
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=5, help="seconds of load per case and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; the table gives medians")
+    parser.add_argument("--serve-baseline", metavar="DB", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_baseline:
+        serve_baseline(args.serve_baseline, args.port)
+        return
+    ensure_wrk()
+    with tempfile.TemporaryDirectory(prefix="blog_api_bench_") as tmp:
+        run_benchmark(Path(tmp), args.duration, args.rounds)
+
+
+def run_benchmark(tmp: Path, duration: float, rounds: int) -> None:
+    seeded = tmp / "seeded.db"
+    subprocess.run(
+        [sys.executable, BLOG_API, "seed", "--db", seeded, "--posts", str(SEEDED_POSTS)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    ids = seeded_ids(seeded)
+    content = "A benchmark post of a typical length. " * 20
+    scripts = write_scripts(tmp, ids, content)
+
+    def service(name: str, *flags: str) -> Server:
+        db = tmp / f"{name.replace(' ', '_')}.db"
+        shutil.copy(seeded, db)
+        port = free_port()
+        command = [sys.executable, str(BLOG_API), "--db", str(db), "--port", str(port), *flags]
+        return Server(name, command, port, tmp / f"{name.replace(' ', '_')}.log")
+
+    port = free_port()
+    baseline_command = [sys.executable, __file__, "--serve-baseline", str(seeded), "--port", str(port)]
+    servers = [
+        Server("baseline", baseline_command, port, tmp / "baseline.log"),
+        service("blog_api"),
+        service("synchronous off", "--synchronous", "off"),
+        service("2 workers", "--workers", "2"),
+    ]
+    print(
+        f"{SEEDED_POSTS} seeded posts; wrk -t1 -c{CONNECTIONS} -d{duration:g}s on 127.0.0.1; "
+        f"{rounds} rounds; {os.cpu_count()} cores; Python {sys.version.split()[0]}",
+        flush=True,
+    )
+    try:
+        for server in servers:
+            server.start()
+        for round_number in range(1, rounds + 1):
+            for case in CASES:
+                for server in servers:
+                    result = run_wrk(f"{server.url}/api/posts", scripts[case], duration)
+                    server.results.setdefault(case, []).append(result)
+            print(f"round {round_number} of {rounds} done", flush=True)
+        peak_rss = {server.name: server.peak_rss_mb() for server in servers}
+    finally:
+        for server in servers:
+            server.stop()
+    print_table(servers, peak_rss)
+
+
+def print_table(servers: list[Server], peak_rss: dict[str, float]) -> None:
+    baseline = servers[0]
+    print()
+    print("| case | server | req/s | p50 ms | p99 ms | errors | ratio to baseline |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for case in CASES:
+        base_rps = statistics.median(r.requests_per_second for r in baseline.results[case])
+        for server in servers:
+            results = server.results[case]
+            rps = statistics.median(r.requests_per_second for r in results)
+            p50 = statistics.median(r.p50_ms for r in results)
+            p99 = statistics.median(r.p99_ms for r in results)
+            errors = sum(r.errors for r in results)
+            print(f"| {case} | {server.name} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} | {rps / base_rps:.2f} |")
+    full = statistics.median(r.requests_per_second for r in servers[1].results["POST create"])
+    off = statistics.median(r.requests_per_second for r in servers[2].results["POST create"])
+    print()
+    print(f"POST with synchronous=full / off: {full / off:.2f}")
+    print("Peak RSS (VmHWM, MB): " + ", ".join(f"{name} {mb:.0f}" for name, mb in peak_rss.items()))
+
+
+if __name__ == "__main__":
+    main()
