@@ -32,12 +32,13 @@ import os
 import random
 import re
 import signal
+import socket
 import sqlite3
 import sys
 import time
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, closing, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -89,6 +90,7 @@ from litestar.params import HeaderParameter, JSONBody, KwargDefinition, PathPara
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from litestar.typing import FieldDefinition
 from msgspec import UNSET, Meta, UnsetType
+from uvicorn.supervisors import Multiprocess
 
 __version__ = "1.0.0"
 
@@ -596,28 +598,49 @@ def body_error(message: str) -> dict[str, str]:
 # SQL
 # --------------------------------------------------------------------------------------
 
-# A post as the API shows it, in the order of the Post Struct: its columns, its tags (a
-# JSON array, in the order they were given) and how many comments it has.
-POST_FIELDS = """
-    posts.id, posts.title, posts.content, posts.created_at, posts.updated_at, posts.published, posts.slug,
-    (
-        SELECT json_group_array(name)
-        FROM (
-            SELECT tags.name
-            FROM post_tags JOIN tags ON tags.pk = post_tags.tag_pk
-            WHERE post_tags.post_pk = posts.pk
-            ORDER BY post_tags.position
-        )
-    ) AS tags,
-    (SELECT count(*) FROM comments WHERE comments.post_pk = posts.pk) AS comment_count,
-    posts.version
+
+def iso_timestamp(column: str) -> str:
+    """SQL for a stored timestamp (µs since the epoch) as the API shows it, the way
+    ``format_timestamp`` does: ``2025-03-12T10:42:35.700944Z``."""
+    return f"strftime('%Y-%m-%dT%H:%M:%S', {column} / 1000000, 'unixepoch') || printf('.%06dZ', {column} % 1000000)"
+
+
+# A post: what the handlers need for headers (id, slug, updated_at, published, version),
+# then the post as the API shows it, as JSON made by SQLite in the order of the Post
+# Struct, with its tags (in the order they were given) and how many comments it has.
+# SQLite builds it in the reader's thread, which lets go of the GIL meanwhile, so the
+# event loop never decodes and re-encodes a post it only passes on.
+POST_FIELDS = f"""
+    posts.id, posts.slug, posts.updated_at, posts.published, posts.version,
+    json_object(
+        'id', posts.id,
+        'title', posts.title,
+        'content', posts.content,
+        'created_at', {iso_timestamp("posts.created_at")},
+        'updated_at', {iso_timestamp("posts.updated_at")},
+        'published', json(iif(posts.published, 'true', 'false')),
+        'slug', posts.slug,
+        'tags', json((
+            SELECT json_group_array(name)
+            FROM (
+                SELECT tags.name
+                FROM post_tags JOIN tags ON tags.pk = post_tags.tag_pk
+                WHERE post_tags.post_pk = posts.pk
+                ORDER BY post_tags.position
+            )
+        )),
+        'comment_count', (SELECT count(*) FROM comments WHERE comments.post_pk = posts.pk),
+        'version', posts.version
+    ) AS json
 """
 
-# :drafts is 1 when the caller may see unpublished posts, 0 when not.
-SELECT_POST = f"""
+# Every post whose ID or slug is among :keys (a JSON array), drafts too: the caller decides
+# who may see them. An ID is never slug-shaped, so each key finds at most one post.
+SELECT_POSTS_BY_KEY = f"""
 SELECT {POST_FIELDS}
 FROM posts
-WHERE (id = :key OR slug = :key) AND (published OR :drafts)
+WHERE id IN (SELECT value FROM json_each(:keys))
+   OR slug IN (SELECT value FROM json_each(:keys))
 """
 
 SELECT_POST_BY_PK = f"""
@@ -627,10 +650,13 @@ WHERE pk = ?
 """
 
 # The slug itself and the ones numbered after it (my-post-2, my-post-3, ...): which are taken.
+# The range (every text that starts with "slug-" sorts between "slug-" and "slug.") lets
+# SQLite search the slug index; a GLOB alone would scan all of it, on every create.
 SELECT_TAKEN_SLUGS = """
 SELECT slug
 FROM posts
-WHERE slug = :slug OR slug GLOB :slug || '-[0-9]*'
+WHERE slug = :slug
+   OR (slug > :slug || '-' AND slug < :slug || '.' AND slug GLOB :slug || '-[0-9]*')
 """
 
 INSERT_POST = """
@@ -903,21 +929,9 @@ def format_timestamp(microseconds: int) -> str:
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def post_from_row(row: Sequence[Any]) -> Post:
-    """A Post from the columns of POST_FIELDS."""
-    post_id, title, content, created_at, updated_at, published, slug, tags, comment_count, version = row
-    return Post(
-        id=post_id,
-        title=title,
-        content=content,
-        created_at=format_timestamp(created_at),
-        updated_at=format_timestamp(updated_at),
-        published=bool(published),
-        slug=slug,
-        tags=msgspec.json.decode(tags),
-        comment_count=comment_count,
-        version=version,
-    )
+def json_array(items: Iterable[str]) -> bytes:
+    """A JSON array of items that are JSON already."""
+    return f"[{','.join(items)}]".encode()
 
 
 def search_sql(terms: list[str]) -> str:
@@ -1127,7 +1141,8 @@ class CommentListing:
 
 @dataclass(frozen=True)
 class Page:
-    items: list[Any]
+    rows: list[Any]
+    """The rows of the page, without their sort key and tie-breaker."""
     total: int
     """Every post the filters match, on any page."""
     first_row: tuple[Any, Any] | None
@@ -1137,15 +1152,9 @@ class Page:
     has_next: bool
 
 
-async def fetch_page(
-    db: "Database", listing: Listing | CommentListing, item_from_row: Callable[[Sequence[Any]], Any]
-) -> Page:
-    """A page of ``listing``: its items (each row but its last two columns, the sort key
-    and tie-breaker, made into an item), the total, and whether pages lie either side."""
-    count_sql, count_parameters = listing.count_sql()
-    [(total,)] = await db.fetch_all(count_sql, count_parameters)
-    page_sql, page_parameters = listing.page_sql(total)
-    rows = await db.fetch_all(page_sql, page_parameters)
+def page_of(listing: Listing | CommentListing, total: int, rows: list[Any]) -> Page:
+    """A page of ``listing`` from what ``count_and_page`` read: its rows (each but its last
+    two columns, the sort key and tie-breaker), the total, and whether pages lie either side."""
     beyond = len(rows) > listing.limit
     rows = rows[: listing.limit]
     cursor = listing.cursor
@@ -1155,13 +1164,27 @@ async def fetch_page(
     else:
         has_previous, has_next = cursor is not None or listing.offset > 0, beyond
     return Page(
-        items=[item_from_row(row[:-2]) for row in rows],
+        rows=[row[:-2] for row in rows],
         total=total,
         first_row=(rows[0][-2], rows[0][-1]) if rows else None,
         last_row=(rows[-1][-2], rows[-1][-1]) if rows else None,
         has_previous=has_previous,
         has_next=has_next,
     )
+
+
+def count_and_page(listing: Listing | CommentListing, connection: sqlite3.Connection) -> tuple[int, list[Any]]:
+    """How many match, and the rows of the page, from one snapshot of the database."""
+    with read_snapshot(connection):
+        count_sql, count_parameters = listing.count_sql()
+        [(total,)] = connection.execute(count_sql, count_parameters).fetchall()
+        page_sql, page_parameters = listing.page_sql(total)
+        return total, connection.execute(page_sql, page_parameters).fetchall()
+
+
+def count_and_pages(listings: list[Listing], connection: sqlite3.Connection) -> dict[Listing, tuple[int, list[Any]]]:
+    """``count_and_page`` for each of several listings, in one hop."""
+    return {listing: count_and_page(listing, connection) for listing in listings}
 
 
 def page_headers(request: Request, listing: Listing | CommentListing, page: Page, secret: bytes) -> dict[str, str]:
@@ -1290,14 +1313,66 @@ class DatabaseError(Exception):
     """The database cannot be opened or used; the message says why, for a person."""
 
 
-class Database:
-    """One SQLite file, served to async code the way Datasette does it.
+T = TypeVar("T")
+Work = Callable[[sqlite3.Connection], T]
+"""Statements to run on one connection, in its own thread: one hop however many there are."""
 
-    Each aiosqlite connection owns a worker thread that runs its calls in order. Writes go
-    through the single writer connection, one transaction at a time (``BEGIN IMMEDIATE``
-    under an asyncio lock); reads take any idle reader connection, so they never wait for
-    a write (WAL). A ``:memory:`` database exists only inside one connection, so there the
-    writer serves reads too, under the same lock.
+MAX_WRITES_PER_COMMIT = 256
+"""Group commit takes at most this many waiting writes into one transaction."""
+
+
+@contextmanager
+def immediate_transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` (take the write lock now, waiting up to the busy timeout, rather
+    than fail when a read upgrades), COMMIT at the end, ROLLBACK on any exception."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.rollback()
+        raise
+
+
+@contextmanager
+def read_snapshot(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One read transaction, so that several statements see the same moment of the database."""
+    connection.execute("BEGIN")
+    try:
+        yield connection
+    finally:
+        connection.rollback()
+
+
+def fetch_rows(sql: str, parameters: Sequence[Any] | Mapping[str, Any], connection: sqlite3.Connection) -> list[Any]:
+    return connection.execute(sql, parameters).fetchall()
+
+
+@dataclass
+class QueuedWrite:
+    work: Work[Any]
+    answer: asyncio.Future[Any]
+    request_id: str
+
+
+class Database:
+    """One SQLite file, served to async code the way Datasette does it, with fewer hops.
+
+    Each aiosqlite connection owns a worker thread that runs its calls in order, and each
+    call is a hop to that thread and back, which costs more than a primary-key lookup in
+    SQLite. So every read and every write here is a plain function of a ``sqlite3``
+    connection (a ``Work``) that runs in the connection's thread in one hop, however many
+    statements it runs.
+
+    Reads take any idle reader connection, so they never wait for a write (WAL). Writes are
+    queued for the single writer connection, which takes every write waiting into one
+    ``BEGIN IMMEDIATE`` transaction (group commit): one hop and one fsync for all of them.
+    Each write runs in a savepoint of its own, so one that fails (a taken slug, a 404) is
+    undone alone; each is answered only once the COMMIT that holds it has returned.
+
+    A ``:memory:`` database exists only inside one connection, so there the writer serves
+    reads too: each read and each batch of writes is a single call on its thread, so a
+    read never sees half a transaction.
     """
 
     def __init__(
@@ -1311,9 +1386,9 @@ class Database:
         synchronous: str = "full",
     ) -> None:
         self.path = path
-        self._synchronous_pragma = SYNCHRONOUS_PRAGMAS[synchronous]
         self.read_only = read_only
         self._read_only_uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+        self._synchronous_pragma = SYNCHRONOUS_PRAGMAS[synchronous]
         self._echo_sql = echo_sql
         self._serving: dict[int, str] = {}
         """Which request each connection is serving (by id()), for its SQL log lines."""
@@ -1323,7 +1398,8 @@ class Database:
         self._busy_timeout_ms = busy_timeout_ms
         self._writer: aiosqlite.Connection | None = None
         self.cursor_secret = b""
-        self._write_lock = asyncio.Lock()
+        self._writes: asyncio.Queue[QueuedWrite | None] = asyncio.Queue()
+        self._committer: asyncio.Task[None] | None = None
         self._readers: list[aiosqlite.Connection] = []
         self._idle_readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
 
@@ -1337,17 +1413,13 @@ class Database:
                 await self._open_read_only()
                 return
             self._writer = await self._connect()
-            if not self.in_memory:
-                await self._writer.execute("PRAGMA journal_mode = WAL")
-            # By default (FULL) every acknowledged write survives a crash or power loss.
-            await self._writer.execute(self._synchronous_pragma)
-            await self._apply_schema()
-            await self._load_cursor_secret()
+            self.cursor_secret = await self._call(self._writer, self._prepare_writer)
             for _ in range(self._reader_count):
                 reader = await self._connect()
                 await reader.execute("PRAGMA query_only = ON")
                 self._readers.append(reader)
                 self._idle_readers.put_nowait(reader)
+            self._committer = asyncio.create_task(self._commit_queued_writes())
         except BaseException as exc:
             await self.close()
             if isinstance(exc, sqlite3.Error):
@@ -1370,20 +1442,28 @@ class Database:
         [(self.cursor_secret,)] = await self.fetch_all(SELECT_CURSOR_SECRET)
 
     async def close(self) -> None:
-        """Close every connection: each one's thread would otherwise keep the process alive.
+        """Finish the writes already queued, then close every connection: each one's thread
+        would otherwise keep the process alive.
 
-        If closing is cancelled (a second Ctrl-C forces uvicorn out), the connections not yet
+        If closing is cancelled (a second Ctrl-C forces uvicorn out), the writes not yet
+        begun are dropped unanswered (never acknowledged) and the connections not yet
         reached are still told to stop, so no thread outlives the app.
         """
+        committer, self._committer = self._committer, None
         connections = [*self._readers, *([self._writer] if self._writer else [])]
-        self._readers, self._writer, self._idle_readers = [], None, asyncio.Queue()
         not_yet_closed = iter(connections)
         try:
+            if committer is not None:
+                self._writes.put_nowait(None)
+                await committer
             for connection in not_yet_closed:
                 await connection.close()
         finally:
+            if committer is not None:
+                committer.cancel()
             for connection in not_yet_closed:
                 connection.stop()
+            self._readers, self._writer, self._idle_readers = [], None, asyncio.Queue()
 
     async def _connect(self, uri: str | None = None) -> aiosqlite.Connection:
         # isolation_level=None: no implicit transactions; we say BEGIN and COMMIT ourselves.
@@ -1409,6 +1489,13 @@ class Database:
             raise
         return connection
 
+    @staticmethod
+    async def _call(connection: aiosqlite.Connection, work: Work[T]) -> T:
+        """Run ``work`` in ``connection``'s thread: one hop. aiosqlite's public methods make
+        one hop per statement; this is the method they are all built on (aiosqlite is pinned,
+        and every test goes through here)."""
+        return await connection._execute(work, connection._conn)
+
     def _log_statement(self, connection_id: int, sql: str) -> None:
         """--echo-sql: each statement with its parameters bound, as the connection's thread
         runs it, under the ID of the request it serves. SQLite also reports the statements
@@ -1421,66 +1508,121 @@ class Database:
         self._last_logged[connection_id] = (request_id, line)
         sql_logger.info("%s", line, extra={"request_id": request_id})
 
-    def _serve(self, connection: aiosqlite.Connection) -> aiosqlite.Connection:
+    def _serve(self, connection: aiosqlite.Connection, request_id: str | None = None) -> aiosqlite.Connection:
         if self._echo_sql:
-            self._serving[id(connection)] = REQUEST_ID.get()
+            self._serving[id(connection)] = request_id or REQUEST_ID.get()
         return connection
 
-    async def _apply_schema(self) -> None:
+    def _prepare_writer(self, connection: sqlite3.Connection) -> bytes:
+        """WAL, durability, the schema; returns the secret that signs page cursors."""
+        if not self.in_memory:
+            connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute(self._synchronous_pragma)
+        with immediate_transaction(connection):
+            self._apply_schema(connection)
+        [(secret,)] = connection.execute(SELECT_CURSOR_SECRET).fetchall()
+        return secret
+
+    def _apply_schema(self, connection: sqlite3.Connection) -> None:
         """Apply schema.sql to a new database, accept a current one, refuse anything else."""
-        statements = sql_statements(SCHEMA_PATH.read_text(encoding="utf-8"))
-        async with self.transaction() as connection:
-            [(version,)] = await connection.execute_fetchall("PRAGMA user_version")
-            if version == SCHEMA_VERSION:
-                return
-            if version > SCHEMA_VERSION:
-                raise DatabaseError(
-                    f"the database {self.path!r} has schema version {version}, newer than this "
-                    f"blog_api {__version__} knows ({SCHEMA_VERSION}); run a newer blog_api"
-                )
-            tables = [name for (name,) in await connection.execute_fetchall(SELECT_USER_TABLES)]
-            if tables:
-                raise DatabaseError(
-                    f"the database {self.path!r} holds tables ({', '.join(tables)}) but no blog_api "
-                    "schema version, so another program made it (the tutorial's SQLAlchemy app, "
-                    "perhaps); refusing to guess at its layout. Use --db to choose another file."
-                )
-            for statement in statements:
-                await connection.execute(statement)
+        [(version,)] = connection.execute("PRAGMA user_version").fetchall()
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise DatabaseError(
+                f"the database {self.path!r} has schema version {version}, newer than this "
+                f"blog_api {__version__} knows ({SCHEMA_VERSION}); run a newer blog_api"
+            )
+        tables = [name for (name,) in connection.execute(SELECT_USER_TABLES)]
+        if tables:
+            raise DatabaseError(
+                f"the database {self.path!r} holds tables ({', '.join(tables)}) but no blog_api "
+                "schema version, so another program made it (the tutorial's SQLAlchemy app, "
+                "perhaps); refusing to guess at its layout. Use --db to choose another file."
+            )
+        for statement in sql_statements(SCHEMA_PATH.read_text(encoding="utf-8")):
+            connection.execute(statement)
 
-    async def _load_cursor_secret(self) -> None:
-        [(secret,)] = await self._require_writer().execute_fetchall(SELECT_CURSOR_SECRET)
-        self.cursor_secret = secret
+    async def write(self, work: Work[T]) -> T:
+        """Run ``work`` on the writer connection inside a transaction, and return what it
+        returned once that transaction has committed. If it raises, its statements are
+        undone and the exception is raised here. A write whose caller gives up (is
+        cancelled) before its transaction begins is never run."""
+        if self._committer is None:
+            raise DatabaseError("the database is not open for writing")
+        answer = asyncio.get_running_loop().create_future()
+        self._writes.put_nowait(QueuedWrite(work, answer, REQUEST_ID.get()))
+        return await answer
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """The writer connection inside ``BEGIN IMMEDIATE``: committed if the block ends
-        normally, rolled back on any exception, cancellation included.
+    async def _commit_queued_writes(self) -> None:
+        """The single writer: each turn takes every write waiting into one transaction,
+        until ``close()`` queues None."""
+        closing = False
+        while not closing:
+            batch: list[QueuedWrite] = []
+            queued = await self._writes.get()
+            while True:
+                if queued is None:
+                    closing = True
+                    break
+                if not queued.answer.cancelled():
+                    batch.append(queued)
+                if len(batch) >= MAX_WRITES_PER_COMMIT or self._writes.empty():
+                    break
+                queued = self._writes.get_nowait()
+            if batch:
+                await self._commit(batch)
 
-        The rollback is queued on the writer's thread after whatever the block had already
-        sent, so it undoes all of it even if this task is cancelled mid-statement.
-        """
-        writer = self._require_writer()
-        async with self._write_lock:
-            self._serve(writer)
-            try:
-                await writer.execute("BEGIN IMMEDIATE")
-                yield writer
-                await writer.execute("COMMIT")
-            except BaseException:
-                await asyncio.shield(writer.rollback())
-                raise
+    async def _commit(self, batch: list[QueuedWrite]) -> None:
+        try:
+            outcomes = await self._call(self._require_writer(), partial(self._run_batch, batch))
+        except Exception as exc:
+            for queued in batch:
+                if not queued.answer.done():
+                    queued.answer.set_exception(exc)
+            return
+        for queued, (succeeded, value) in zip(batch, outcomes, strict=True):
+            if queued.answer.done():
+                continue
+            if succeeded:
+                queued.answer.set_result(value)
+            else:
+                queued.answer.set_exception(value)
+
+    def _run_batch(self, batch: list[QueuedWrite], connection: sqlite3.Connection) -> list[tuple[bool, Any]]:
+        """In the writer's thread: every write of the batch in one transaction, each in a
+        savepoint, so that an exception undoes that write alone. An error that ends the
+        whole transaction (a full disk, a failed COMMIT) fails every write in it."""
+        outcomes: list[tuple[bool, Any]] = []
+        self._serve(self._require_writer(), batch[0].request_id)
+        with immediate_transaction(connection):
+            for queued in batch:
+                self._serve(self._require_writer(), queued.request_id)
+                connection.execute("SAVEPOINT write")
+                try:
+                    outcomes.append((True, queued.work(connection)))
+                except Exception as exc:
+                    try:
+                        connection.execute("ROLLBACK TO write")
+                    except sqlite3.Error:
+                        raise exc from None
+                    outcomes.append((False, exc))
+                connection.execute("RELEASE write")
+        return outcomes
+
+    async def read(self, work: Work[T]) -> T:
+        """Run ``work`` on an idle reader connection (it may only read)."""
+        if self.in_memory:
+            return await self._call(self._serve(self._require_writer()), work)
+        reader = await self._idle_readers.get()
+        try:
+            return await self._call(self._serve(reader), work)
+        finally:
+            self._idle_readers.put_nowait(reader)
 
     async def fetch_all(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         """Run one read-only statement on an idle reader and return its rows."""
-        if self.in_memory:
-            async with self._write_lock:
-                return await self._serve(self._require_writer()).execute_fetchall(sql, parameters)
-        reader = await self._idle_readers.get()
-        try:
-            return await self._serve(reader).execute_fetchall(sql, parameters)
-        finally:
-            self._idle_readers.put_nowait(reader)
+        return await self.read(partial(fetch_rows, sql, parameters))
 
     async def fetch_one(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = ()) -> Any | None:
         rows = await self.fetch_all(sql, parameters)
@@ -1490,6 +1632,69 @@ class Database:
         if self._writer is None:
             raise DatabaseError("the database is not open")
         return self._writer
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+class Coalescer(Generic[K, T]):
+    """Lookups by key that arrive together are answered by one call (the DataLoader
+    pattern): every key asked for in the same turn of the event loop waits for the next
+    turn, when one ``fetch_many(keys)`` (one hop) answers them all, and a key asked for
+    twice is looked up once. At most ``max_in_flight`` calls run at once; keys asked for
+    meanwhile wait for the next, which takes them all, so batches grow with the load.
+
+    A key never joins a call already under way, which may have begun before a write
+    that its caller has seen acknowledged: every answer is at least as new as its question.
+    """
+
+    def __init__(self, fetch_many: Callable[[list[K]], Awaitable[Mapping[K, T]]], max_in_flight: int) -> None:
+        self._fetch_many = fetch_many
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._waiting: dict[K, list[asyncio.Future[T | None]]] = {}
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def load(self, key: K) -> T | None:
+        """The value for ``key``, or None if there is none."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[T | None] = loop.create_future()
+        self._waiting.setdefault(key, []).append(answer)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._dispatch)
+        return await answer
+
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        if not self._waiting or self._in_flight >= self._max_in_flight:
+            return
+        batch, self._waiting = self._waiting, {}
+        self._in_flight += 1
+        task = asyncio.create_task(self._answer(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, batch: dict[K, list[asyncio.Future[T | None]]]) -> None:
+        try:
+            found = await self._fetch_many(list(batch))
+        except BaseException as exc:
+            for answers in batch.values():
+                for answer in answers:
+                    if not answer.done():
+                        answer.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for key, answers in batch.items():
+                for answer in answers:
+                    if not answer.done():
+                        answer.set_result(found.get(key))
+        finally:
+            self._in_flight -= 1
+            if self._waiting and not self._scheduled:
+                self._dispatch()
 
 
 # Primary result codes that mean "the database cannot serve now", not "blog_api has a bug".
@@ -1697,9 +1902,9 @@ def entity_tags(field_value: str) -> list[tuple[bool, str]]:
     return [(bool(weak), tag) for weak, tag in ENTITY_TAG.findall(field_value)]
 
 
-def post_etag(post: Post) -> str:
+def post_etag(post_id: str, version: int) -> str:
     """Strong: the version changes whenever anything GET shows of the post changes."""
-    return f'"{post.id}.{post.version}"'
+    return f'"{post_id}.{version}"'
 
 
 def page_etag(body: bytes, headers: Mapping[str, str]) -> str:
@@ -1758,9 +1963,9 @@ def allowed_versions(if_match: str | None, post_id: str) -> str | None:
     return msgspec.json.encode(versions).decode()
 
 
-async def precondition_failed_or_missing(connection: aiosqlite.Connection, post_id: str) -> ClientException:
+def precondition_failed_or_missing(connection: sqlite3.Connection, post_id: str) -> ClientException:
     """A conditional write that found nothing: 412 if the post exists, else 404."""
-    exists = await connection.execute_fetchall(SELECT_POST_PK, {"post_id": post_id, "drafts": True})
+    exists = connection.execute(SELECT_POST_PK, {"post_id": post_id, "drafts": True}).fetchall()
     return PreconditionFailed() if exists else post_not_found(post_id)
 
 
@@ -1779,9 +1984,9 @@ class IdempotentRequest:
         request_hash = hashlib.sha256(msgspec.json.encode(data)).hexdigest()
         return cls(route=f"{request.method} {request.url.path}", key=key, request_hash=request_hash)
 
-    async def replay(self, connection: aiosqlite.Connection) -> Response | None:
+    def replay(self, connection: sqlite3.Connection) -> Response | None:
         """The response this key already got, or None; 422 if it came with another body."""
-        rows = await connection.execute_fetchall(SELECT_IDEMPOTENT_RESPONSE, {"route": self.route, "key": self.key})
+        rows = connection.execute(SELECT_IDEMPOTENT_RESPONSE, {"route": self.route, "key": self.key}).fetchall()
         if not rows:
             return None
         request_hash, status, location, body = rows[0]
@@ -1790,14 +1995,12 @@ class IdempotentRequest:
         headers = {"Idempotent-Replayed": "true", **({"Location": location} if location else {})}
         return json_response(body, headers, status_code=status)
 
-    async def remember(
-        self, connection: aiosqlite.Connection, status: int, location: str, body: bytes, now: int
-    ) -> None:
+    def remember(self, connection: sqlite3.Connection, status: int, location: str, body: bytes, now: int) -> None:
         """Store the response in the write's own transaction, so a crash keeps both or neither."""
-        await connection.execute(DELETE_EXPIRED_IDEMPOTENCY_KEYS, {"expired_before": now - IDEMPOTENCY_KEY_LIFETIME_US})
+        connection.execute(DELETE_EXPIRED_IDEMPOTENCY_KEYS, {"expired_before": now - IDEMPOTENCY_KEY_LIFETIME_US})
         parameters = {"route": self.route, "key": self.key, "request_hash": self.request_hash}
         parameters.update(status=status, location=location, body=body, now=now)
-        await connection.execute(INSERT_IDEMPOTENT_RESPONSE, parameters)
+        connection.execute(INSERT_IDEMPOTENT_RESPONSE, parameters)
 
 
 # --------------------------------------------------------------------------------------
@@ -1882,16 +2085,17 @@ class PostController(Controller):
         post_id = str(uuid.uuid4())
         location = f"{self.path}/{post_id}"
         idempotent = IdempotentRequest.of(request, idempotency_key, data)
-        async with db.transaction() as connection:
-            if idempotent and (replay := await idempotent.replay(connection)):
+
+        def insert(connection: sqlite3.Connection) -> Response:
+            if idempotent and (replay := idempotent.replay(connection)):
                 return replay
-            slug = data.slug or await free_slug(connection, slugify(data.title))
+            slug = data.slug or free_slug(connection, slugify(data.title))
             parameters = {"id": post_id, "slug": slug, "title": data.title, "content": data.content}
             parameters.update(published=data.published, now=now)
             with slug_must_be_free(slug):
-                [(pk,)] = await connection.execute_fetchall(INSERT_POST, parameters)
+                [(pk,)] = connection.execute(INSERT_POST, parameters).fetchall()
             if data.tags:
-                await add_tags(connection, pk, data.tags)
+                add_tags(connection, pk, data.tags)
             created = Post(
                 id=post_id,
                 title=data.title,
@@ -1906,8 +2110,10 @@ class PostController(Controller):
             )
             body = msgspec.json.encode(created)
             if idempotent:
-                await idempotent.remember(connection, 201, location, body, now)
-        return json_response(body, {"Location": location, "ETag": post_etag(created)}, status_code=201)
+                idempotent.remember(connection, 201, location, body, now)
+            return json_response(body, {"Location": location, "ETag": post_etag(post_id, 1)}, status_code=201)
+
+        return await db.write(insert)
 
     @get(
         operation_id="listPosts",
@@ -1920,6 +2126,7 @@ class PostController(Controller):
         self,
         request: Request,
         db: NamedDependency[Database],
+        pages: NamedDependency[Coalescer[Listing, tuple[int, list[Any]]]],
         published: PublishedFilter = None,
         limit: PageSize = 20,
         offset: PageOffset = 0,
@@ -1949,9 +2156,11 @@ class PostController(Controller):
             q=q,
             tag=tag,
         )
-        page = await fetch_page(db, listing, post_from_row)
-        includes_drafts = any(not post.published for post in page.items)
-        return page_response(request, listing, page, db.cursor_secret, includes_drafts, if_none_match)
+        total, rows = await pages.load(listing)
+        page = page_of(listing, total, rows)
+        body = json_array(post_json for *_, post_json in page.rows)
+        includes_drafts = any(not published for _, _, _, published, _, _ in page.rows)
+        return page_response(request, listing, page, db.cursor_secret, body, includes_drafts, if_none_match)
 
     @get(
         "/{post_id:str}",
@@ -1965,23 +2174,23 @@ class PostController(Controller):
         self,
         request: Request,
         post_id: PostIdOrSlug,
-        db: NamedDependency[Database],
+        posts: NamedDependency[Coalescer[str, Any]],
         if_none_match: IfNoneMatch = None,
         if_modified_since: IfModifiedSince = None,
     ) -> Response[Post]:
         """One post by its ID or its slug (a draft only for those who may see drafts)."""
-        row = await db.fetch_one(SELECT_POST, {"key": post_id, "drafts": drafts_visible(request)})
-        if row is None:
+        row = await posts.load(post_id)
+        if row is None or not (row[3] or drafts_visible(request)):
             raise post_not_found(post_id)
-        post, updated_at = post_from_row(row), row[4]
+        found_id, _, updated_at, published, version, post_json = row
         headers = {
-            "ETag": post_etag(post),
+            "ETag": post_etag(found_id, version),
             "Last-Modified": http_date(updated_at),
-            "Cache-Control": cache_control(request, includes_drafts=not post.published),
+            "Cache-Control": cache_control(request, includes_drafts=not published),
         }
         if is_not_modified(if_none_match, if_modified_since, headers["ETag"], updated_at):
             return not_modified(headers)
-        return Response(post, headers=headers)
+        return json_response(post_json.encode(), headers)
 
     @put(operation_id="updatePost", summary="Update a post", **UPDATE_ROUTE)
     async def update_post(
@@ -2008,9 +2217,12 @@ class PostController(Controller):
     async def delete_post(self, post_id: PostId, db: NamedDependency[Database], if_match: IfMatch = None) -> None:
         """Delete a post; answers 204 with no body. With If-Match, only if still at that ETag."""
         parameters = {"id": post_id, "versions": allowed_versions(if_match, post_id)}
-        async with db.transaction() as connection:
-            if not await connection.execute_fetchall(DELETE_POST, parameters):
-                raise await precondition_failed_or_missing(connection, post_id)
+
+        def remove(connection: sqlite3.Connection) -> None:
+            if not connection.execute(DELETE_POST, parameters).fetchall():
+                raise precondition_failed_or_missing(connection, post_id)
+
+        await db.write(remove)
 
 
 def page_response(
@@ -2018,12 +2230,12 @@ def page_response(
     listing: Listing | CommentListing,
     page: Page,
     secret: bytes,
+    body: bytes,
     includes_drafts: bool,
     if_none_match: str | None,
 ) -> Response:
-    """A page as JSON, with its total, links, ETag and Cache-Control; 304 if the client's
-    copy is current."""
-    body = msgspec.json.encode(page.items)
+    """A page's JSON ``body``, with its total, links, ETag and Cache-Control; 304 if the
+    client's copy is current."""
     headers = page_headers(request, listing, page, secret)
     headers["ETag"] = page_etag(body, headers)
     headers["Cache-Control"] = cache_control(request, includes_drafts)
@@ -2073,15 +2285,18 @@ class CommentController(Controller):
         parameters = {"id": comment_id, "post_id": post_id, "now": now, "author": data.author, "body": data.body}
         parameters["drafts"] = drafts_visible(request)
         idempotent = IdempotentRequest.of(request, idempotency_key, data)
-        async with db.transaction() as connection:
-            if idempotent and (replay := await idempotent.replay(connection)):
+
+        def insert(connection: sqlite3.Connection) -> Response:
+            if idempotent and (replay := idempotent.replay(connection)):
                 return replay
-            if not await connection.execute_fetchall(INSERT_COMMENT, parameters):
+            if not connection.execute(INSERT_COMMENT, parameters).fetchall():
                 raise post_not_found(post_id)
             body = msgspec.json.encode(comment_from_row((comment_id, post_id, data.author, data.body, now)))
             if idempotent:
-                await idempotent.remember(connection, 201, location, body, now)
-        return json_response(body, {"Location": location}, status_code=201)
+                idempotent.remember(connection, 201, location, body, now)
+            return json_response(body, {"Location": location}, status_code=201)
+
+        return await db.write(insert)
 
     @get(
         operation_id="listComments",
@@ -2112,9 +2327,10 @@ class CommentController(Controller):
             cursor=cursor_for(request, cursor, db.cursor_secret, listing.fingerprint),
             link_params=(("limit", str(limit)),),
         )
-        page = await fetch_page(db, listing, comment_from_row)
+        page = page_of(listing, *await db.read(partial(count_and_page, listing)))
+        body = msgspec.json.encode([comment_from_row(comment) for comment in page.rows])
         post_is_draft = not row[1]
-        return page_response(request, listing, page, db.cursor_secret, post_is_draft, if_none_match)
+        return page_response(request, listing, page, db.cursor_secret, body, post_is_draft, if_none_match)
 
     @get(
         "/{comment_id:str}",
@@ -2152,8 +2368,8 @@ class CommentController(Controller):
     )
     async def delete_comment(self, post_id: PostId, comment_id: CommentId, db: NamedDependency[Database]) -> None:
         """Delete a comment of the post; answers 204 with no body."""
-        async with db.transaction() as connection:
-            deleted = await connection.execute_fetchall(DELETE_COMMENT, {"post_id": post_id, "comment_id": comment_id})
+        parameters = {"post_id": post_id, "comment_id": comment_id}
+        deleted = await db.write(partial(fetch_rows, DELETE_COMMENT, parameters))
         if not deleted:
             raise comment_not_found(post_id, comment_id)
 
@@ -2173,23 +2389,26 @@ async def apply_update(db: Database, post_id: str, data: PostUpdate, if_match: s
         "now": utc_now_us(),
         "versions": allowed_versions(if_match, post_id),
     }
-    async with db.transaction() as connection:
+
+    def update(connection: sqlite3.Connection) -> Any:
         with slug_must_be_free(parameters["slug"]):
-            rows = await connection.execute_fetchall(UPDATE_POST, parameters)
+            rows = connection.execute(UPDATE_POST, parameters).fetchall()
         if not rows:
-            raise await precondition_failed_or_missing(connection, post_id)
+            raise precondition_failed_or_missing(connection, post_id)
         [(pk,)] = rows
         if new_tags is not None:
-            await connection.execute(DELETE_POST_TAGS, (pk,))
-            await add_tags(connection, pk, new_tags)
-        [row] = await connection.execute_fetchall(SELECT_POST_BY_PK, (pk,))
-    updated = post_from_row(row)
-    return Response(updated, headers={"ETag": post_etag(updated)})
+            connection.execute(DELETE_POST_TAGS, (pk,))
+            add_tags(connection, pk, new_tags)
+        [row] = connection.execute(SELECT_POST_BY_PK, (pk,)).fetchall()
+        return row
+
+    updated_id, _, _, _, version, post_json = await db.write(update)
+    return json_response(post_json.encode(), {"ETag": post_etag(updated_id, version)})
 
 
-async def free_slug(connection: aiosqlite.Connection, slug: str) -> str:
+def free_slug(connection: sqlite3.Connection, slug: str) -> str:
     """``slug``, or the first of ``slug-2``, ``slug-3``, ... that no post has."""
-    taken = {row[0] for row in await connection.execute_fetchall(SELECT_TAKEN_SLUGS, {"slug": slug})}
+    taken = {row[0] for row in connection.execute(SELECT_TAKEN_SLUGS, {"slug": slug})}
     number = 2
     candidate = slug
     while candidate in taken:
@@ -2209,11 +2428,11 @@ def slug_must_be_free(slug: str | None) -> Iterator[None]:
         raise SlugTaken(detail=message, extra=[{"message": message, "key": "slug", "source": "body"}]) from None
 
 
-async def add_tags(connection: aiosqlite.Connection, post_pk: int, tags: list[str]) -> None:
+def add_tags(connection: sqlite3.Connection, post_pk: int, tags: list[str]) -> None:
     """Give a post these tags, in this order, making the ones that do not exist yet."""
     tags_json = msgspec.json.encode(tags).decode()
-    await connection.execute(INSERT_TAGS, {"tags": tags_json})
-    await connection.execute(INSERT_POST_TAGS, {"tags": tags_json, "post_pk": post_pk})
+    connection.execute(INSERT_TAGS, {"tags": tags_json})
+    connection.execute(INSERT_POST_TAGS, {"tags": tags_json, "post_pk": post_pk})
 
 
 class Health(msgspec.Struct):
@@ -2398,6 +2617,24 @@ def provide_database(state: State) -> Database:
     return state.db
 
 
+def provide_post_lookups(state: State) -> Coalescer[str, Any]:
+    return state.posts
+
+
+def provide_page_reads(state: State) -> Coalescer[Listing, tuple[int, list[Any]]]:
+    return state.pages
+
+
+async def read_pages(db: Database, listings: list[Listing]) -> dict[Listing, tuple[int, list[Any]]]:
+    return await db.read(partial(count_and_pages, listings))
+
+
+async def fetch_posts_by_key(db: Database, keys: list[str]) -> dict[str, Any]:
+    """The rows of the posts that ``keys`` name, each under its ID and its slug."""
+    rows = await db.fetch_all(SELECT_POSTS_BY_KEY, {"keys": msgspec.json.encode(keys).decode()})
+    return {key: row for row in rows for key in (row[0], row[1])}
+
+
 @asynccontextmanager
 async def database_lifespan(app: Litestar) -> AsyncIterator[None]:
     """Open the database before the first request and always close it at shutdown."""
@@ -2412,6 +2649,9 @@ async def database_lifespan(app: Litestar) -> AsyncIterator[None]:
     )
     await db.open()
     app.state.db = db
+    # As many lookups at once as there are readers: more would only wait for one.
+    app.state.posts = Coalescer(partial(fetch_posts_by_key, db), max_in_flight=config.readers)
+    app.state.pages = Coalescer(partial(read_pages, db), max_in_flight=config.readers)
     try:
         yield
     finally:
@@ -2445,7 +2685,11 @@ def create_app(config: Config | None = None) -> Litestar:
         )
     return BlogAPI(
         route_handlers=[welcome, health, PostController, CommentController, list_tags],
-        dependencies={"db": Provide(provide_database, sync_to_thread=False)},
+        dependencies={
+            "db": Provide(provide_database, sync_to_thread=False),
+            "posts": Provide(provide_post_lookups, sync_to_thread=False),
+            "pages": Provide(provide_page_reads, sync_to_thread=False),
+        },
         lifespan=[database_lifespan],
         state=State({"config": config}),
         middleware=middleware,
@@ -2808,9 +3052,27 @@ def serve(argv: list[str]) -> None:
         except DatabaseError as exc:
             sys.exit(f"blog_api: {exc}")
         os.environ.update(config.to_env())
-        uvicorn.run("blog_api:app", workers=config.workers, app_dir=code_dir, **server_options)
+        sys.path.insert(0, code_dir)  # where the workers import blog_api from
+        server_config = TcpServerConfig("blog_api:app", workers=config.workers, **server_options)
+        Multiprocess(server_config, sockets=[server_config.bind_socket()]).run()
     else:
         uvicorn.run(blog, **server_options)
+
+
+class TcpServerConfig(uvicorn.Config):
+    """uvicorn's config, but the socket it binds for its worker processes says it is TCP.
+
+    uvicorn leaves that socket's ``proto`` at 0, and asyncio then leaves Nagle's algorithm on
+    for every connection accepted from it, so each keep-alive request waited ~40 ms for the
+    client's delayed ACK (uvicorn#3149). One worker is not affected: uvicorn binds through
+    asyncio there.
+    """
+
+    def bind_socket(self) -> socket.socket:
+        bound = super().bind_socket()
+        if bound.family not in (socket.AF_INET, socket.AF_INET6) or bound.proto != 0:
+            return bound
+        return socket.socket(bound.family, bound.type, socket.IPPROTO_TCP, fileno=bound.detach())
 
 
 async def check_database(config: Config) -> None:

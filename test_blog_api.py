@@ -21,6 +21,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from functools import partial
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -461,10 +462,10 @@ def test_busy_database_is_503_with_retry_after_and_writes_nothing(db_path: Path)
 def test_a_server_error_is_500_without_details_and_logged_with_traceback(client, monkeypatch) -> None:
     post = create(client)
 
-    def broken(row):
+    def broken(microseconds):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(blog_api, "post_from_row", broken)
+    monkeypatch.setattr(blog_api, "http_date", broken)
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
@@ -651,9 +652,8 @@ def test_every_connection_enforces_foreign_keys_and_waits_when_busy(db_path: Pat
         try:
             assert await db.fetch_all("PRAGMA foreign_keys") == [(1,)]
             assert await db.fetch_all("PRAGMA busy_timeout") == [(1234,)]
-            async with db.transaction() as writer:
-                assert await writer.execute_fetchall("PRAGMA foreign_keys") == [(1,)]
-                assert await writer.execute_fetchall("PRAGMA synchronous") == [(2,)]  # FULL
+            assert await db.write(partial(fetch_rows, "PRAGMA foreign_keys")) == [(1,)]
+            assert await db.write(partial(fetch_rows, "PRAGMA synchronous")) == [(2,)]  # FULL
         finally:
             await db.close()
 
@@ -672,23 +672,28 @@ def test_readers_cannot_write(db_path: Path) -> None:
     run(check())
 
 
-async def insert_post(writer, post_id: str) -> None:
+def fetch_rows(sql: str, connection: sqlite3.Connection) -> list:
+    return connection.execute(sql).fetchall()
+
+
+def insert_post(post_id: str, connection: sqlite3.Connection) -> str:
     """Insert a post straight through the writer, as a route handler would."""
-    await writer.execute_fetchall(
-        blog_api.INSERT_POST, {**SEED_POST, "id": post_id, "slug": post_id, "published": 1, "now": 1}
-    )
+    connection.execute(blog_api.INSERT_POST, {**SEED_POST, "id": post_id, "slug": post_id, "published": 1, "now": 1})
+    return post_id
 
 
-def test_transaction_rolls_back_on_error(db_path: Path) -> None:
+def insert_post_then_fail(post_id: str, connection: sqlite3.Connection) -> None:
+    insert_post(post_id, connection)
+    raise RuntimeError("boom")
+
+
+def test_a_write_that_fails_is_undone_and_the_writer_goes_on(db_path: Path) -> None:
     async def check() -> None:
         db = await open_database(db_path)
         try:
-            with pytest.raises(RuntimeError):
-                async with db.transaction() as writer:
-                    await insert_post(writer, "a")
-                    raise RuntimeError("boom")
-            async with db.transaction() as writer:  # the writer is usable again
-                await insert_post(writer, "b")
+            with pytest.raises(RuntimeError, match="boom"):
+                await db.write(partial(insert_post_then_fail, "a"))
+            assert await db.write(partial(insert_post, "b")) == "b"
         finally:
             await db.close()
 
@@ -696,30 +701,60 @@ def test_transaction_rolls_back_on_error(db_path: Path) -> None:
     assert [row["id"] for row in stored_posts(db_path)] == ["b"]
 
 
-def test_transaction_rolls_back_when_cancelled(db_path: Path) -> None:
+def test_writes_waiting_together_share_one_commit_and_fail_alone(db_path: Path, monkeypatch) -> None:
+    batch_sizes: list[int] = []
+    run_batch = Database._run_batch
+
+    def counting_run_batch(self, batch, connection):
+        batch_sizes.append(len(batch))
+        return run_batch(self, batch, connection)
+
+    monkeypatch.setattr(Database, "_run_batch", counting_run_batch)
+
+    async def check() -> list:
+        db = await open_database(db_path)
+        try:
+            writes = [partial(insert_post_then_fail if n % 10 == 3 else insert_post, f"p{n}") for n in range(60)]
+            return await asyncio.gather(*(db.write(work) for work in writes), return_exceptions=True)
+        finally:
+            await db.close()
+
+    results = run(check())
+    failed = [n for n, result in enumerate(results) if isinstance(result, RuntimeError)]
+    assert failed == [3, 13, 23, 33, 43, 53]
+    assert sorted(row["id"] for row in stored_posts(db_path)) == sorted(f"p{n}" for n in range(60) if n % 10 != 3)
+    assert sum(batch_sizes) == 60 and max(batch_sizes) > 1  # group commit: fewer transactions than writes
+
+
+def test_a_write_given_up_before_its_turn_is_never_done(db_path: Path) -> None:
     async def check() -> None:
         db = await open_database(db_path)
-        inserted = asyncio.Event()
-
-        async def interrupted_write() -> None:
-            async with db.transaction() as writer:
-                await insert_post(writer, "a")
-                inserted.set()
-                await asyncio.sleep(60)
-
         try:
-            task = asyncio.create_task(interrupted_write())
-            await inserted.wait()
-            task.cancel()
+            first = asyncio.create_task(db.write(partial(insert_post, "a")))
+            given_up = asyncio.create_task(db.write(partial(insert_post, "b")))
+            await asyncio.sleep(0)  # both queued; the writer has not begun
+            given_up.cancel()
+            assert await first == "a"
             with pytest.raises(asyncio.CancelledError):
-                await task
-            async with db.transaction() as writer:
-                await insert_post(writer, "b")
+                await given_up
+            assert await db.write(partial(insert_post, "c")) == "c"
         finally:
             await db.close()
 
     run(check())
-    assert [row["id"] for row in stored_posts(db_path)] == ["b"]
+    assert sorted(row["id"] for row in stored_posts(db_path)) == ["a", "c"]
+
+
+def test_closing_finishes_the_writes_already_queued(db_path: Path) -> None:
+    async def check() -> list:
+        db = await open_database(db_path)
+        writes = [asyncio.create_task(db.write(partial(insert_post, f"p{n}"))) for n in range(20)]
+        await asyncio.sleep(0)
+        await db.close()
+        return await asyncio.gather(*writes)
+
+    assert run(check()) == [f"p{n}" for n in range(20)]
+    assert len(stored_posts(db_path)) == 20
 
 
 def test_closing_stops_every_connection_thread(db_path: Path) -> None:
@@ -1528,20 +1563,25 @@ def test_a_tag_filter_that_no_post_can_have_matches_nothing(client: TestClient, 
     assert response.status_code == 200 and response.json() == [] and response.headers["x-total-count"] == "0"
 
 
-def test_a_page_is_read_in_one_query_whatever_its_tags_and_comments(client: TestClient, monkeypatch) -> None:
-    for n in range(25):
-        create(client, title=f"post {n}", tags=["a", "b", f"t{n}"])
-    statements: list[str] = []
-    original = Database.fetch_all
+def test_a_page_is_read_in_one_hop_whatever_its_tags_and_comments(db_path: Path, monkeypatch) -> None:
+    with TestClient(create_app(Config(db_path=str(db_path), echo_sql=True))) as client:
+        for n in range(25):
+            create(client, title=f"post {n}", tags=["a", "b", f"t{n}"])
+        hops: list[object] = []
+        call = Database._call
 
-    async def counting_fetch_all(self, sql, parameters=()):
-        statements.append(sql)
-        return await original(self, sql, parameters)
+        async def counting_call(connection, work):
+            hops.append(work)
+            return await call(connection, work)
 
-    monkeypatch.setattr(Database, "fetch_all", counting_fetch_all)
-    response = client.get("/api/posts", params={"limit": 20, "tag": "a"})
+        monkeypatch.setattr(Database, "_call", staticmethod(counting_call))
+        with log_records() as records:
+            response = client.get("/api/posts", params={"limit": 20, "tag": "a"})
     assert len(response.json()) == 20 and all(len(post["tags"]) == 3 for post in response.json())
-    assert len(statements) == 2  # X-Total-Count, then the page with its tags and comment counts
+    assert len(hops) == 1
+    statements = [record.getMessage() for record in records if record.name == "blog_api.sql"]
+    # X-Total-Count, then the page with its tags and comment counts, in one snapshot
+    assert [statement.split()[0] for statement in statements] == ["BEGIN", "SELECT", "SELECT", "ROLLBACK"]
 
 
 # --------------------------------------------------------------------------------------
@@ -1882,7 +1922,7 @@ def test_every_response_says_nosniff(secured: TestClient, monkeypatch) -> None:
         secured.post("/api/posts", json=SEED_POST),
         secured.post("/api/posts", json={}, headers=EDITOR),
     ]
-    monkeypatch.setattr(blog_api, "post_from_row", lambda row: 1 / 0)
+    monkeypatch.setattr(blog_api, "http_date", lambda microseconds: 1 / 0)
     responses.append(secured.get(f"/api/posts/{post['id']}"))
     assert [r.status_code for r in responses] == [200, 200, 404, 405, 401, 400, 500]
     assert all(r.headers["x-content-type-options"] == "nosniff" for r in responses)
