@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient, TestClient
 
@@ -2663,3 +2664,205 @@ def test_fuzzing_from_the_openapi_document_finds_nothing(start_server, tmp_path:
     print(f"schemathesis: {generated} cases generated, {passed} passed")
     assert generated >= 2000 and passed == generated
     assert code == 0 and "Traceback" not in output
+
+
+# --------------------------------------------------------------------------------------
+# Performance: fewer hops, coalesced reads, group commit, several workers
+# --------------------------------------------------------------------------------------
+
+
+def counting_hops(monkeypatch) -> list[object]:
+    """Every call made on a connection's thread, from now on."""
+    hops: list[object] = []
+    call = Database._call
+
+    async def counting_call(connection, work):
+        hops.append(work)
+        return await call(connection, work)
+
+    monkeypatch.setattr(Database, "_call", staticmethod(counting_call))
+    return hops
+
+
+def test_a_post_from_sqlite_is_the_json_its_type_makes(client: TestClient) -> None:
+    title = 'Quotes " and \\ backslashes, tabs\tand new\nlines, émigré, 日本語, 🚀'
+    created = create(client, title=title, content="\u0001 control \u007f and \u2028 separators", tags=["é", "x"])
+    comment = client.post(f"/api/posts/{created['id']}/comments", json={"author": "Ada", "body": "Hi"})
+    assert comment.status_code == 201
+    one = client.get(f"/api/posts/{created['id']}")
+    listed = client.get("/api/posts")
+    updated = client.put(f"/api/posts/{created['id']}", json={"tags": ["y"]})
+    for response in (one, listed, updated):
+        assert response.headers["content-type"] == "application/json"
+    post = msgspec.json.decode(one.content, type=blog_api.Post, strict=True)
+    assert msgspec.json.encode(post) == one.content  # the bytes msgspec would write, field order included
+    assert one.json() == {**created, "comment_count": 1, "version": 2}
+    assert listed.json() == [one.json()]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", post.created_at)
+    assert updated.json()["tags"] == ["y"] and updated.headers["etag"] == f'"{created["id"]}.3"'
+
+
+def test_lookups_asked_together_share_one_query_and_each_gets_its_own_answer(db_path: Path, monkeypatch) -> None:
+    async def check() -> tuple[list[dict], list, list[object]]:
+        async with AsyncTestClient(create_app(Config(db_path=str(db_path)))) as client:
+            posts = [(await client.post("/api/posts", json={**SEED_POST, "title": f"P{n}"})).json() for n in range(6)]
+            keys = [post["id"] for post in posts] + [post["slug"] for post in posts] + [posts[0]["id"]] * 4
+            keys += ["no-such-post", str(uuid.uuid4())]
+            hops = counting_hops(monkeypatch)
+            rows = await asyncio.gather(*(client.app.state.posts.load(key) for key in keys))
+            return posts, rows, hops
+
+    posts, rows, hops = run(check())
+    assert [None if row is None else json.loads(row[-1]) for row in rows] == posts * 2 + [posts[0]] * 4 + [None] * 2
+    assert len(hops) == 1
+
+
+def test_pages_asked_together_are_read_in_one_hop(db_path: Path, monkeypatch) -> None:
+    listings = [blog_api.Listing(), blog_api.Listing(), blog_api.Listing(offset=20), blog_api.Listing(limit=5)]
+
+    async def check() -> tuple[list, list, list[object]]:
+        async with AsyncTestClient(create_app(Config(db_path=str(db_path)))) as client:
+            for n in range(30):
+                assert (await client.post("/api/posts", json={**SEED_POST, "title": f"P{n}"})).status_code == 201
+            pages = client.app.state.pages
+            alone = [await pages.load(listing) for listing in listings]
+            hops = counting_hops(monkeypatch)
+            together = await asyncio.gather(*(pages.load(listing) for listing in listings))
+            return alone, together, hops
+
+    alone, together, hops = run(check())
+    assert together == alone
+    assert [total for total, _ in together] == [30] * 4
+    assert [len(rows) for _, rows in together] == [21, 21, 10, 6]  # one row more than asked: is there a next page?
+    assert len(hops) == 1
+
+
+def test_a_lookup_never_joins_a_query_already_under_way() -> None:
+    """So an answer is never older than its question: a query that began before a write
+    was acknowledged cannot answer a request made after it."""
+    calls: list[list[str]] = []
+
+    async def check() -> tuple[list, list]:
+        started, released = asyncio.Event(), asyncio.Event()
+
+        async def fetch_many(keys: list[str]) -> dict[str, int]:
+            calls.append(sorted(keys))
+            started.set()
+            await released.wait()
+            return {key: len(calls) for key in keys if key != "missing"}
+
+        lookups = blog_api.Coalescer(fetch_many, max_in_flight=1)
+        first = [asyncio.create_task(lookups.load(key)) for key in ("a", "a", "b", "missing")]
+        await started.wait()
+        later = [asyncio.create_task(lookups.load(key)) for key in ("a", "c")]
+        await asyncio.sleep(0.01)
+        assert calls == [["a", "b", "missing"]]  # the later keys wait: one query at a time
+        released.set()
+        return await asyncio.gather(*first), await asyncio.gather(*later)
+
+    assert run(check()) == ([1, 1, 1, None], [2, 2])
+    assert calls == [["a", "b", "missing"], ["a", "c"]]
+
+
+def test_a_failed_lookup_fails_its_callers_and_the_next_ones_go_on() -> None:
+    async def check() -> tuple[list, int | None]:
+        async def fetch_many(keys: list[str]) -> dict[str, int]:
+            if "bad" in keys:
+                raise sqlite3.OperationalError("disk I/O error")
+            return {key: 1 for key in keys}
+
+        lookups = blog_api.Coalescer(fetch_many, max_in_flight=2)
+        failed = await asyncio.gather(lookups.load("bad"), lookups.load("good"), return_exceptions=True)
+        return failed, await lookups.load("good")
+
+    failed, afterwards = run(check())
+    assert all(isinstance(result, sqlite3.OperationalError) for result in failed) and afterwards == 1
+
+
+def test_a_read_after_an_acknowledged_write_sees_it(db_path: Path) -> None:
+    """Coalescing never hands a request the answer of a query that began before it."""
+
+    async def check() -> list[tuple[int, int]]:
+        async with AsyncTestClient(create_app(Config(db_path=str(db_path)))) as client:
+            seen = []
+
+            async def write_then_read(n: int) -> None:
+                created = await client.post("/api/posts", json={**SEED_POST, "title": f"Post {n}"})
+                one = await client.get(f"/api/posts/{created.json()['id']}")
+                page = await client.get("/api/posts", params={"limit": 100})
+                seen.append((one.status_code, int(created.json()["id"] in {p["id"] for p in page.json()})))
+
+            await asyncio.gather(*(write_then_read(n) for n in range(40)))
+            return seen
+
+    assert run(check()) == [(200, 1)] * 40
+
+
+def test_synchronous_can_be_chosen_and_is_full_unless_said(db_path: Path) -> None:
+    async def synchronous_of(**options) -> int:
+        db = await open_database(db_path, **options)
+        try:
+            [(mode,)] = await db.write(partial(fetch_rows, "PRAGMA synchronous"))
+            return mode
+        finally:
+            await db.close()
+
+    assert run(synchronous_of()) == 2
+    assert run(synchronous_of(synchronous="normal")) == 1
+    assert run(synchronous_of(synchronous="off")) == 0
+    assert blog_api.parse_args(["--synchronous", "off"]).synchronous == "off"
+    assert Config.from_env({"BLOG_API_SYNCHRONOUS": "NORMAL"}).synchronous == "normal"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--workers", "0"], "workers must be at least 1"),
+        (["--workers", "2", "--db", ":memory:"], "several workers need a database file"),
+        (["--workers", "2", "--reload"], "several workers need a database file"),
+        (["--synchronous", "sometimes"], "invalid choice"),
+    ],
+)
+def test_bad_worker_and_durability_flags_are_refused(arguments: list[str], message: str) -> None:
+    result = run_blog_api(*arguments)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_the_workers_socket_turns_nagle_off() -> None:
+    """uvicorn#3149: without IPPROTO_TCP on the shared socket, asyncio leaves Nagle on."""
+    config = blog_api.TcpServerConfig("blog_api:app", host="127.0.0.1", port=0, workers=2)
+    listener = config.bind_socket()
+    listener.listen()
+    try:
+        assert listener.proto == socket.IPPROTO_TCP
+        with socket.create_connection(listener.getsockname()):
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.proto == socket.IPPROTO_TCP  # what asyncio looks at
+    finally:
+        listener.close()
+
+
+def test_two_workers_serve_one_database_and_stop_on_sigterm(start_server, tmp_path: Path) -> None:
+    db_path, port = tmp_path / "workers.db", free_port()
+    command = [sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path), "--workers", "2"]
+    server = start_server([*command, "--log-level", "warning"], port)
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
+    workers = [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+    async def write_and_read() -> list[dict]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            posts = [{**SEED_POST, "title": f"Post {n}"} for n in range(40)]
+            created = await asyncio.gather(*(http.post("/api/posts", json=post) for post in posts))
+            assert all(response.status_code == 201 for response in created)
+            read = await asyncio.gather(*(http.get(response.headers["location"]) for response in created))
+            assert [response.json() for response in read] == [response.json() for response in created]
+            return [response.json() for response in created]
+
+    created = run(write_and_read())
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(timeout=15)
+    assert len(workers) == 2
+    assert server.process.returncode == 0
+    assert sorted(row["id"] for row in stored_posts(db_path)) == sorted(post["id"] for post in created)
+    assert integrity(db_path) == "ok"
