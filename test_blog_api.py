@@ -1568,14 +1568,7 @@ def test_a_page_is_read_in_one_hop_whatever_its_tags_and_comments(db_path: Path,
     with TestClient(create_app(Config(db_path=str(db_path), echo_sql=True))) as client:
         for n in range(25):
             create(client, title=f"post {n}", tags=["a", "b", f"t{n}"])
-        hops: list[object] = []
-        call = Database._call
-
-        async def counting_call(connection, work):
-            hops.append(work)
-            return await call(connection, work)
-
-        monkeypatch.setattr(Database, "_call", staticmethod(counting_call))
+        hops = counting_hops(monkeypatch)
         with log_records() as records:
             response = client.get("/api/posts", params={"limit": 20, "tag": "a"})
     assert len(response.json()) == 20 and all(len(post["tags"]) == 3 for post in response.json())
