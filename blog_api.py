@@ -55,7 +55,7 @@ from litestar import Controller, Litestar, Request, Response, delete, get, patch
 from litestar.config.compression import CompressionConfig
 from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
-from litestar.datastructures import MutableScopeHeaders, ResponseHeader, State
+from litestar.datastructures import ResponseHeader, State
 from litestar.di import NamedDependency, Provide
 from litestar.dto import MsgspecDTO
 from litestar.enums import MediaType
@@ -1882,12 +1882,6 @@ def is_write(request: Request) -> bool:
     return request.method in ("POST", "PUT", "PATCH", "DELETE")
 
 
-async def add_security_headers(message: Message, scope: Scope) -> None:
-    """On every response, errors included: browsers must not guess other content types."""
-    if message["type"] == "http.response.start":
-        MutableScopeHeaders.from_message(message)["X-Content-Type-Options"] = "nosniff"
-
-
 # --------------------------------------------------------------------------------------
 # HTTP caching, conditional requests and safe retries
 # --------------------------------------------------------------------------------------
@@ -2526,11 +2520,16 @@ async def log_server_error(exc: Exception, scope: Scope) -> None:
 # --------------------------------------------------------------------------------------
 
 
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+
+
 class BlogAPI(Litestar):
     """Litestar, with what has to happen before routing, at the ASGI entry point:
 
     - every request gets an ID (its sane ``X-Request-ID``, or a new one), echoed on the
       response and written in every log line of the request;
+    - every response, errors included, says ``X-Content-Type-Options: nosniff``: browsers
+      must not guess other content types;
     - one access line per request (method, path, status, milliseconds, request ID), errors
       from routing (404, 405) included;
     - HEAD is answered as GET without the body (RFC 9110 9.3.2) on every GET route: Litestar
@@ -2553,10 +2552,11 @@ class BlogAPI(Litestar):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = MutableScopeHeaders.from_message(message)
-                headers["X-Request-ID"] = request_id
-                if "allow" in headers:
-                    headers["Allow"] = self.allow_header(scope["path"])
+                headers = [(name, value) for name, value in message.get("headers", ()) if name.lower() != b"allow"]
+                if len(headers) < len(message.get("headers", ())):
+                    headers.append((b"allow", self.allow_header(scope["path"]).encode()))
+                headers += ((b"x-request-id", request_id.encode()), NOSNIFF)
+                message = {**message, "headers": headers}
             elif head and message["type"] == "http.response.body":
                 message = {**message, "body": b""}
             await send(message)
@@ -2613,16 +2613,18 @@ def allowed_methods_by_path(routes: Sequence[Any]) -> list[tuple[re.Pattern[str]
     ]
 
 
-def provide_database(state: State) -> Database:
-    return state.db
+class FromAppState:
+    """A dependency that the lifespan puts in the app's state (the pool, the coalescers).
 
+    It takes no arguments: a provider asking for ``state`` would cost a new State object and
+    a pass through the signature model on every request, for a value that never changes."""
 
-def provide_post_lookups(state: State) -> Coalescer[str, Any]:
-    return state.posts
+    def __init__(self, state: State, name: str) -> None:
+        self.state = state
+        self.name = name
 
-
-def provide_page_reads(state: State) -> Coalescer[Listing, tuple[int, list[Any]]]:
-    return state.pages
+    def __call__(self) -> Any:
+        return self.state[self.name]
 
 
 async def read_pages(db: Database, listings: list[Listing]) -> dict[Listing, tuple[int, list[Any]]]:
@@ -2683,19 +2685,17 @@ def create_app(config: Config | None = None) -> Litestar:
             allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match", "Idempotency-Key"],
             expose_headers=["ETag", "Link", "X-Total-Count", "Location", "Retry-After"],
         )
+    state = State({"config": config})
     return BlogAPI(
         route_handlers=[welcome, health, PostController, CommentController, list_tags],
         dependencies={
-            "db": Provide(provide_database, sync_to_thread=False),
-            "posts": Provide(provide_post_lookups, sync_to_thread=False),
-            "pages": Provide(provide_page_reads, sync_to_thread=False),
+            name: Provide(FromAppState(state, name), sync_to_thread=False) for name in ("db", "posts", "pages")
         },
         lifespan=[database_lifespan],
-        state=State({"config": config}),
+        state=state,
         middleware=middleware,
         cors_config=cors_config,
         compression_config=CompressionConfig(backend="brotli", brotli_gzip_fallback=True, minimum_size=1024),
-        before_send=[add_security_headers],
         exception_handlers={
             sqlite3.OperationalError: database_unavailable,
             TooManyRequestsException: too_many_requests,
