@@ -31,6 +31,7 @@ import logging
 import os
 import random
 import re
+import secrets
 import signal
 import socket
 import sqlite3
@@ -47,6 +48,7 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 from urllib.parse import quote, urlencode
+from wsgiref.handlers import format_date_time
 
 import aiosqlite
 import msgspec
@@ -1729,7 +1731,7 @@ def request_id_for(headers: list[tuple[bytes, bytes]]) -> str:
             candidate = value.decode("latin-1")
             if REQUEST_ID_SHAPE.match(candidate):
                 return candidate
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 class RequestIdFilter(logging.Filter):
@@ -1909,7 +1911,8 @@ def page_etag(body: bytes, headers: Mapping[str, str]) -> str:
 
 
 def http_date(microseconds: int) -> str:
-    return email.utils.format_datetime(EPOCH + timedelta(microseconds=microseconds), usegmt=True)
+    """RFC 9110 5.6.7's IMF-fixdate (``Mon, 01 Jan 2024 00:00:00 GMT``), to the second."""
+    return format_date_time(microseconds // 1_000_000)
 
 
 def is_not_modified(if_none_match: str | None, if_modified_since: str | None, etag: str, modified_us: int) -> bool:
@@ -2542,7 +2545,6 @@ class BlogAPI(Litestar):
             await super().__call__(scope, receive, send)
             return
         request_id = request_id_for(scope["headers"])
-        scope.setdefault("state", {})["request_id"] = request_id
         context = REQUEST_ID.set(request_id)
         started = time.perf_counter()
         status = 500
