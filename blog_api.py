@@ -31,7 +31,6 @@ import logging
 import os
 import random
 import re
-import secrets
 import signal
 import socket
 import sqlite3
@@ -44,7 +43,7 @@ from contextlib import asynccontextmanager, closing, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 from urllib.parse import quote, urlencode
@@ -999,7 +998,7 @@ class CursorError(ValueError):
 
 def encode_cursor(cursor: PageCursor, secret: bytes) -> str:
     payload = msgspec.json.encode(cursor)
-    signature = hmac.new(secret, payload, hashlib.sha256).digest()[:CURSOR_SIGNATURE_BYTES]
+    signature = hmac.digest(secret, payload, "sha256")[:CURSOR_SIGNATURE_BYTES]
     return base64.urlsafe_b64encode(signature + payload).rstrip(b"=").decode()
 
 
@@ -1009,7 +1008,7 @@ def decode_cursor(token: str, secret: bytes) -> PageCursor:
     except ValueError:
         raise CursorError("cursor is not a cursor this server made") from None
     signature, payload = raw[:CURSOR_SIGNATURE_BYTES], raw[CURSOR_SIGNATURE_BYTES:]
-    expected = hmac.new(secret, payload, hashlib.sha256).digest()[:CURSOR_SIGNATURE_BYTES]
+    expected = hmac.digest(secret, payload, "sha256")[:CURSOR_SIGNATURE_BYTES]
     if not hmac.compare_digest(signature, expected):
         raise CursorError("cursor is not a cursor this server made")
     return msgspec.json.decode(payload, type=PageCursor)
@@ -1152,6 +1151,19 @@ class Page:
     """(sort key, tie-breaker) of the first and last posts, for the cursors around them."""
     has_previous: bool
     has_next: bool
+    renderings: dict[str, "RenderedPage"] = field(default_factory=dict, compare=False, repr=False)
+    """The page as sent, by request path: requests for the same page that were answered by
+    one read (``Coalescer``) share one rendering of its body, links and ETag."""
+
+
+@dataclass(frozen=True)
+class RenderedPage:
+    """A page as it is sent: its JSON body, its X-Total-Count, Link and ETag headers, and
+    whether a draft is on it (which makes it private)."""
+
+    body: bytes
+    headers: Mapping[str, str]
+    includes_drafts: bool
 
 
 def page_of(listing: Listing | CommentListing, total: int, rows: list[Any]) -> Page:
@@ -1184,16 +1196,30 @@ def count_and_page(listing: Listing | CommentListing, connection: sqlite3.Connec
         return total, connection.execute(page_sql, page_parameters).fetchall()
 
 
-def count_and_pages(listings: list[Listing], connection: sqlite3.Connection) -> dict[Listing, tuple[int, list[Any]]]:
-    """``count_and_page`` for each of several listings, in one hop."""
-    return {listing: count_and_page(listing, connection) for listing in listings}
+def pages_of(listings: list[Listing], connection: sqlite3.Connection) -> dict[Listing, Page]:
+    """The pages of several listings, each counted and read in a snapshot, in one hop."""
+    return {listing: page_of(listing, *count_and_page(listing, connection)) for listing in listings}
 
 
-def page_headers(request: Request, listing: Listing | CommentListing, page: Page, secret: bytes) -> dict[str, str]:
+def render_page(
+    path: str, listing: Listing | CommentListing, page: Page, secret: bytes, body: bytes, includes_drafts: bool
+) -> RenderedPage:
+    """The page's JSON ``body`` with its total, its links and an ETag over all three."""
     headers = {"X-Total-Count": str(page.total)}
-    if links := page_links(request.url.path, listing, page, secret):
+    if links := page_links(path, listing, page, secret):
         headers["Link"] = links
-    return headers
+    headers["ETag"] = page_etag(body, headers)
+    return RenderedPage(body, headers, includes_drafts)
+
+
+def render_posts_page(path: str, listing: Listing, page: Page, secret: bytes) -> RenderedPage:
+    """A page of posts, rendered once however many requests it answers."""
+    rendered = page.renderings.get(path)
+    if rendered is None:
+        body = json_array(post_json for *_, post_json in page.rows)
+        includes_drafts = any(not published for _, _, _, published, _, _ in page.rows)
+        rendered = page.renderings[path] = render_page(path, listing, page, secret, body, includes_drafts)
+    return rendered
 
 
 def page_links(path: str, listing: Listing | CommentListing, page: Page, secret: bytes) -> str:
@@ -1725,13 +1751,15 @@ REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 def request_id_for(headers: list[tuple[bytes, bytes]]) -> str:
     """The client's X-Request-ID if it is a sane token (letters, digits, ``._:-``, at most 64),
-    else a new one: anything else could forge or garble log lines."""
+    else a new one: anything else could forge or garble log lines. A new one is 128 random
+    bits from ``random``: IDs need to be unique, not secret, and ``secrets`` costs a system
+    call per request."""
     for name, value in headers:
         if name.lower() == b"x-request-id":
             candidate = value.decode("latin-1")
             if REQUEST_ID_SHAPE.match(candidate):
                 return candidate
-    return secrets.token_hex(16)
+    return f"{random.getrandbits(128):032x}"
 
 
 class RequestIdFilter(logging.Filter):
@@ -1833,8 +1861,12 @@ class BearerTokenMiddleware(AbstractAuthenticationMiddleware):
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def refuse_writes_when_read_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """The guard on every write route: with --read-only, 405 (only GET and HEAD are allowed)."""
+async def refuse_writes_when_read_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """The guard on comments, which anyone may write: with --read-only, 405 (only GET and
+    HEAD are allowed).
+
+    Guards are async, and each route has one: Litestar runs a plain function guard in a
+    thread pool, and copies the route handler for each guard it runs."""
     if connection.app.state.config.read_only:
         raise MethodNotAllowedException(
             detail="This server is read-only (--read-only): it takes no writes",
@@ -1842,9 +1874,11 @@ def refuse_writes_when_read_only(connection: ASGIConnection, _: BaseRouteHandler
         )
 
 
-def require_writer(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """The guard on every write. With a token: only its holders. Without one: anyone
-    connected through a loopback address, or anyone at all with --allow-anonymous-writes."""
+async def require_writer(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """The guard on every other write. With a token: only its holders. Without one: anyone
+    connected through a loopback address, or anyone at all with --allow-anonymous-writes.
+    With --read-only, nobody (405)."""
+    await refuse_writes_when_read_only(connection, handler)
     config: Config = connection.app.state.config
     if config.token is not None:
         if connection.scope.get("user") != EDITOR:
@@ -1859,10 +1893,15 @@ def arrived_on_loopback(connection: ASGIConnection) -> bool:
     """Whether the request came in on a loopback address of this server (a Unix socket, or a
     test client with a made-up host name, counts as local)."""
     server = connection.scope.get("server")
-    if not server:
-        return True
+    return not server or is_loopback_address(server[0])
+
+
+@lru_cache(maxsize=64)
+def is_loopback_address(host: str) -> bool:
+    """Whether ``host`` is a loopback address (a name that is not an address counts as local).
+    A server listens on few addresses: each is parsed once, not on every write."""
     try:
-        return ipaddress.ip_address(server[0]).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return True
 
@@ -2005,6 +2044,19 @@ class IdempotentRequest:
 # --------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Blog:
+    """What the route handlers work with, opened by the lifespan: the database, and the
+    lookups of posts and pages that answer concurrent requests with one query each.
+
+    One dependency, not three: Litestar resolves two or more dependencies of a handler in an
+    anyio task group, which costs more than the lookup itself."""
+
+    db: Database
+    posts: Coalescer[str, Any]
+    pages: Coalescer[Listing, Page]
+
+
 def post_not_found(post_id: str) -> NotFoundException:
     return NotFoundException(detail=f"Post with ID {post_id} not found")
 
@@ -2027,7 +2079,7 @@ WRITE_ERRORS = [
 UPDATE_ROUTE: dict[str, Any] = {
     "path": "/{post_id:str}",
     **json_body(PostUpdate),
-    "guards": [refuse_writes_when_read_only, require_writer],
+    "guards": [require_writer],
     "raises": [NotFoundException, PreconditionFailed, SlugTaken, RequestEntityTooLarge, *WRITE_ERRORS],
     "response_headers": [ResponseHeader(name="ETag", description="The post's new ETag.", documentation_only=True)],
 }
@@ -2063,7 +2115,7 @@ class PostController(Controller):
 
     @post(
         **json_body(PostCreate),
-        guards=[refuse_writes_when_read_only, require_writer],
+        guards=[require_writer],
         operation_id="createPost",
         summary="Create a post",
         raises=[SlugTaken, IdempotencyKeyReused, RequestEntityTooLarge, *WRITE_ERRORS],
@@ -2073,7 +2125,7 @@ class PostController(Controller):
         self,
         request: Request,
         data: JSONBody[PostCreate],
-        db: NamedDependency[Database],
+        blog: NamedDependency[Blog],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[Post]:
         """Create a post; answers 201 with the post and its URL in ``Location``. Without a
@@ -2110,7 +2162,7 @@ class PostController(Controller):
                 idempotent.remember(connection, 201, location, body, now)
             return json_response(body, {"Location": location, "ETag": post_etag(post_id, 1)}, status_code=201)
 
-        return await db.write(insert)
+        return await blog.db.write(insert)
 
     @get(
         operation_id="listPosts",
@@ -2122,8 +2174,7 @@ class PostController(Controller):
     async def list_posts(
         self,
         request: Request,
-        db: NamedDependency[Database],
-        pages: NamedDependency[Coalescer[Listing, tuple[int, list[Any]]]],
+        blog: NamedDependency[Blog],
         published: PublishedFilter = None,
         limit: PageSize = 20,
         offset: PageOffset = 0,
@@ -2138,9 +2189,10 @@ class PostController(Controller):
     ) -> Response[list[Post]]:
         """A page of posts, newest first unless asked otherwise, with the total count in
         ``X-Total-Count`` and the neighbouring pages in ``Link``."""
+        secret = blog.db.cursor_secret
         listing = listing_from_query(
             request,
-            db.cursor_secret,
+            secret,
             drafts_visible=drafts_visible(request),
             limit=limit,
             offset=offset,
@@ -2153,11 +2205,8 @@ class PostController(Controller):
             q=q,
             tag=tag,
         )
-        total, rows = await pages.load(listing)
-        page = page_of(listing, total, rows)
-        body = json_array(post_json for *_, post_json in page.rows)
-        includes_drafts = any(not published for _, _, _, published, _, _ in page.rows)
-        return page_response(request, listing, page, db.cursor_secret, body, includes_drafts, if_none_match)
+        page = await blog.pages.load(listing)
+        return page_response(request, render_posts_page(request.url.path, listing, page, secret), if_none_match)
 
     @get(
         "/{post_id:str}",
@@ -2171,12 +2220,12 @@ class PostController(Controller):
         self,
         request: Request,
         post_id: PostIdOrSlug,
-        posts: NamedDependency[Coalescer[str, Any]],
+        blog: NamedDependency[Blog],
         if_none_match: IfNoneMatch = None,
         if_modified_since: IfModifiedSince = None,
     ) -> Response[Post]:
         """One post by its ID or its slug (a draft only for those who may see drafts)."""
-        row = await posts.load(post_id)
+        row = await blog.posts.load(post_id)
         if row is None or not (row[3] or drafts_visible(request)):
             raise post_not_found(post_id)
         found_id, _, updated_at, published, version, post_json = row
@@ -2191,27 +2240,27 @@ class PostController(Controller):
 
     @put(operation_id="updatePost", summary="Update a post", **UPDATE_ROUTE)
     async def update_post(
-        self, post_id: PostId, data: JSONBody[PostUpdate], db: NamedDependency[Database], if_match: IfMatch = None
+        self, post_id: PostId, data: JSONBody[PostUpdate], blog: NamedDependency[Blog], if_match: IfMatch = None
     ) -> Response[Post]:
         """Change the fields sent and leave the others; ``updated_at`` moves forward. With
         If-Match, only if the post is still at that ETag (else 412, and nothing changes)."""
-        return await apply_update(db, post_id, data, if_match)
+        return await apply_update(blog.db, post_id, data, if_match)
 
     @patch(operation_id="patchPost", summary="Update a post (the same as PUT)", **UPDATE_ROUTE)
     async def patch_post(
-        self, post_id: PostId, data: JSONBody[PostUpdate], db: NamedDependency[Database], if_match: IfMatch = None
+        self, post_id: PostId, data: JSONBody[PostUpdate], blog: NamedDependency[Blog], if_match: IfMatch = None
     ) -> Response[Post]:
         """The same as PUT: change the fields sent and leave the others."""
-        return await apply_update(db, post_id, data, if_match)
+        return await apply_update(blog.db, post_id, data, if_match)
 
     @delete(
         "/{post_id:str}",
-        guards=[refuse_writes_when_read_only, require_writer],
+        guards=[require_writer],
         operation_id="deletePost",
         summary="Delete a post",
         raises=[NotFoundException, PreconditionFailed, *WRITE_ERRORS],
     )
-    async def delete_post(self, post_id: PostId, db: NamedDependency[Database], if_match: IfMatch = None) -> None:
+    async def delete_post(self, post_id: PostId, blog: NamedDependency[Blog], if_match: IfMatch = None) -> None:
         """Delete a post; answers 204 with no body. With If-Match, only if still at that ETag."""
         parameters = {"id": post_id, "versions": allowed_versions(if_match, post_id)}
 
@@ -2219,26 +2268,15 @@ class PostController(Controller):
             if not connection.execute(DELETE_POST, parameters).fetchall():
                 raise precondition_failed_or_missing(connection, post_id)
 
-        await db.write(remove)
+        await blog.db.write(remove)
 
 
-def page_response(
-    request: Request,
-    listing: Listing | CommentListing,
-    page: Page,
-    secret: bytes,
-    body: bytes,
-    includes_drafts: bool,
-    if_none_match: str | None,
-) -> Response:
-    """A page's JSON ``body``, with its total, links, ETag and Cache-Control; 304 if the
-    client's copy is current."""
-    headers = page_headers(request, listing, page, secret)
-    headers["ETag"] = page_etag(body, headers)
-    headers["Cache-Control"] = cache_control(request, includes_drafts)
+def page_response(request: Request, page: RenderedPage, if_none_match: str | None) -> Response:
+    """A rendered page with its Cache-Control for this request; 304 if the client's copy is current."""
+    headers = {**page.headers, "Cache-Control": cache_control(request, page.includes_drafts)}
     if is_not_modified(if_none_match, None, headers["ETag"], 0):
         return not_modified(headers)
-    return json_response(body, headers)
+    return json_response(page.body, headers)
 
 
 def comment_not_found(post_id: str, comment_id: str) -> NotFoundException:
@@ -2271,7 +2309,7 @@ class CommentController(Controller):
         request: Request,
         post_id: PostId,
         data: JSONBody[CommentCreate],
-        db: NamedDependency[Database],
+        blog: NamedDependency[Blog],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[Comment]:
         """Add a comment; answers 201 with it, or 404 if the post does not exist (or is a
@@ -2293,7 +2331,7 @@ class CommentController(Controller):
                 idempotent.remember(connection, 201, location, body, now)
             return json_response(body, {"Location": location}, status_code=201)
 
-        return await db.write(insert)
+        return await blog.db.write(insert)
 
     @get(
         operation_id="listComments",
@@ -2306,14 +2344,14 @@ class CommentController(Controller):
         self,
         request: Request,
         post_id: PostId,
-        db: NamedDependency[Database],
+        blog: NamedDependency[Blog],
         limit: PageSize = 20,
         offset: PageOffset = 0,
         cursor: PageCursorToken = None,
         if_none_match: IfNoneMatch = None,
     ) -> Response[list[Comment]]:
         """A page of the post's comments, oldest first, paged like posts."""
-        row = await db.fetch_one(SELECT_POST_PK, {"post_id": post_id, "drafts": drafts_visible(request)})
+        row = await blog.db.fetch_one(SELECT_POST_PK, {"post_id": post_id, "drafts": drafts_visible(request)})
         if row is None:
             raise post_not_found(post_id)
         if cursor is not None and offset:
@@ -2321,13 +2359,14 @@ class CommentController(Controller):
         listing = CommentListing(post_id=post_id, post_pk=row[0], limit=limit, offset=offset)
         listing = replace(
             listing,
-            cursor=cursor_for(request, cursor, db.cursor_secret, listing.fingerprint),
+            cursor=cursor_for(request, cursor, blog.db.cursor_secret, listing.fingerprint),
             link_params=(("limit", str(limit)),),
         )
-        page = page_of(listing, *await db.read(partial(count_and_page, listing)))
+        page = page_of(listing, *await blog.db.read(partial(count_and_page, listing)))
         body = msgspec.json.encode([comment_from_row(comment) for comment in page.rows])
         post_is_draft = not row[1]
-        return page_response(request, listing, page, db.cursor_secret, body, post_is_draft, if_none_match)
+        rendered = render_page(request.url.path, listing, page, blog.db.cursor_secret, body, post_is_draft)
+        return page_response(request, rendered, if_none_match)
 
     @get(
         "/{comment_id:str}",
@@ -2342,12 +2381,12 @@ class CommentController(Controller):
         request: Request,
         post_id: PostId,
         comment_id: CommentId,
-        db: NamedDependency[Database],
+        blog: NamedDependency[Blog],
         if_none_match: IfNoneMatch = None,
     ) -> Response[Comment]:
         """One comment of the post. Comments never change, so their ETag is their ID."""
         parameters = {"post_id": post_id, "comment_id": comment_id, "drafts": drafts_visible(request)}
-        row = await db.fetch_one(SELECT_COMMENT, parameters)
+        row = await blog.db.fetch_one(SELECT_COMMENT, parameters)
         if row is None:
             raise comment_not_found(post_id, comment_id)
         post_is_draft = not row[-1]
@@ -2358,15 +2397,15 @@ class CommentController(Controller):
 
     @delete(
         "/{comment_id:str}",
-        guards=[refuse_writes_when_read_only, require_writer],
+        guards=[require_writer],
         operation_id="deleteComment",
         summary="Delete a comment",
         raises=[NotFoundException, *WRITE_ERRORS],
     )
-    async def delete_comment(self, post_id: PostId, comment_id: CommentId, db: NamedDependency[Database]) -> None:
+    async def delete_comment(self, post_id: PostId, comment_id: CommentId, blog: NamedDependency[Blog]) -> None:
         """Delete a comment of the post; answers 204 with no body."""
         parameters = {"post_id": post_id, "comment_id": comment_id}
-        deleted = await db.write(partial(fetch_rows, DELETE_COMMENT, parameters))
+        deleted = await blog.db.write(partial(fetch_rows, DELETE_COMMENT, parameters))
         if not deleted:
             raise comment_not_found(post_id, comment_id)
 
@@ -2445,10 +2484,10 @@ class Health(msgspec.Struct):
     tags=["meta"],
     responses={503: ResponseSpec(Health, description="The database cannot answer; `database` says why.")},
 )
-async def health(db: NamedDependency[Database]) -> Response[Health]:
+async def health(blog: NamedDependency[Blog]) -> Response[Health]:
     """200 once the database has really answered a query; 503 with the reason if not."""
     try:
-        [(schema_version,)] = await db.fetch_all(SELECT_SCHEMA_VERSION)
+        [(schema_version,)] = await blog.db.fetch_all(SELECT_SCHEMA_VERSION)
     except (sqlite3.Error, DatabaseError) as exc:
         logger.warning("health check failed: %s", exc)
         return Response(Health(status="error", database=str(exc)), status_code=503)
@@ -2465,11 +2504,11 @@ async def health(db: NamedDependency[Database]) -> Response[Health]:
     responses={304: NOT_MODIFIED},
 )
 async def list_tags(
-    request: Request, db: NamedDependency[Database], if_none_match: IfNoneMatch = None
+    request: Request, blog: NamedDependency[Blog], if_none_match: IfNoneMatch = None
 ) -> Response[list[TagCount]]:
     """Every tag some post has, by name, with how many posts have it (of those the caller may
     see: the counts may include drafts, so then they are private)."""
-    rows = await db.fetch_all(SELECT_TAG_COUNTS, {"drafts": drafts_visible(request)})
+    rows = await blog.db.fetch_all(SELECT_TAG_COUNTS, {"drafts": drafts_visible(request)})
     body = msgspec.json.encode([TagCount(name=name, post_count=count) for name, count in rows])
     headers = {"ETag": page_etag(body, {}), "Cache-Control": cache_control(request, drafts_visible(request))}
     if is_not_modified(if_none_match, None, headers["ETag"], 0):
@@ -2615,22 +2654,8 @@ def allowed_methods_by_path(routes: Sequence[Any]) -> list[tuple[re.Pattern[str]
     ]
 
 
-class FromAppState:
-    """A dependency that the lifespan puts in the app's state (the pool, the coalescers).
-
-    It takes no arguments: a provider asking for ``state`` would cost a new State object and
-    a pass through the signature model on every request, for a value that never changes."""
-
-    def __init__(self, state: State, name: str) -> None:
-        self.state = state
-        self.name = name
-
-    def __call__(self) -> Any:
-        return self.state[self.name]
-
-
-async def read_pages(db: Database, listings: list[Listing]) -> dict[Listing, tuple[int, list[Any]]]:
-    return await db.read(partial(count_and_pages, listings))
+async def read_pages(db: Database, listings: list[Listing]) -> dict[Listing, Page]:
+    return await db.read(partial(pages_of, listings))
 
 
 async def fetch_posts_by_key(db: Database, keys: list[str]) -> dict[str, Any]:
@@ -2654,8 +2679,11 @@ async def database_lifespan(app: Litestar) -> AsyncIterator[None]:
     await db.open()
     app.state.db = db
     # As many lookups at once as there are readers: more would only wait for one.
-    app.state.posts = Coalescer(partial(fetch_posts_by_key, db), max_in_flight=config.readers)
-    app.state.pages = Coalescer(partial(read_pages, db), max_in_flight=config.readers)
+    app.state.blog = Blog(
+        db,
+        posts=Coalescer(partial(fetch_posts_by_key, db), max_in_flight=config.readers),
+        pages=Coalescer(partial(read_pages, db), max_in_flight=config.readers),
+    )
     try:
         yield
     finally:
@@ -2690,9 +2718,9 @@ def create_app(config: Config | None = None) -> Litestar:
     state = State({"config": config})
     return BlogAPI(
         route_handlers=[welcome, health, PostController, CommentController, list_tags],
-        dependencies={
-            name: Provide(FromAppState(state, name), sync_to_thread=False) for name in ("db", "posts", "pages")
-        },
+        # The provider takes no arguments: one asking for ``state`` would cost a new State
+        # object and a pass through the signature model on every request.
+        dependencies={"blog": Provide(lambda: state.blog, sync_to_thread=False)},
         lifespan=[database_lifespan],
         state=state,
         middleware=middleware,

@@ -2702,7 +2702,7 @@ def test_lookups_asked_together_share_one_query_and_each_gets_its_own_answer(db_
             keys = [post["id"] for post in posts] + [post["slug"] for post in posts] + [posts[0]["id"]] * 4
             keys += ["no-such-post", str(uuid.uuid4())]
             hops = counting_hops(monkeypatch)
-            rows = await asyncio.gather(*(client.app.state.posts.load(key) for key in keys))
+            rows = await asyncio.gather(*(client.app.state.blog.posts.load(key) for key in keys))
             return posts, rows, hops
 
     posts, rows, hops = run(check())
@@ -2717,7 +2717,7 @@ def test_pages_asked_together_are_read_in_one_hop(db_path: Path, monkeypatch) ->
         async with AsyncTestClient(create_app(Config(db_path=str(db_path)))) as client:
             for n in range(30):
                 assert (await client.post("/api/posts", json={**SEED_POST, "title": f"P{n}"})).status_code == 201
-            pages = client.app.state.pages
+            pages = client.app.state.blog.pages
             alone = [await pages.load(listing) for listing in listings]
             hops = counting_hops(monkeypatch)
             together = await asyncio.gather(*(pages.load(listing) for listing in listings))
@@ -2725,8 +2725,10 @@ def test_pages_asked_together_are_read_in_one_hop(db_path: Path, monkeypatch) ->
 
     alone, together, hops = run(check())
     assert together == alone
-    assert [total for total, _ in together] == [30] * 4
-    assert [len(rows) for _, rows in together] == [21, 21, 10, 6]  # one row more than asked: is there a next page?
+    assert [page.total for page in together] == [30] * 4
+    assert [len(page.rows) for page in together] == [20, 20, 10, 5]
+    assert [page.has_next for page in together] == [True, True, False, True]
+    assert together[0] is together[1]  # the same listing twice: read once, and rendered once
     assert len(hops) == 1
 
 
