@@ -1,17 +1,22 @@
 """Throughput benchmark: blog_api under wrk, against a bare Litestar app with the same routes.
 
-    .venv/bin/python bench_throughput.py                # 3 rounds of 5 s a case (about 5 minutes)
+    .venv/bin/python bench_throughput.py                # 3 rounds of 4 s a case (about 7 minutes)
     .venv/bin/python bench_throughput.py --duration 2 --rounds 1   # a quick look
 
 It seeds a database with ``python blog_api.py seed``, then starts, each as its own process:
 
-- ``python blog_api.py`` exactly as a user does (one worker, synchronous=full, access log on);
+- ``python blog_api.py`` exactly as a user does (one worker, synchronous=full, access log on,
+  uvicorn with uvloop and httptools, as requirements.txt installs it);
 - the same with ``--synchronous off``, to show what durability costs;
 - the same with ``--workers 2``, to show what a second process buys on this machine;
 - the baseline: a bare Litestar app (this file, ``--serve-baseline``) with the same four
   routes, decoding the same request bodies with the same msgspec types and answering
   fixed posts read once from the seeded database. No database, no middleware: the
-  ceiling of the framework under the same uvicorn.
+  ceiling of the framework under the same uvicorn;
+- both again on uvicorn's pure-Python event loop and HTTP parser (``uvicorn blog_api:app
+  --loop asyncio --http h11``), to show what uvloop and httptools buy, and the ratios there.
+
+Each blog_api server is compared with the baseline on the same event loop and parser.
 
 wrk (installed with apt-get if missing) drives each at 32 connections on 127.0.0.1 for
 GET one post, GET a page of 20, POST create and PUT update. The rounds alternate between
@@ -40,6 +45,10 @@ import httpx
 HERE = Path(__file__).parent
 BLOG_API = HERE / "blog_api.py"
 CONNECTIONS = 32
+PURE_PYTHON = ("--loop", "asyncio", "--http", "h11")
+"""uvicorn's options for its pure-Python event loop and HTTP parser."""
+TARGETS = {"GET one": 0.65, "GET page of 20": 0.50, "POST create": 0.50, "PUT update": 0.50}
+"""Issue 8's targets: each case's req/s as a share of the baseline's."""
 SEEDED_POSTS = 2000
 CASES = ("GET one", "GET page of 20", "GET 50 pages of 20", "POST create", "PUT update")
 JSON_HEADERS = '{["Content-Type"] = "application/json"}'
@@ -90,7 +99,7 @@ end
 # --------------------------------------------------------------------------------------
 
 
-def serve_baseline(db_path: str, port: int) -> None:
+def serve_baseline(db_path: str, port: int, pure_python: bool) -> None:
     """Serve the four routes with no database: posts are read once, at startup."""
     import msgspec
     import uvicorn
@@ -121,7 +130,8 @@ def serve_baseline(db_path: str, port: int) -> None:
         return posts[0]
 
     app = Litestar([get_post, list_posts, create_post, update_post])
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    stack = {"loop": "asyncio", "http": "h11"} if pure_python else {}
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, **stack)
 
 
 # --------------------------------------------------------------------------------------
@@ -135,6 +145,9 @@ class Server:
     command: list[str]
     port: int
     log: Path
+    baseline: "Server | None" = None
+    """The baseline on the same event loop and HTTP parser (None: this is a baseline)."""
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     results: dict[str, list["Result"]] = field(default_factory=dict)
 
@@ -144,7 +157,9 @@ class Server:
 
     def start(self) -> None:
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, cwd=HERE)
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, cwd=HERE, env={**os.environ, **self.env}
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -250,13 +265,14 @@ def write_scripts(directory: Path, ids: list[str], content: str) -> dict[str, Pa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=5, help="seconds of load per case and round")
+    parser.add_argument("--duration", type=int, default=4, help="seconds of load per case and round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the table gives medians")
     parser.add_argument("--serve-baseline", metavar="DB", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--pure-python", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_baseline:
-        serve_baseline(args.serve_baseline, args.port)
+        serve_baseline(args.serve_baseline, args.port, args.pure_python)
         return
     ensure_wrk()
     with tempfile.TemporaryDirectory(prefix="blog_api_bench_") as tmp:
@@ -274,20 +290,38 @@ def run_benchmark(tmp: Path, duration: float, rounds: int) -> None:
     content = "A benchmark post of a typical length. " * 20
     scripts = write_scripts(tmp, ids, content)
 
-    def service(name: str, *flags: str) -> Server:
+    def log_file(name: str) -> Path:
+        return tmp / f"{name.replace(' ', '_')}.log"
+
+    def baseline(name: str, *flags: str) -> Server:
+        port = free_port()
+        command = [sys.executable, __file__, "--serve-baseline", str(seeded), "--port", str(port), *flags]
+        return Server(name, command, port, log_file(name))
+
+    def service(name: str, baseline: Server, *flags: str) -> Server:
         db = tmp / f"{name.replace(' ', '_')}.db"
         shutil.copy(seeded, db)
         port = free_port()
         command = [sys.executable, str(BLOG_API), "--db", str(db), "--port", str(port), *flags]
-        return Server(name, command, port, tmp / f"{name.replace(' ', '_')}.log")
+        return Server(name, command, port, log_file(name), baseline)
 
-    port = free_port()
-    baseline_command = [sys.executable, __file__, "--serve-baseline", str(seeded), "--port", str(port)]
+    def service_under_uvicorn(name: str, baseline: Server, *options: str) -> Server:
+        """``uvicorn blog_api:app``, configured by BLOG_API_* variables, as the README shows."""
+        db = tmp / f"{name.replace(' ', '_')}.db"
+        shutil.copy(seeded, db)
+        port = free_port()
+        command = [sys.executable, "-m", "uvicorn", "blog_api:app", "--port", str(port), "--no-access-log", *options]
+        return Server(name, command, port, log_file(name), baseline, env={"BLOG_API_DB": str(db)})
+
+    fast_baseline = baseline("baseline")
+    pure_python_baseline = baseline("baseline, pure Python", "--pure-python")
     servers = [
-        Server("baseline", baseline_command, port, tmp / "baseline.log"),
-        service("blog_api"),
-        service("synchronous off", "--synchronous", "off"),
-        service("2 workers", "--workers", "2"),
+        fast_baseline,
+        service("blog_api", fast_baseline),
+        service("synchronous off", fast_baseline, "--synchronous", "off"),
+        service("2 workers", fast_baseline, "--workers", "2"),
+        pure_python_baseline,
+        service_under_uvicorn("blog_api, pure Python", pure_python_baseline, *PURE_PYTHON),
     ]
     print(
         f"{SEEDED_POSTS} seeded posts; wrk -t1 -c{CONNECTIONS} -d{duration:g}s on 127.0.0.1; "
@@ -310,24 +344,38 @@ def run_benchmark(tmp: Path, duration: float, rounds: int) -> None:
     print_table(servers, peak_rss)
 
 
+def median_rps(server: Server, case: str) -> float:
+    return statistics.median(r.requests_per_second for r in server.results[case])
+
+
 def print_table(servers: list[Server], peak_rss: dict[str, float]) -> None:
-    baseline = servers[0]
     print()
-    print("| case | server | req/s | p50 ms | p99 ms | errors | ratio to baseline |")
+    print("| case | server | req/s | p50 ms | p99 ms | errors | ratio to its baseline |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for case in CASES:
-        base_rps = statistics.median(r.requests_per_second for r in baseline.results[case])
         for server in servers:
             results = server.results[case]
-            rps = statistics.median(r.requests_per_second for r in results)
+            rps = median_rps(server, case)
             p50 = statistics.median(r.p50_ms for r in results)
             p99 = statistics.median(r.p99_ms for r in results)
             errors = sum(r.errors for r in results)
-            print(f"| {case} | {server.name} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} | {rps / base_rps:.2f} |")
-    full = statistics.median(r.requests_per_second for r in servers[1].results["POST create"])
-    off = statistics.median(r.requests_per_second for r in servers[2].results["POST create"])
+            ratio = rps / median_rps(server.baseline or server, case)
+            print(f"| {case} | {server.name} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} | {ratio:.2f} |")
+    by_name = {server.name: server for server in servers}
+    blog, pure_python = by_name["blog_api"], by_name["blog_api, pure Python"]
     print()
-    print(f"POST with synchronous=full / off: {full / off:.2f}")
+    print("Issue 8's targets, blog_api (one worker) as a share of its baseline:")
+    for case, target in TARGETS.items():
+        for server in (blog, pure_python):
+            ratio = median_rps(server, case) / median_rps(server.baseline or server, case)
+            verdict = "met" if ratio >= target else "not met"
+            print(f"  {case}, {server.name}: {ratio:.2f} (target {target:.2f}: {verdict})")
+    full, off = median_rps(blog, "POST create"), median_rps(by_name["synchronous off"], "POST create")
+    verdict = "met" if full >= 0.9 * off else "not met"
+    print(f"  POST with synchronous=full / off: {full / off:.2f} (target 0.90: {verdict})")
+    print(f"  peak RSS of blog_api under load: {peak_rss['blog_api']:.0f} MB (target < 100 MB)")
+    gains = ", ".join(f"{case} {median_rps(blog, case) / median_rps(pure_python, case):.2f}x" for case in TARGETS)
+    print(f"uvloop and httptools, blog_api's req/s against the pure-Python stack: {gains}")
     print("Peak RSS (VmHWM, MB): " + ", ".join(f"{name} {mb:.0f}" for name, mb in peak_rss.items()))
 
 

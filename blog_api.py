@@ -1789,6 +1789,19 @@ class JsonFormatter(logging.Formatter):
         return msgspec.json.encode(line).decode()
 
 
+def skip_unused_log_record_fields() -> None:
+    """Stop gathering, for every log record, what no line of ours shows: thread, process and
+    task names, the process ID (a system call each time) and the caller's source line. These
+    are the switches of the logging HOWTO's "Optimization" section; they cost the access line
+    ~45 µs a request under load. Process-wide, so only for the service's own processes
+    (``python blog_api.py``), never for an app embedded elsewhere."""
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging.logAsyncioTasks = False  # Python 3.12 and newer
+    logging._srcfile = None
+
+
 TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
@@ -3050,6 +3063,7 @@ def serve(argv: list[str]) -> None:
             "rewrite the blog. Give --token (or --token-file), or --allow-anonymous-writes if you mean it."
         )
     blog = create_app(config)  # also sets up logging, in the format asked for
+    skip_unused_log_record_fields()
     url = base_url(config)
     logger.info("Blog API %s on %s with database %s", __version__, url, config.db_path)
     logger.info("API docs: %s/schema/swagger (also /schema/redoc, /schema/openapi.json)", url)
@@ -3090,13 +3104,19 @@ def serve(argv: list[str]) -> None:
 
 
 class TcpServerConfig(uvicorn.Config):
-    """uvicorn's config, but the socket it binds for its worker processes says it is TCP.
+    """uvicorn's config for worker processes, with two changes.
 
-    uvicorn leaves that socket's ``proto`` at 0, and asyncio then leaves Nagle's algorithm on
-    for every connection accepted from it, so each keep-alive request waited ~40 ms for the
-    client's delayed ACK (uvicorn#3149). One worker is not affected: uvicorn binds through
-    asyncio there.
+    The socket it binds says it is TCP: uvicorn leaves its ``proto`` at 0, and asyncio then
+    leaves Nagle's algorithm on for every connection accepted from it, so each keep-alive
+    request waited ~40 ms for the client's delayed ACK (uvicorn#3149). One worker is not
+    affected: uvicorn binds through asyncio there.
+
+    And each worker process, as it sets up logging, skips the log record fields no line shows.
     """
+
+    def configure_logging(self) -> None:
+        super().configure_logging()
+        skip_unused_log_record_fields()
 
     def bind_socket(self) -> socket.socket:
         bound = super().bind_socket()

@@ -54,6 +54,13 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "blog.db"
 
 
+@pytest.fixture(autouse=True)
+def logging_switches_restored(monkeypatch) -> None:
+    """Tests that run ``main()`` in this process must not change logging for the tests after."""
+    for name in ("logThreads", "logProcesses", "logMultiprocessing", "logAsyncioTasks", "_srcfile"):
+        monkeypatch.setattr(logging, name, getattr(logging, name, True), raising=False)
+
+
 @pytest.fixture
 def client(db_path: Path) -> Iterator[TestClient]:
     """A fresh app on a temporary database, started and stopped around the test."""
@@ -2861,3 +2868,13 @@ def test_two_workers_serve_one_database_and_stop_on_sigterm(start_server, tmp_pa
     assert server.process.returncode == 0
     assert sorted(row["id"] for row in stored_posts(db_path)) == sorted(post["id"] for post in created)
     assert integrity(db_path) == "ok"
+
+
+def test_an_embedded_app_leaves_the_processes_log_records_whole(db_path: Path) -> None:
+    """``python blog_api.py`` stops gathering log record fields its lines never show; an app
+    embedded in someone else's process must not do that to their logs."""
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        assert client.get("/").status_code == 200
+    record = logging.getLogger("blog_api").makeRecord("x", logging.INFO, "f.py", 1, "m", (), None)
+    assert (logging.logThreads, logging.logProcesses) == (True, True)
+    assert record.process == os.getpid() and record.threadName == threading.current_thread().name
