@@ -976,6 +976,8 @@ CURSOR_SIGNATURE_BYTES = 16
 MAX_SEARCH_TERMS = 16
 LINKED_PARAMS = ("sort", "order", "published", "created_after", "created_before", "q", "tag")
 """The query parameters that every Link repeats, besides limit."""
+PAGE_PARAMS = ("limit", "offset", "cursor")
+SINGLE_VALUED_LISTING_PARAMS = frozenset(PAGE_PARAMS + LINKED_PARAMS) - {"tag"}
 
 
 class PageCursor(msgspec.Struct, array_like=True, frozen=True):
@@ -1263,6 +1265,7 @@ def listing_from_query(
 ) -> Listing:
     """Check the query parameters together (each was checked alone by its type) and make a
     Listing; a problem is a 400 naming the parameter."""
+    refuse_repeated_parameters(request, SINGLE_VALUED_LISTING_PARAMS)
     search = None
     if q is not None:
         terms = SEARCH_TERM.findall(q)
@@ -1319,6 +1322,16 @@ def parse_moment(request: Request, name: str, value: str | None) -> int | None:
     if moment is None or moment.utcoffset() is None:
         raise query_error(request, name, "Expected an RFC 3339 date-time with an offset, like 2025-03-12T10:42:35Z")
     return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def refuse_repeated_parameters(request: Request, single_valued: Iterable[str]) -> None:
+    """A parameter that takes one value, given twice (``?limit=5&limit=50``), is ambiguous:
+    Litestar would quietly take the last. A 400 naming it instead."""
+    seen = set()
+    for name, _ in request.query_params.multi_items():
+        if name in seen and name in single_valued:
+            raise query_error(request, name, "Expected one value, not several")
+        seen.add(name)
 
 
 def query_error(request: Request, key: str, message: str) -> ValidationException:
@@ -2364,6 +2377,7 @@ class CommentController(Controller):
         if_none_match: IfNoneMatch = None,
     ) -> Response[list[Comment]]:
         """A page of the post's comments, oldest first, paged like posts."""
+        refuse_repeated_parameters(request, PAGE_PARAMS)
         row = await blog.db.fetch_one(SELECT_POST_PK, {"post_id": post_id, "drafts": drafts_visible(request)})
         if row is None:
             raise post_not_found(post_id)

@@ -1340,6 +1340,9 @@ BAD_LISTING_PARAMS = {
     "q too long": ({"q": "x" * 201}, "q"),
     "q too many words": ({"q": " ".join(["word"] * 17)}, "q"),
     "q no words": ({"q": "* - ()"}, "q"),
+    "q twice": ({"q": ["python", "litestar"]}, "q"),
+    "limit twice": ({"limit": ["5", "50"]}, "limit"),
+    "published twice": ({"published": ["true", "false"]}, "published"),
 }
 
 
@@ -1347,6 +1350,12 @@ BAD_LISTING_PARAMS = {
 def test_list_refuses_bad_parameters_naming_them(client: TestClient, params: dict, key: str) -> None:
     create(client)
     assert_validation_error(client.get("/api/posts", params=params), key=key, source="query")
+
+
+def test_comment_pages_refuse_a_parameter_given_twice(client: TestClient) -> None:
+    post = create(client)
+    response = client.get(f"/api/posts/{post['id']}/comments", params={"limit": ["5", "50"]})
+    assert_validation_error(response, key="limit", source="query")
 
 
 def next_cursor(client: TestClient, url: str) -> str:
