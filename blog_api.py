@@ -2504,17 +2504,20 @@ def insert_post(connection: sqlite3.Connection, parameters: dict[str, Any], slug
     409). Without one, the slug is made from the title, and numbered if taken: it is tried
     as it is first, since most titles are new, and a statement less is a wait less for the
     writer (see ``Database._run_batch``)."""
+
+    def insert(slug: str) -> tuple[int, str]:
+        return connection.execute(INSERT_POST, {**parameters, "slug": slug}).lastrowid, slug
+
     if slug is not None:
         with slug_must_be_free(slug):
-            return connection.execute(INSERT_POST, {**parameters, "slug": slug}).lastrowid, slug
-    slug = slugify(parameters["title"])
+            return insert(slug)
+    made = slugify(parameters["title"])
     try:
-        return connection.execute(INSERT_POST, {**parameters, "slug": slug}).lastrowid, slug
+        return insert(made)
     except sqlite3.IntegrityError as exc:
         if "posts.slug" not in str(exc):
             raise
-    slug = free_slug(connection, slug)
-    return connection.execute(INSERT_POST, {**parameters, "slug": slug}).lastrowid, slug
+    return insert(free_slug(connection, made))
 
 
 def free_slug(connection: sqlite3.Connection, slug: str) -> str:
