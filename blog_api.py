@@ -38,7 +38,17 @@ import sys
 import time
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager, closing, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -1324,7 +1334,7 @@ def parse_moment(request: Request, name: str, value: str | None) -> int | None:
     return (moment - EPOCH) // timedelta(microseconds=1)
 
 
-def refuse_repeated_parameters(request: Request, single_valued: Iterable[str]) -> None:
+def refuse_repeated_parameters(request: Request, single_valued: Collection[str]) -> None:
     """A parameter that takes one value, given twice (``?limit=5&limit=50``), is ambiguous:
     Litestar would quietly take the last. A 400 naming it instead."""
     seen = set()
