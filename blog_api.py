@@ -1165,7 +1165,7 @@ class Page:
     has_next: bool
     renderings: dict[str, "RenderedPage"] = field(default_factory=dict, compare=False, repr=False)
     """The page as sent, by request path: requests for the same page that were answered by
-    one read (``Coalescer``) share one rendering of its body, links and ETag."""
+    one read (``Coalescer``), or from the cache, share one rendering of its body, links and ETag."""
 
 
 @dataclass(frozen=True)
@@ -1432,6 +1432,9 @@ class Database:
     A ``:memory:`` database exists only inside one connection, so there the writer serves
     reads too: each read and each batch of writes is a single call on its thread, so a
     read never sees half a transaction.
+
+    ``data_version()`` tells the event loop, without a hop, whether anything has changed
+    since it last asked, so that what was read can be kept until then (``ReadCache``).
     """
 
     def __init__(
@@ -1461,6 +1464,8 @@ class Database:
         self._committer: asyncio.Task[None] | None = None
         self._readers: list[aiosqlite.Connection] = []
         self._idle_readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._version_reader: sqlite3.Connection | None = None
+        self._batches_committed = 0
 
     async def open(self) -> None:
         """Open every connection and bring the schema up to date; on failure, close all."""
@@ -1470,6 +1475,7 @@ class Database:
         try:
             if self.read_only:
                 await self._open_read_only()
+                self._version_reader = self._connect_version_reader()
                 return
             self._writer = await self._connect()
             self.cursor_secret = await self._call(self._writer, self._prepare_writer)
@@ -1478,6 +1484,8 @@ class Database:
                 await reader.execute("PRAGMA query_only = ON")
                 self._readers.append(reader)
                 self._idle_readers.put_nowait(reader)
+            if not self.in_memory:
+                self._version_reader = self._connect_version_reader()
             self._committer = asyncio.create_task(self._commit_queued_writes())
         except BaseException as exc:
             await self.close()
@@ -1509,6 +1517,9 @@ class Database:
         reached are still told to stop, so no thread outlives the app.
         """
         committer, self._committer = self._committer, None
+        if self._version_reader is not None:
+            self._version_reader.close()
+            self._version_reader = None
         connections = [*self._readers, *([self._writer] if self._writer else [])]
         not_yet_closed = iter(connections)
         try:
@@ -1547,6 +1558,28 @@ class Database:
             await connection.close()
             raise
         return connection
+
+    def _connect_version_reader(self) -> sqlite3.Connection:
+        """A plain connection used by the event loop itself, for ``PRAGMA data_version`` alone.
+        With no busy timeout, it can never make the loop wait."""
+        return sqlite3.connect(self._read_only_uri, uri=True, isolation_level=None, check_same_thread=False)
+
+    def data_version(self) -> int | None:
+        """A number that changes whenever anything is committed to the database, by this
+        process or any other; None when it cannot tell (a busy moment: rare, and brief).
+
+        SQLite's ``PRAGMA data_version`` reads this from the WAL's shared index, in about 4 µs,
+        so the event loop asks it directly. A connection's own commits do not move its data
+        version, which is why this one never writes. In a ``:memory:`` database, which only
+        this process can write, the number of write batches committed serves instead."""
+        if self._version_reader is None:
+            return self._batches_committed if self.in_memory else None
+        try:
+            # fetchall, not fetchone: a statement left unfinished would keep its read open.
+            [(version,)] = self._version_reader.execute("PRAGMA data_version").fetchall()
+        except sqlite3.Error:
+            return None
+        return version
 
     @staticmethod
     async def _call(connection: aiosqlite.Connection, work: Work[T]) -> T:
@@ -1636,10 +1669,9 @@ class Database:
         try:
             outcomes = await self._call(self._require_writer(), partial(self._run_batch, batch))
         except Exception as exc:
-            for queued in batch:
-                if not queued.answer.done():
-                    queued.answer.set_exception(exc)
-            return
+            outcomes = [(False, exc)] * len(batch)
+        # Before any write is answered; and even after a failed batch, which may have committed.
+        self._batches_committed += 1
         for queued, (succeeded, value) in zip(batch, outcomes, strict=True):
             if queued.answer.done():
                 continue
@@ -1719,6 +1751,63 @@ class Database:
 
 K = TypeVar("K", bound=Hashable)
 
+READ_CACHE_BYTES = 8 * 1024 * 1024
+"""How much each ``ReadCache`` (posts, pages) keeps at most, counted as ``size_of`` says."""
+
+
+class ReadCache(Generic[K, T]):
+    """What was read, kept until the database changes, so that reading it again costs no
+    hop and no SQL: a blog is read far more often than it is written.
+
+    Every use first asks the database's data version (``Database.data_version``): if
+    anything has been committed since, by this process or another (``--workers``), the
+    cache is emptied. A value is kept only if the version did not move while it was read,
+    so it is never older than the version it is kept under. Within ``max_bytes``, the
+    oldest values go first; a value bigger than a sixteenth of it is not kept.
+    """
+
+    def __init__(
+        self, data_version: Callable[[], int | None], size_of: Callable[[T], int], max_bytes: int = READ_CACHE_BYTES
+    ) -> None:
+        self._data_version = data_version
+        self._size_of = size_of
+        self._max_bytes = max_bytes
+        self._values: dict[K, tuple[T, int]] = {}
+        self._bytes = 0
+        self._version: int | None = None
+
+    def version(self) -> int | None:
+        """The data version now, having emptied the cache if it moved (None: unknown)."""
+        version = self._data_version()
+        if version != self._version or version is None:
+            self._values.clear()
+            self._bytes = 0
+            self._version = version
+        return version
+
+    def get(self, key: K) -> T | None:
+        """The value kept for ``key``, if the database has not changed since it was read."""
+        if self.version() is None:
+            return None
+        kept = self._values.get(key)
+        return None if kept is None else kept[0]
+
+    def keep(self, read_at: int | None, values: Mapping[K, T]) -> None:
+        """Keep ``values``, read after the data version ``read_at`` was seen, if it is still current."""
+        if read_at is None or self.version() != read_at:
+            return
+        for key, value in values.items():
+            size = self._size_of(value)
+            if size > self._max_bytes // 16:
+                continue
+            if (replaced := self._values.pop(key, None)) is not None:
+                self._bytes -= replaced[1]
+            while self._values and self._bytes + size > self._max_bytes:
+                oldest = next(iter(self._values))
+                self._bytes -= self._values.pop(oldest)[1]
+            self._values[key] = (value, size)
+            self._bytes += size
+
 
 class Coalescer(Generic[K, T]):
     """Lookups by key that arrive together are answered by one call (the DataLoader
@@ -1729,11 +1818,20 @@ class Coalescer(Generic[K, T]):
 
     A key never joins a call already under way, which may have begun before a write
     that its caller has seen acknowledged: every answer is at least as new as its question.
+
+    With a ``cache``, a key whose value is kept there is answered at once, and what each
+    call finds is kept.
     """
 
-    def __init__(self, fetch_many: Callable[[list[K]], Awaitable[Mapping[K, T]]], max_in_flight: int) -> None:
+    def __init__(
+        self,
+        fetch_many: Callable[[list[K]], Awaitable[Mapping[K, T]]],
+        max_in_flight: int,
+        cache: ReadCache[K, T] | None = None,
+    ) -> None:
         self._fetch_many = fetch_many
         self._max_in_flight = max_in_flight
+        self._cache = cache
         self._in_flight = 0
         self._waiting: dict[K, list[asyncio.Future[T | None]]] = {}
         self._scheduled = False
@@ -1741,6 +1839,8 @@ class Coalescer(Generic[K, T]):
 
     async def load(self, key: K) -> T | None:
         """The value for ``key``, or None if there is none."""
+        if self._cache is not None and (kept := self._cache.get(key)) is not None:
+            return kept
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[T | None] = loop.create_future()
         self._waiting.setdefault(key, []).append(answer)
@@ -1755,11 +1855,12 @@ class Coalescer(Generic[K, T]):
             return
         batch, self._waiting = self._waiting, {}
         self._in_flight += 1
-        task = asyncio.create_task(self._answer(batch))
+        read_at = None if self._cache is None else self._cache.version()
+        task = asyncio.create_task(self._answer(batch, read_at))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _answer(self, batch: dict[K, list[asyncio.Future[T | None]]]) -> None:
+    async def _answer(self, batch: dict[K, list[asyncio.Future[T | None]]], read_at: int | None) -> None:
         try:
             found = await self._fetch_many(list(batch))
         except BaseException as exc:
@@ -1770,6 +1871,8 @@ class Coalescer(Generic[K, T]):
             if not isinstance(exc, Exception):
                 raise
         else:
+            if self._cache is not None:
+                self._cache.keep(read_at, found)
             for key, answers in batch.items():
                 for answer in answers:
                     if not answer.done():
@@ -2115,7 +2218,8 @@ class IdempotentRequest:
 @dataclass(frozen=True)
 class Blog:
     """What the route handlers work with, opened by the lifespan: the database, and the
-    lookups of posts and pages that answer concurrent requests with one query each.
+    lookups of posts and pages that answer concurrent requests with one query each, and
+    keep what they read until the database changes.
 
     One dependency, not three: Litestar resolves two or more dependencies of a handler in an
     anyio task group, which costs more than the lookup itself."""
@@ -2746,6 +2850,19 @@ async def read_pages(db: Database, listings: list[Listing]) -> dict[Listing, Pag
     return await db.read(partial(pages_of, listings))
 
 
+ROW_OVERHEAD_BYTES = 512
+"""Roughly what Python spends on a row besides its text, for ``ReadCache``'s count."""
+
+
+def post_row_size(row: Sequence[Any]) -> int:
+    return ROW_OVERHEAD_BYTES + len(row[-1])
+
+
+def page_size(page: Page) -> int:
+    """A page's rows, and as much again for its renderings (one per path, nearly always)."""
+    return ROW_OVERHEAD_BYTES + 2 * sum(post_row_size(row) for row in page.rows)
+
+
 async def fetch_posts_by_key(db: Database, keys: list[str]) -> dict[str, Any]:
     """The rows of the posts that ``keys`` name, each under its ID and its slug."""
     rows = await db.fetch_all(SELECT_POSTS_BY_KEY, {"keys": msgspec.json.encode(keys).decode()})
@@ -2769,8 +2886,16 @@ async def database_lifespan(app: Litestar) -> AsyncIterator[None]:
     # As many lookups at once as there are readers: more would only wait for one.
     app.state.blog = Blog(
         db,
-        posts=Coalescer(partial(fetch_posts_by_key, db), max_in_flight=config.readers),
-        pages=Coalescer(partial(read_pages, db), max_in_flight=config.readers),
+        posts=Coalescer(
+            partial(fetch_posts_by_key, db),
+            max_in_flight=config.readers,
+            cache=ReadCache(db.data_version, size_of=post_row_size),
+        ),
+        pages=Coalescer(
+            partial(read_pages, db),
+            max_in_flight=config.readers,
+            cache=ReadCache(db.data_version, size_of=page_size),
+        ),
     )
     try:
         yield
