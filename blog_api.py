@@ -356,8 +356,9 @@ UUID_SHAPE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a
 
 def normalized_tag(tag: str) -> str:
     """A tag as stored: no control characters, trimmed, inner spaces collapsed, lowercase."""
-    printable = "".join(c for c in tag if unicodedata.category(c) != "Cc" or c.isspace())
-    return " ".join(printable.split()).lower()
+    if not tag.isprintable():  # else it holds no control character (Cc): the usual case, at C speed
+        tag = "".join(c for c in tag if unicodedata.category(c) != "Cc" or c.isspace())
+    return " ".join(tag.split()).lower()
 
 
 def normalized_tags(tags: list[str]) -> list[str]:
