@@ -1303,6 +1303,8 @@ def listing_from_query(
         drafts_visible=drafts_visible,
         link_params=tuple(link_params),
     )
+    if cursor is None:
+        return listing
     return replace(listing, cursor=cursor_for(request, cursor, secret, listing.fingerprint))
 
 
