@@ -2829,11 +2829,13 @@ def test_reading_a_post_or_a_page_again_costs_no_hop_until_the_database_changes(
     assert changed[0].json()["title"] == "Changed" and changed[1].json()[0]["title"] == "Changed"
 
 
-def test_what_another_process_commits_is_seen_by_the_next_read(db_path: Path) -> None:
+@pytest.mark.parametrize("read_only", [False, True], ids=["read-write", "read-only"])
+def test_what_another_process_commits_is_seen_by_the_next_read(db_path: Path, read_only: bool) -> None:
     """Another worker (--workers), or any program, may write the database: the cache is
     emptied by any commit, whoever makes it."""
     with TestClient(create_app(Config(db_path=str(db_path)))) as client:
         post = create(client)
+    with TestClient(create_app(Config(db_path=str(db_path), read_only=read_only))) as client:
         for _ in range(2):  # read, then read from the cache
             assert client.get(f"/api/posts/{post['id']}").json()["title"] == SEED_POST["title"]
             assert client.get("/api/posts").headers["x-total-count"] == "1"
