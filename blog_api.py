@@ -1782,7 +1782,7 @@ class ReadCache(Generic[K, T]):
     def version(self) -> int | None:
         """The data version now, having emptied the cache if it moved (None: unknown)."""
         version = self._data_version()
-        if version != self._version or version is None:
+        if version != self._version:
             self._values.clear()
             self._bytes = 0
             self._version = version
@@ -1790,8 +1790,7 @@ class ReadCache(Generic[K, T]):
 
     def get(self, key: K) -> T | None:
         """The value kept for ``key``, if the database has not changed since it was read."""
-        if self.version() is None:
-            return None
+        self.version()
         kept = self._values.get(key)
         return None if kept is None else kept[0]
 
