@@ -1374,6 +1374,9 @@ Work = Callable[[sqlite3.Connection], T]
 MAX_WRITES_PER_COMMIT = 256
 """Group commit takes at most this many waiting writes into one transaction."""
 
+THREAD_EXIT_SECONDS = 5
+"""How long closing waits for a connection's worker thread to return once told to stop."""
+
 
 @contextmanager
 def immediate_transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
@@ -1531,6 +1534,10 @@ class Database:
                 await committer
             for connection in not_yet_closed:
                 await connection.close()
+            # close() answers from the worker thread just before that thread returns; wait
+            # the moment it takes to return, so no thread outlives close().
+            for connection in connections:
+                connection._thread.join(THREAD_EXIT_SECONDS)
         finally:
             if committer is not None:
                 committer.cancel()
@@ -1550,7 +1557,7 @@ class Database:
             # When the file cannot be opened, aiosqlite 0.22 stops its worker thread without
             # waiting for it, and the thread then reports to an event loop that may have closed
             # (omnilib/aiosqlite#389). Wait for it, so a failed start ends quietly.
-            await asyncio.to_thread(connection._thread.join, 5)
+            await asyncio.to_thread(connection._thread.join, THREAD_EXIT_SECONDS)
             raise
         try:
             if self._echo_sql:
