@@ -1979,7 +1979,12 @@ def logging_config(config: "Config") -> LoggingConfig:
     return LoggingConfig(
         formatters={"blog_api": formatter},
         filters={"request_id": {"()": RequestIdFilter}},
-        handlers={"blog_api": {"class": "logging.StreamHandler", "formatter": "blog_api", "filters": ["request_id"]}},
+        handlers={
+            "blog_api": {"class": "logging.StreamHandler", "formatter": "blog_api", "filters": ["request_id"]},
+            # Litestar adds a "queue_listener" handler unless one is named, and its default starts
+            # a thread that no logger of ours uses and nothing stops: one more per app created.
+            "queue_listener": {"class": "logging.NullHandler"},
+        },
         loggers={
             "blog_api": {"level": level, "handlers": ["blog_api"], "propagate": False},
             "litestar": {"level": level, "handlers": ["blog_api"], "propagate": False},

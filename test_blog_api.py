@@ -778,6 +778,14 @@ def test_closing_stops_every_connection_thread(db_path: Path) -> None:
     assert threading.active_count() == before
 
 
+def test_an_app_started_and_stopped_leaves_no_thread_behind(db_path: Path) -> None:
+    before = threading.active_count()
+    for _ in range(3):  # as a demo embedding the API might, one app after another
+        with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+            assert client.get("/api/posts").status_code == 200
+    assert threading.active_count() == before
+
+
 def test_a_cancelled_close_still_stops_every_connection_thread(db_path: Path) -> None:
     before = threading.active_count()
 
