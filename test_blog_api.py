@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from functools import partial
 from pathlib import Path
@@ -797,7 +797,8 @@ def test_a_cancelled_close_still_stops_every_connection_thread(db_path: Path) ->
         with pytest.raises(asyncio.CancelledError):
             await closing
         # Wait while the loop still runs: a stopping thread reports back to it.
-        await asyncio.to_thread(wait_for_thread_count, before, timeout=5)
+        # + 1: the thread that waits.
+        await asyncio.to_thread(wait_until, lambda: threading.active_count() <= before + 1, timeout=5)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -808,9 +809,11 @@ def test_a_cancelled_close_still_stops_every_connection_thread(db_path: Path) ->
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
-def wait_for_thread_count(count: int, timeout: float) -> None:
+def wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass; the caller's assertions
+    then say what should have happened."""
     deadline = time.monotonic() + timeout
-    while threading.active_count() > count + 1 and time.monotonic() < deadline:  # + this waiting thread
+    while not condition() and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
@@ -2501,12 +2504,10 @@ class Writer(threading.Thread):
             self.acknowledged += 1
 
 
-def wait_for_acknowledged(writers: list[Writer], count: int, timeout: float = 30) -> None:
+def wait_for_acknowledged(writers: list[Writer], count: int) -> None:
     """Let the writers run until they have had ``count`` writes acknowledged between them: a
     slow or busy machine gets as much work done before the test steps in as a fast one."""
-    deadline = time.monotonic() + timeout
-    while sum(writer.acknowledged for writer in writers) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: sum(writer.acknowledged for writer in writers) >= count, timeout=30)
 
 
 def check_against_ledger(url: str, possible: dict[str, set]) -> int:
