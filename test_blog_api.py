@@ -2048,6 +2048,18 @@ def test_a_current_if_none_match_is_304_without_a_body(client: TestClient, form:
     assert head.status_code == 304
 
 
+@pytest.mark.parametrize("path", ["/api/posts/{id}", "/api/posts"])
+def test_posts_and_pages_carry_each_header_once_and_304_no_content_headers(client: TestClient, path: str) -> None:
+    url = path.format(id=create(client)["id"])
+    response = client.get(url)
+    for name, value in [("content-type", "application/json"), ("content-length", str(len(response.content)))]:
+        assert response.headers.get_list(name) == [value]
+    assert [len(response.headers.get_list(name)) for name in ("etag", "cache-control", "x-request-id")] == [1, 1, 1]
+    unchanged = client.get(url, headers={"If-None-Match": response.headers["etag"]})
+    assert unchanged.status_code == 304
+    assert "content-type" not in unchanged.headers and "content-length" not in unchanged.headers
+
+
 def test_after_a_change_the_etag_moves_and_the_old_one_gets_200(client: TestClient) -> None:
     post = create(client)
     url = f"/api/posts/{post['id']}"
