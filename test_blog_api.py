@@ -2880,6 +2880,26 @@ def test_what_another_process_commits_is_seen_by_the_next_read(db_path: Path, re
     assert listed.headers["x-total-count"] == "2"
 
 
+def test_a_commit_elsewhere_is_seen_from_the_next_turn_of_the_event_loop(db_path: Path) -> None:
+    """The data version is asked once per turn of the loop, for every request in it: a
+    commit made after it was asked is seen by everything that runs from the next turn on."""
+
+    async def versions_around_a_commit() -> tuple[int | None, int | None, int | None]:
+        db = await open_database(db_path)
+        try:
+            before = db.data_version()
+            with closing(sqlite3.connect(db_path, isolation_level=None)) as other:
+                other.execute("INSERT INTO meta (key, value) VALUES ('elsewhere', 1)")
+            same_turn = db.data_version()
+            await asyncio.sleep(0)
+            return before, same_turn, db.data_version()
+        finally:
+            await db.close()
+
+    before, same_turn, next_turn = run(versions_around_a_commit())
+    assert before is not None and same_turn == before and next_turn not in (None, before)
+
+
 def test_the_read_cache_keeps_within_its_budget_dropping_the_oldest_first() -> None:
     version = 1
     cache = blog_api.ReadCache(lambda: version, size_of=len, max_bytes=1600)  # values of up to 100
