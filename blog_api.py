@@ -2283,6 +2283,24 @@ class IdempotentRequest:
 # --------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class CachedPost:
+    """A post as GET sends it: its JSON and the headers that depend on the post alone, made
+    once from its row (``POST_FIELDS``) and kept in the read cache with it."""
+
+    published: bool
+    updated_at: int
+    etag: str
+    last_modified: str
+    body: bytes
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> "CachedPost":
+        post_id, _, updated_at, published, version, post_json = row
+        etag, last_modified = post_etag(post_id, version), http_date(updated_at)
+        return cls(bool(published), updated_at, etag, last_modified, post_json.encode())
+
+
 @dataclass(frozen=True)
 class Blog:
     """What the route handlers work with, opened by the lifespan: the database, and the
@@ -2293,7 +2311,7 @@ class Blog:
     anyio task group, which costs more than the lookup itself."""
 
     db: Database
-    posts: Coalescer[str, Any]
+    posts: Coalescer[str, CachedPost]
     pages: Coalescer[Listing, Page]
 
 
@@ -2463,18 +2481,17 @@ class PostController(Controller):
         if_modified_since: IfModifiedSince = None,
     ) -> Response[Post]:
         """One post by its ID or its slug (a draft only for those who may see drafts)."""
-        row = await blog.posts.load(post_id)
-        if row is None or not (row[3] or drafts_visible(request)):
+        post = await blog.posts.load(post_id)
+        if post is None or not (post.published or drafts_visible(request)):
             raise post_not_found(post_id)
-        found_id, _, updated_at, published, version, post_json = row
         headers = {
-            "ETag": post_etag(found_id, version),
-            "Last-Modified": http_date(updated_at),
-            "Cache-Control": cache_control(request, includes_drafts=not published),
+            "ETag": post.etag,
+            "Last-Modified": post.last_modified,
+            "Cache-Control": cache_control(request, includes_drafts=not post.published),
         }
-        if is_not_modified(if_none_match, if_modified_since, headers["ETag"], updated_at):
+        if is_not_modified(if_none_match, if_modified_since, post.etag, post.updated_at):
             return not_modified(headers)
-        return json_response(post_json.encode(), headers)
+        return json_response(post.body, headers)
 
     @put(operation_id="updatePost", summary="Update a post", **UPDATE_ROUTE)
     async def update_post(
@@ -2926,15 +2943,20 @@ def post_row_size(row: Sequence[Any]) -> int:
     return ROW_OVERHEAD_BYTES + len(row[-1])
 
 
+def cached_post_size(post: CachedPost) -> int:
+    return ROW_OVERHEAD_BYTES + len(post.body)
+
+
 def page_size(page: Page) -> int:
     """A page's rows, and as much again for its renderings (one per path, nearly always)."""
     return ROW_OVERHEAD_BYTES + 2 * sum(post_row_size(row) for row in page.rows)
 
 
-async def fetch_posts_by_key(db: Database, keys: list[str]) -> dict[str, Any]:
-    """The rows of the posts that ``keys`` name, each under its ID and its slug."""
+async def fetch_posts_by_key(db: Database, keys: list[str]) -> dict[str, CachedPost]:
+    """The posts that ``keys`` name, each under its ID and its slug."""
     rows = await db.fetch_all(SELECT_POSTS_BY_KEY, {"keys": msgspec.json.encode(keys).decode()})
-    return {key: row for row in rows for key in (row[0], row[1])}
+    posts = [(row[0], row[1], CachedPost.from_row(row)) for row in rows]
+    return {key: post for post_id, slug, post in posts for key in (post_id, slug)}
 
 
 @asynccontextmanager
@@ -2957,7 +2979,7 @@ async def database_lifespan(app: Litestar) -> AsyncIterator[None]:
         posts=Coalescer(
             partial(fetch_posts_by_key, db),
             max_in_flight=config.readers,
-            cache=ReadCache(db.data_version, size_of=post_row_size),
+            cache=ReadCache(db.data_version, size_of=cached_post_size),
         ),
         pages=Coalescer(
             partial(read_pages, db),
