@@ -2267,6 +2267,14 @@ def test_each_request_writes_one_access_line(client: TestClient) -> None:
     assert response.headers["x-request-id"] == "req-42"
 
 
+def test_text_lines_tell_the_time_as_loggings_own_formatter_does() -> None:
+    ours, loggings = blog_api.TextFormatter(), logging.Formatter(blog_api.TEXT_LOG_FORMAT)
+    for created in [1_741_776_155.7009, 1_741_776_155.9999, 1_741_776_156.0004, 1_741_776_155.5, time.time()]:
+        record = logging.makeLogRecord({"msg": "GET /x 200 1.00ms", "created": created, "request_id": "r"})
+        record.msecs = (created - int(created)) * 1000
+        assert ours.format(record) == loggings.format(record)
+
+
 def test_health_is_logged_only_at_debug_level(client: TestClient) -> None:
     with log_records("blog_api.access") as records:
         client.get("/health")
