@@ -28,6 +28,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import msgspec
 import pytest
+from litestar import Litestar, Response, get
+from litestar.datastructures import Cookie, ResponseHeader
 from litestar.testing import AsyncTestClient, TestClient
 
 import blog_api
@@ -2058,6 +2060,24 @@ def test_posts_and_pages_carry_each_header_once_and_304_no_content_headers(clien
     unchanged = client.get(url, headers={"If-None-Match": response.headers["etag"]})
     assert unchanged.status_code == 304
     assert "content-type" not in unchanged.headers and "content-length" not in unchanged.headers
+
+
+def test_an_encoded_json_response_keeps_what_its_route_adds() -> None:
+    """Posts and pages skip Litestar's header merging; a route's own headers and cookies
+    (none of ours has any) must still be sent."""
+
+    @get(
+        "/",
+        response_headers=[ResponseHeader(name="X-Route", value="yes")],
+        response_cookies=[Cookie(key="seen", value="1")],
+    )
+    async def encoded() -> Response:
+        return blog_api.json_response(b'{"a":1}', {"ETag": '"e"'})
+
+    with TestClient(Litestar([encoded])) as plain:
+        response = plain.get("/")
+    assert response.content == b'{"a":1}' and response.headers["content-type"] == "application/json"
+    assert (response.headers["etag"], response.headers["x-route"], response.cookies["seen"]) == ('"e"', "yes", "1")
 
 
 def test_after_a_change_the_etag_moves_and_the_old_one_gets_200(client: TestClient) -> None:
