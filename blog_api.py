@@ -112,9 +112,19 @@ __version__ = "1.0.0"
 # --------------------------------------------------------------------------------------
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The ``PRAGMA user_version`` that schema.sql sets; a database at any other version is
 upgraded or refused."""
+SCHEMA_UPGRADES = {
+    # 1 to 2: posts_fts is indexed once per write transaction (posts_fts_pending), not by a
+    # trigger per post. The old triggers kept it current, so nothing is left to index.
+    1: [
+        "DROP TRIGGER IF EXISTS posts_fts_after_insert",
+        "DROP TRIGGER IF EXISTS posts_fts_after_delete",
+        "DROP TRIGGER IF EXISTS posts_fts_after_update",
+    ],
+}
+"""What takes a database from each version to the next, before schema.sql is applied."""
 
 MIN_SQLITE_VERSION = (3, 37, 0)  # STRICT tables; RETURNING needs 3.35
 MAX_BODY_BYTES = 1024 * 1024
@@ -725,6 +735,25 @@ INSERT_POST_TAGS = """
 INSERT INTO post_tags (post_pk, tag_pk, position)
 SELECT :post_pk, tags.pk, json_each.key
 FROM json_each(:tags) JOIN tags ON tags.name = json_each.value
+"""
+
+# The posts in posts_fts_pending (see schema.sql): take out of posts_fts what it holds for
+# them, index their text as it is now, and empty the table; a statement each for a batch.
+UNINDEX_PENDING_POSTS = """
+INSERT INTO posts_fts (posts_fts, rowid, title, content)
+SELECT 'delete', pk, indexed_title, indexed_content
+FROM posts_fts_pending
+WHERE indexed_title IS NOT NULL
+"""
+
+INDEX_PENDING_POSTS = """
+INSERT INTO posts_fts (rowid, title, content)
+SELECT posts.pk, posts.title, posts.content
+FROM posts_fts_pending JOIN posts ON posts.pk = posts_fts_pending.pk
+"""
+
+CLEAR_PENDING_POSTS = """
+DELETE FROM posts_fts_pending
 """
 
 SELECT_TAG_COUNTS = """
@@ -1393,6 +1422,13 @@ def immediate_transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Co
         raise
 
 
+def index_pending_posts(connection: sqlite3.Connection) -> None:
+    """Bring the search index up to date with every post written in this transaction (or by
+    another program since blog_api last did): once per transaction, just before COMMIT."""
+    for statement in (UNINDEX_PENDING_POSTS, INDEX_PENDING_POSTS, CLEAR_PENDING_POSTS):
+        connection.execute(statement)
+
+
 @contextmanager
 def read_snapshot(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One read transaction, so that several statements see the same moment of the database."""
@@ -1638,11 +1674,13 @@ class Database:
         connection.execute(self._synchronous_pragma)
         with immediate_transaction(connection):
             self._apply_schema(connection)
+            index_pending_posts(connection)  # what other programs wrote since
         [(secret,)] = connection.execute(SELECT_CURSOR_SECRET).fetchall()
         return secret
 
     def _apply_schema(self, connection: sqlite3.Connection) -> None:
-        """Apply schema.sql to a new database, accept a current one, refuse anything else."""
+        """Apply schema.sql to a new database, upgrade an older one, accept a current one,
+        refuse anything else."""
         [(version,)] = connection.execute("PRAGMA user_version").fetchall()
         if version == SCHEMA_VERSION:
             return
@@ -1651,13 +1689,15 @@ class Database:
                 f"the database {self.path!r} has schema version {version}, newer than this "
                 f"blog_api {__version__} knows ({SCHEMA_VERSION}); run a newer blog_api"
             )
-        tables = [name for (name,) in connection.execute(SELECT_USER_TABLES)]
-        if tables:
+        if version == 0 and (tables := [name for (name,) in connection.execute(SELECT_USER_TABLES)]):
             raise DatabaseError(
                 f"the database {self.path!r} holds tables ({', '.join(tables)}) but no blog_api "
                 "schema version, so another program made it (the tutorial's SQLAlchemy app, "
                 "perhaps); refusing to guess at its layout. Use --db to choose another file."
             )
+        for older in range(version, SCHEMA_VERSION):
+            for statement in SCHEMA_UPGRADES.get(older, []):
+                connection.execute(statement)
         for statement in sql_statements(SCHEMA_PATH.read_text(encoding="utf-8")):
             connection.execute(statement)
 
@@ -1707,7 +1747,8 @@ class Database:
                 queued.answer.set_exception(value)
 
     def _run_batch(self, batch: list[QueuedWrite], connection: sqlite3.Connection) -> list[tuple[bool, Any]]:
-        """In the writer's thread: every write of the batch in one transaction.
+        """In the writer's thread: every write of the batch in one transaction, and the
+        search index brought up to date with all of them just before its COMMIT.
 
         Writes seldom fail, so they first run one after another with nothing between them.
         If one raises, that transaction is rolled back and the batch runs again with each
@@ -1719,7 +1760,9 @@ class Database:
         self._serve(self._require_writer(), batch[0].request_id)
         try:
             with immediate_transaction(connection):
-                return [(True, self._run_write(queued, connection)) for queued in batch]
+                outcomes = [(True, self._run_write(queued, connection)) for queued in batch]
+                index_pending_posts(connection)
+                return outcomes
         except WriteFailed as failure:
             if len(batch) == 1:
                 return [(False, failure.error)]
@@ -1749,6 +1792,7 @@ class Database:
                         raise exc from None
                     outcomes.append((False, exc))
                 connection.execute("RELEASE write")
+            index_pending_posts(connection)
         return outcomes
 
     async def read(self, work: Work[T]) -> T:
@@ -3154,6 +3198,7 @@ def seed_database(db_path: str, posts: int, random_seed: int) -> dict[str, int]:
             connection.executemany("INSERT OR IGNORE INTO tags (name) VALUES (?)", [(name,) for name in DEMO_TAGS])
             connection.executemany(SEED_POST_TAG, tag_rows)
             connection.executemany(SEED_COMMENT, comment_rows)
+            index_pending_posts(connection)
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")

@@ -54,20 +54,35 @@ CREATE VIRTUAL TABLE IF NOT EXISTS posts_fts USING fts5(
 -- Results rank by bm25, with a word in the title worth four in the content.
 INSERT INTO posts_fts (posts_fts, rank) VALUES ('rank', 'bm25(4.0, 1.0)');
 
--- The triggers keep posts_fts in step with posts, in the same transaction as each write.
-CREATE TRIGGER IF NOT EXISTS posts_fts_after_insert AFTER INSERT ON posts BEGIN
-    INSERT INTO posts_fts (rowid, title, content) VALUES (new.pk, new.title, new.content);
+-- The posts whose text changed since posts_fts last indexed them, with what it holds for
+-- each (NULL: nothing yet). The triggers below fill it on every write, by any program;
+-- blog_api indexes them all and empties it at the end of each write transaction, just
+-- before COMMIT, and when it starts (for what other programs wrote meanwhile).
+--
+-- Why not index each post in its own trigger: FTS5 writes its pending index to disk at
+-- every statement savepoint, so that made one small segment per post, and more than
+-- doubled the CPU a create costs. Indexed once per transaction, a batch of writes makes one.
+CREATE TABLE IF NOT EXISTS posts_fts_pending (
+    pk               INTEGER PRIMARY KEY,
+    indexed_title    TEXT,
+    indexed_content  TEXT
+) STRICT;
+
+-- Each keeps the first row for a post: what posts_fts held before this transaction began.
+CREATE TRIGGER IF NOT EXISTS posts_fts_pending_after_insert AFTER INSERT ON posts BEGIN
+    INSERT OR IGNORE INTO posts_fts_pending (pk) VALUES (new.pk);
 END;
 
-CREATE TRIGGER IF NOT EXISTS posts_fts_after_delete AFTER DELETE ON posts BEGIN
-    INSERT INTO posts_fts (posts_fts, rowid, title, content) VALUES ('delete', old.pk, old.title, old.content);
+CREATE TRIGGER IF NOT EXISTS posts_fts_pending_after_delete AFTER DELETE ON posts BEGIN
+    INSERT OR IGNORE INTO posts_fts_pending (pk, indexed_title, indexed_content)
+    VALUES (old.pk, old.title, old.content);
 END;
 
-CREATE TRIGGER IF NOT EXISTS posts_fts_after_update AFTER UPDATE OF title, content ON posts
+CREATE TRIGGER IF NOT EXISTS posts_fts_pending_after_update AFTER UPDATE OF title, content ON posts
 WHEN old.title IS NOT new.title OR old.content IS NOT new.content
 BEGIN
-    INSERT INTO posts_fts (posts_fts, rowid, title, content) VALUES ('delete', old.pk, old.title, old.content);
-    INSERT INTO posts_fts (rowid, title, content) VALUES (new.pk, new.title, new.content);
+    INSERT OR IGNORE INTO posts_fts_pending (pk, indexed_title, indexed_content)
+    VALUES (old.pk, old.title, old.content);
 END;
 
 -- Tags: a post has up to 10, normalised by the service (trimmed, lowercase), in the order
@@ -147,4 +162,4 @@ CREATE TABLE IF NOT EXISTS meta (
 
 INSERT OR IGNORE INTO meta (key, value) VALUES ('cursor_secret', randomblob(32));
 
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;

@@ -1297,6 +1297,117 @@ def test_search_stays_in_sync_after_update_and_delete(client: TestClient) -> Non
     assert response.json() == [] and response.headers["x-total-count"] == "0"
 
 
+def search_index_problem(db_path: Path) -> str | None:
+    """FTS5's own check of posts_fts against the text in posts (rank 1: contents too)."""
+    with closing(sqlite3.connect(db_path)) as connection:
+        try:
+            connection.execute("INSERT INTO posts_fts (posts_fts, rank) VALUES ('integrity-check', 1)")
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+    return None
+
+
+@pytest.mark.parametrize("one_fails", [False, True], ids=["all-succeed", "one-fails"])
+def test_writes_committed_together_leave_the_search_index_matching_every_post(db_path: Path, one_fails: bool) -> None:
+    """The writes of one batch are indexed together just before its COMMIT, also when one
+    of them fails and the batch runs again with each write in a savepoint."""
+
+    def rename(pk: int, title: str, fail: bool = False) -> Callable[[sqlite3.Connection], None]:
+        def work(connection: sqlite3.Connection) -> None:
+            connection.execute("UPDATE posts SET title = ? WHERE pk = ?", (title, pk))
+            if fail:
+                raise ValueError("undone")
+
+        return work
+
+    def make(title: str) -> Callable[[sqlite3.Connection], None]:
+        def work(connection: sqlite3.Connection) -> None:
+            parameters = {"id": str(uuid.uuid4()), "title": title, "content": "text", "published": True, "now": 1}
+            blog_api.insert_post(connection, parameters, None)
+
+        return work
+
+    async def write_together() -> list[BaseException | None]:
+        db = await open_database(db_path)
+        try:
+            for n in range(4):
+                await db.write(make(f"Old {n}"))
+            writes = [
+                make("Brand new"),
+                rename(1, "Edited once"),
+                rename(1, "Edited twice"),
+                rename(4, "Never", one_fails),
+            ]
+            writes.append(lambda connection: connection.execute("DELETE FROM posts WHERE pk = 2"))
+            return await asyncio.gather(*(db.write(work) for work in writes), return_exceptions=True)
+        finally:
+            await db.close()
+
+    outcomes = run(write_together())
+    assert [isinstance(outcome, ValueError) for outcome in outcomes] == [False, False, False, one_fails, False]
+    assert search_index_problem(db_path) is None
+    with closing(sqlite3.connect(db_path)) as connection:
+
+        def found(words: str) -> list[str]:
+            query = "SELECT posts.title FROM posts_fts JOIN posts ON posts.pk = posts_fts.rowid WHERE posts_fts MATCH ?"
+            return sorted(title for (title,) in connection.execute(query, (words,)))
+
+        assert found("edited") == ["Edited twice"] and found("brand") == ["Brand new"]
+        assert found("old") == (["Old 2", "Old 3"] if one_fails else ["Old 2"])
+        assert found("never") == ([] if one_fails else ["Never"])
+        assert connection.execute("SELECT count(*) FROM posts_fts_pending").fetchone() == (0,)
+
+
+VERSION_1_SEARCH_TRIGGERS = """
+DROP TRIGGER posts_fts_pending_after_insert;
+DROP TRIGGER posts_fts_pending_after_delete;
+DROP TRIGGER posts_fts_pending_after_update;
+DROP TABLE posts_fts_pending;
+CREATE TRIGGER posts_fts_after_insert AFTER INSERT ON posts BEGIN
+    INSERT INTO posts_fts (rowid, title, content) VALUES (new.pk, new.title, new.content);
+END;
+CREATE TRIGGER posts_fts_after_delete AFTER DELETE ON posts BEGIN
+    INSERT INTO posts_fts (posts_fts, rowid, title, content) VALUES ('delete', old.pk, old.title, old.content);
+END;
+CREATE TRIGGER posts_fts_after_update AFTER UPDATE OF title, content ON posts BEGIN
+    INSERT INTO posts_fts (posts_fts, rowid, title, content) VALUES ('delete', old.pk, old.title, old.content);
+    INSERT INTO posts_fts (rowid, title, content) VALUES (new.pk, new.title, new.content);
+END;
+PRAGMA user_version = 1;
+"""
+"""What schema version 1 had instead of posts_fts_pending: a trigger that indexed each write."""
+
+
+def test_a_version_1_database_is_upgraded_and_its_search_index_kept(db_path: Path) -> None:
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        old = create(client, title="Written before")
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as connection:
+        connection.executescript(VERSION_1_SEARCH_TRIGGERS)
+        connection.execute("UPDATE posts SET title = 'Renamed under version one', updated_at = updated_at + 1")
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        new = create(client, title="Written after")
+        assert ids(client.get("/api/posts", params={"q": "renamed version"}).json()) == [old["id"]]
+        assert ids(client.get("/api/posts", params={"q": "written"}).json()) == [new["id"]]
+    with closing(sqlite3.connect(db_path)) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (2,)
+        triggers = {name for (name,) in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'trigger'")}
+    assert not triggers & {"posts_fts_after_insert", "posts_fts_after_delete", "posts_fts_after_update"}
+    assert search_index_problem(db_path) is None
+
+
+def test_a_post_another_program_wrote_is_searchable_once_blog_api_starts(db_path: Path) -> None:
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        create(client)
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as other:
+        other.execute(
+            "INSERT INTO posts (id, slug, title, content, created_at, updated_at) VALUES (?, ?, 'Outsider', 'B', 1, 1)",
+            (str(uuid.uuid4()), "outsider"),
+        )
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        assert [post["title"] for post in client.get("/api/posts", params={"q": "outsider"}).json()] == ["Outsider"]
+    assert search_index_problem(db_path) is None
+
+
 def test_search_combines_with_every_filter_sort_and_cursor(client: TestClient, monkeypatch) -> None:
     fixed_clock(monkeypatch, *(1_741_776_155_000_000 + n * 1_000_000 for n in range(40)))
     posts = [
