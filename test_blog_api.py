@@ -1896,6 +1896,14 @@ def test_writes_need_the_token(secured: TestClient, db_path: Path, route: str) -
     assert response.status_code in (200, 201, 204)
 
 
+@pytest.mark.parametrize("route", ["create post", "put post", "patch post"])
+def test_a_write_without_the_token_is_401_before_its_body_is_looked_at(secured: TestClient, route: str) -> None:
+    method, url, _ = write_requests(secured)[route]
+    for content in (b"", b"{not json", b'{"title": 5}'):
+        response = secured.request(method, url, content=content, headers={"content-type": "application/json"})
+        assert response.status_code == 401
+
+
 @pytest.mark.parametrize(
     "authorization",
     [f"Basic {TOKEN}", "Bearer", "Bearer ", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", f"Token {TOKEN}"],
