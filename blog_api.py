@@ -1629,8 +1629,8 @@ class Database:
         write, the number of write batches committed serves instead.
 
         The answer is kept for the rest of the event loop's turn: the PRAGMA takes a WAL read
-        lock and lets it go (three system calls), which cost GET one post ~20% of its time
-        when every request asked. Nothing is lost by it: the answer is forgotten before any
+        lock and lets it go (three system calls), which was 12% of a cached GET one's time
+        (py-spy) when every request asked. Nothing is lost by it: the answer is forgotten before any
         callback scheduled after it was read runs, so whatever happened later (a request
         that arrived, a read or a write that finished) is seen with a version read later."""
         if self._version_reader is None:
