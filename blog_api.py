@@ -1430,9 +1430,18 @@ def immediate_transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Co
 
 def index_pending_posts(connection: sqlite3.Connection) -> None:
     """Bring the search index up to date with every post written in this transaction (or by
-    another program since blog_api last did): once per transaction, just before COMMIT."""
+    another program since blog_api last did)."""
     for statement in (UNINDEX_PENDING_POSTS, INDEX_PENDING_POSTS, CLEAR_PENDING_POSTS):
         connection.execute(statement)
+
+
+@contextmanager
+def write_transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``immediate_transaction``, with the search index brought up to date just before its
+    COMMIT: once per transaction, however many posts it wrote (see schema.sql)."""
+    with immediate_transaction(connection):
+        yield connection
+        index_pending_posts(connection)
 
 
 @contextmanager
@@ -1630,9 +1639,10 @@ class Database:
 
         The answer is kept for the rest of the event loop's turn: the PRAGMA takes a WAL read
         lock and lets it go (three system calls), which was 12% of a cached GET one's time
-        (py-spy) when every request asked. Nothing is lost by it: the answer is forgotten before any
-        callback scheduled after it was read runs, so whatever happened later (a request
-        that arrived, a read or a write that finished) is seen with a version read later."""
+        (py-spy) when every request asked. Nothing is lost by it: the answer is forgotten
+        before any callback scheduled after it was read runs, so whatever happened later (a
+        request that arrived, a read or a write that finished) is seen with a version read
+        later."""
         if self._version_reader is None:
             return self._batches_committed if self.in_memory else None
         if self._version_this_turn is not None:
@@ -1678,9 +1688,8 @@ class Database:
         if not self.in_memory:
             connection.execute("PRAGMA journal_mode = WAL")
         connection.execute(self._synchronous_pragma)
-        with immediate_transaction(connection):
+        with write_transaction(connection):  # indexes what other programs wrote meanwhile
             self._apply_schema(connection)
-            index_pending_posts(connection)  # what other programs wrote since
         [(secret,)] = connection.execute(SELECT_CURSOR_SECRET).fetchall()
         return secret
 
@@ -1765,10 +1774,8 @@ class Database:
         write in it."""
         self._serve(self._require_writer(), batch[0].request_id)
         try:
-            with immediate_transaction(connection):
-                outcomes = [(True, self._run_write(queued, connection)) for queued in batch]
-                index_pending_posts(connection)
-                return outcomes
+            with write_transaction(connection):
+                return [(True, self._run_write(queued, connection)) for queued in batch]
         except WriteFailed as failure:
             if len(batch) == 1:
                 return [(False, failure.error)]
@@ -1785,7 +1792,7 @@ class Database:
         self, batch: list[QueuedWrite], connection: sqlite3.Connection
     ) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
-        with immediate_transaction(connection):
+        with write_transaction(connection):
             for queued in batch:
                 self._serve(self._require_writer(), queued.request_id)
                 connection.execute("SAVEPOINT write")
@@ -1798,7 +1805,6 @@ class Database:
                         raise exc from None
                     outcomes.append((False, exc))
                 connection.execute("RELEASE write")
-            index_pending_posts(connection)
         return outcomes
 
     async def read(self, work: Work[T]) -> T:
@@ -3029,8 +3035,10 @@ def page_size(page: Page) -> int:
 async def fetch_posts_by_key(db: Database, keys: list[str]) -> dict[str, CachedPost]:
     """The posts that ``keys`` name, each under its ID and its slug."""
     rows = await db.fetch_all(SELECT_POSTS_BY_KEY, {"keys": msgspec.json.encode(keys).decode()})
-    posts = [(row[0], row[1], CachedPost.from_row(row)) for row in rows]
-    return {key: post for post_id, slug, post in posts for key in (post_id, slug)}
+    found: dict[str, CachedPost] = {}
+    for row in rows:
+        found[row[0]] = found[row[1]] = CachedPost.from_row(row)
+    return found
 
 
 @asynccontextmanager
@@ -3180,8 +3188,7 @@ def seed_database(db_path: str, posts: int, random_seed: int) -> dict[str, int]:
     counts = {"posts": 0, "drafts": 0, "comments": 0}
     with closing(sqlite3.connect(db_path, isolation_level=None)) as connection:
         connection.execute("PRAGMA foreign_keys = ON")
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(connection):
             [(first_pk,)] = connection.execute("SELECT coalesce(max(pk), 0) + 1 FROM posts")
             post_rows, tag_rows, comment_rows = [], [], []
             for number in range(posts):
@@ -3202,11 +3209,6 @@ def seed_database(db_path: str, posts: int, random_seed: int) -> dict[str, int]:
             connection.executemany("INSERT OR IGNORE INTO tags (name) VALUES (?)", [(name,) for name in DEMO_TAGS])
             connection.executemany(SEED_POST_TAG, tag_rows)
             connection.executemany(SEED_COMMENT, comment_rows)
-            index_pending_posts(connection)
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
     counts.update(posts=posts, comments=len(comment_rows))
     return counts
 
