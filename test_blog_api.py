@@ -3106,6 +3106,134 @@ def test_the_workers_socket_turns_nagle_off() -> None:
         listener.close()
 
 
+class RecordingTransport:
+    """A socket's transport, recording each call that sends bytes: one call, one system call."""
+
+    def __init__(self, transport) -> None:
+        self.transport, self.sends = transport, []
+
+    def write(self, data: bytes) -> None:
+        self.sends.append([bytes(data)])
+        self.transport.write(data)
+
+    def writelines(self, chunks) -> None:
+        chunks = [bytes(chunk) for chunk in chunks]
+        self.sends.append(chunks)
+        self.transport.writelines(chunks)
+
+    def __getattr__(self, name: str):
+        return getattr(self.transport, name)
+
+
+async def sends_for_one_get(protocol_class, path: str, db_path: Path) -> tuple[list[list[bytes]], bytes]:
+    """Serve the app over a real socket on 127.0.0.1 with uvicorn's ``protocol_class``;
+    GET ``path`` on one keep-alive connection; return what the server sent, call by call,
+    and what the client read."""
+    app = create_app(Config(db_path=str(db_path)))
+    config = blog_api.uvicorn.Config(app, http=protocol_class, lifespan="off", log_level="warning")
+    config.load()
+    transports: list[RecordingTransport] = []
+
+    class Recorded(protocol_class):
+        def connection_made(self, transport) -> None:
+            transports.append(RecordingTransport(transport))
+            super().connection_made(transports[-1])
+
+    loop = asyncio.get_running_loop()
+    state = blog_api.uvicorn.server.ServerState()
+    async with app.lifespan():
+        server = await loop.create_server(
+            lambda: Recorded(config=config, server_state=state, app_state={}), "127.0.0.1", 0
+        )
+        try:
+            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))
+            received = head + await reader.readexactly(length)
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            server.close()
+            for connection in list(state.connections):
+                connection.shutdown()
+            await server.wait_closed()
+    return transports[0].sends, received
+
+
+def test_a_responses_head_and_body_leave_in_one_send(db_path: Path) -> None:
+    """``python blog_api.py`` serves with ``OneSendHttpProtocol``: one ``writev`` per response
+    where uvicorn's own protocol makes two ``send`` calls."""
+    sends, received = run(sends_for_one_get(blog_api.OneSendHttpProtocol, "/api/posts?limit=1", db_path))
+    assert len(sends) == 1 and b"".join(sends[0]) == received
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"[]")
+    sends, received = run(sends_for_one_get(blog_api.HttpToolsProtocol, "/api/posts?limit=1", db_path))
+    assert len(sends) == 2 and b"".join(b"".join(chunks) for chunks in sends) == received
+
+
+class TransportSpy:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def writelines(self, chunks) -> None:
+        self.sent.append(b"".join(chunks))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def test_a_write_with_nothing_after_it_leaves_at_the_end_of_the_turn() -> None:
+    async def check() -> None:
+        spy = TransportSpy()
+        transport = blog_api.HeadWithBodyTransport(spy, asyncio.get_running_loop())
+        transport.write(b"head")
+        assert spy.sent == [] and transport.get_write_buffer_size() == 4
+        await asyncio.sleep(0)
+        assert spy.sent == [b"head"]
+        transport.write(b"chunk 1")
+        transport.write(b"chunk 2")
+        transport.write(b"chunk 3")
+        assert spy.sent == [b"head", b"chunk 1chunk 2"]
+        await asyncio.sleep(0)
+        assert spy.sent == [b"head", b"chunk 1chunk 2", b"chunk 3"]
+
+    run(check())
+
+
+def test_closing_sends_the_held_write_first_and_a_gone_peer_gets_nothing() -> None:
+    async def check() -> None:
+        spy = TransportSpy()
+        transport = blog_api.HeadWithBodyTransport(spy, asyncio.get_running_loop())
+        transport.write(b"last words")
+        transport.close()
+        assert spy.sent == [b"last words"] and spy.closed
+        gone = TransportSpy()
+        transport = blog_api.HeadWithBodyTransport(gone, asyncio.get_running_loop())
+        transport.write(b"too late")
+        gone.closed = True  # the peer hung up within the turn
+        await asyncio.sleep(0)
+        assert gone.sent == []
+
+    run(check())
+
+
+def test_python_blog_api_py_serves_with_one_send_per_response(monkeypatch) -> None:
+    started: list[dict] = []
+    monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: started.append(options))
+    blog_api.main(["--db", ":memory:", "--log-level", "warning"])
+    assert [options["http"] for options in started] == [blog_api.OneSendHttpProtocol]
+
+
 def test_two_workers_serve_one_database_and_stop_on_sigterm(start_server, tmp_path: Path) -> None:
     db_path, port = tmp_path / "workers.db", free_port()
     command = [sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path), "--workers", "2"]
