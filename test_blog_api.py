@@ -5,6 +5,7 @@ import asyncio
 import base64
 import gc
 import hashlib
+import io
 import json
 import logging
 import os
@@ -2414,6 +2415,63 @@ def test_text_lines_tell_the_time_as_loggings_own_formatter_does() -> None:
         assert ours.format(record) == loggings.format(record)
 
 
+@pytest.mark.parametrize(
+    ("created", "level", "request_id", "method", "path", "status", "duration_ms"),
+    [
+        (1_741_776_155.7009, logging.INFO, "req-1", "GET", "/api/posts/x", 200, 1.0),
+        (1_741_776_155.9999, logging.INFO, "a" * 32, "POST", "/api/posts", 201, 12.345),
+        (1_741_776_156.0004, logging.DEBUG, "-", "GET", "/health", 200, 0.07),
+        (1_741_776_156.5, logging.INFO, "r", "DELETE", "/api/posts/é", 404, 1234.5),
+    ],
+)
+def test_access_lines_written_directly_are_the_lines_logging_writes(
+    created, level, request_id, method, path, status, duration_ms
+) -> None:
+    record = blog_api.access_logger.makeRecord(
+        "blog_api.access", level, "", 0, blog_api.ACCESS_MESSAGE, (method, path, status, duration_ms), None,
+        extra={"request_id": request_id},
+    )  # fmt: skip
+    record.created, record.msecs = created, int((created - int(created)) * 1000)
+    formatter = blog_api.TextFormatter()
+    direct = formatter.access_line(created, level, request_id, method, path, status, duration_ms)
+    assert direct == formatter.format(record)
+
+
+@pytest.mark.parametrize(("log_level", "lines_for_health"), [("info", 0), ("debug", 1), ("warning", None)])
+def test_the_service_writes_its_access_lines_itself_at_the_level_asked(db_path: Path, log_level, lines_for_health):
+    stream = io.StringIO()
+    app = create_app(Config(db_path=str(db_path), log_level=log_level))
+    blog_api.write_access_lines_directly(app)
+    app.access_line_stream = stream  # where python blog_api.py has sys.stderr
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    blog_api.access_logger.addHandler(handler)
+    try:
+        with TestClient(app) as client:
+            client.get("/api/posts/missing", headers={"X-Request-ID": "req-7"})
+            client.get("/health")
+    finally:
+        blog_api.access_logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    if lines_for_health is None:
+        assert lines == []
+    else:
+        timestamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+        assert re.fullmatch(
+            rf"{timestamp} INFO blog_api\.access \[req-7\] GET /api/posts/missing 404 \d+\.\d\dms", lines[0]
+        )
+        assert len([line for line in lines if " /health " in line]) == lines_for_health
+        assert len(lines) == 1 + lines_for_health
+    assert records == []  # not through logging: a handler added to the access logger sees nothing
+
+
+def test_json_access_lines_still_go_through_logging(db_path: Path) -> None:
+    app = create_app(Config(db_path=str(db_path), log_format="json"))
+    blog_api.write_access_lines_directly(app)
+    assert app.access_line_stream is None
+
+
 def test_health_is_logged_only_at_debug_level(client: TestClient) -> None:
     with log_records("blog_api.access") as records:
         client.get("/health")
@@ -3232,6 +3290,12 @@ def test_python_blog_api_py_serves_with_one_send_per_response(monkeypatch) -> No
     monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: started.append(options))
     blog_api.main(["--db", ":memory:", "--log-level", "warning"])
     assert [options["http"] for options in started] == [blog_api.OneSendHttpProtocol]
+
+
+def test_each_worker_process_writes_its_access_lines_itself(monkeypatch) -> None:
+    monkeypatch.setattr(blog_api.app, "access_line_stream", None)
+    loaded = blog_api.TcpServerConfig("blog_api:app", workers=2).load_app()
+    assert loaded is blog_api.app and loaded.access_line_stream is sys.stderr
 
 
 def test_two_workers_serve_one_database_and_stop_on_sigterm(start_server, tmp_path: Path) -> None:
