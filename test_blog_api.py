@@ -2378,8 +2378,9 @@ def test_large_answers_are_compressed_when_the_client_accepts_it(client, accept:
 
 
 @contextmanager
-def log_records(name: str = "blog_api") -> Iterator[list[logging.LogRecord]]:
-    """Every record the service logs while the block runs, request IDs filled in."""
+def log_records(name: str = "blog_api", *, at_debug: bool = True) -> Iterator[list[logging.LogRecord]]:
+    """Every record the service logs while the block runs, request IDs filled in; with
+    ``at_debug`` False, at the level the app set rather than at debug."""
     records: list[logging.LogRecord] = []
     handler = logging.Handler(level=logging.DEBUG)
     handler.addFilter(blog_api.RequestIdFilter())
@@ -2387,7 +2388,8 @@ def log_records(name: str = "blog_api") -> Iterator[list[logging.LogRecord]]:
     target = logging.getLogger(name)
     previous_level = target.level
     target.addHandler(handler)
-    target.setLevel(logging.DEBUG)
+    if at_debug:
+        target.setLevel(logging.DEBUG)
     try:
         yield records
     finally:
@@ -2443,16 +2445,9 @@ def test_the_service_writes_its_access_lines_itself_at_the_level_asked(db_path: 
     app = create_app(Config(db_path=str(db_path), log_level=log_level))
     blog_api.write_access_lines_directly(app)
     app.access_line_stream = stream  # where python blog_api.py has sys.stderr
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    blog_api.access_logger.addHandler(handler)
-    try:
-        with TestClient(app) as client:
-            client.get("/api/posts/missing", headers={"X-Request-ID": "req-7"})
-            client.get("/health")
-    finally:
-        blog_api.access_logger.removeHandler(handler)
+    with TestClient(app) as client, log_records("blog_api.access", at_debug=False) as records:
+        client.get("/api/posts/missing", headers={"X-Request-ID": "req-7"})
+        client.get("/health")
     lines = stream.getvalue().splitlines()
     if lines_for_health is None:
         assert lines == []
