@@ -13,7 +13,8 @@ Read top to bottom, one section per concern:
     Route handlers            posts, comments, tags, health
     The app factory           create_app(config)
     Demo data and backups     python blog_api.py seed | backup
-    main()                    python blog_api.py [serve]
+    main()                    python blog_api.py [serve]: uvicorn with one send per response
+                              (OneSendHttpProtocol), and --workers (TcpServerConfig)
 
     python blog_api.py                   # serve on http://127.0.0.1:8000
     uvicorn blog_api:app                 # the same app, configured from BLOG_API_* variables
