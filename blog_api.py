@@ -1686,10 +1686,18 @@ class Database:
         return connection
 
     def _prepare_writer(self, connection: sqlite3.Connection) -> bytes:
-        """WAL, durability, the schema; returns the secret that signs page cursors."""
+        """WAL, durability, statement journals in memory, the schema; returns the secret
+        that signs page cursors.
+
+        Inside a transaction, each statement that may have to be undone alone (any that
+        fires a trigger: every write here) keeps a statement journal of the pages it
+        changes, and SQLite moves one that grows past 64 KiB into a file in /var/tmp. A
+        batch of creates did, at ~22 write() calls each. Nothing durable is in it: it only
+        undoes a statement, and is dropped at the end of the transaction."""
         if not self.in_memory:
             connection.execute("PRAGMA journal_mode = WAL")
         connection.execute(self._synchronous_pragma)
+        connection.execute("PRAGMA temp_store = MEMORY")
         with write_transaction(connection):  # indexes what other programs wrote meanwhile
             self._apply_schema(connection)
         [(secret,)] = connection.execute(SELECT_CURSOR_SECRET).fetchall()

@@ -21,7 +21,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from functools import partial
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -735,6 +735,35 @@ def test_writes_waiting_together_share_one_commit_and_fail_alone(db_path: Path, 
     assert failed == [3, 13, 23, 33, 43, 53]
     assert sorted(row["id"] for row in stored_posts(db_path)) == sorted(f"p{n}" for n in range(60) if n % 10 != 3)
     assert sum(batch_sizes) == 60 and max(batch_sizes) > 1  # group commit: fewer transactions than writes
+
+
+def temp_files_open() -> list[str]:
+    """The temporary files SQLite made (``etilqs_*``, deleted as soon as made) that this
+    process holds open."""
+    targets = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with suppress(OSError):  # a descriptor closed meanwhile
+            targets.append(os.readlink(fd))
+    return [target for target in targets if "etilqs_" in target]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="sees open files through Linux's /proc")
+def test_writes_committed_together_make_no_temporary_files(db_path: Path) -> None:
+    blog_api.seed_database(str(db_path), 200, random_seed=1)
+
+    def insert_post_then_look(post_id: str, connection: sqlite3.Connection) -> list[str]:
+        insert_post(post_id, connection)
+        return temp_files_open()
+
+    async def check() -> list[list[str]]:
+        db = await open_database(db_path)
+        try:
+            return await asyncio.gather(*(db.write(partial(insert_post_then_look, f"p{n}")) for n in range(32)))
+        finally:
+            await db.close()
+
+    assert run(check()) == [[]] * 32
+    assert len(stored_posts(db_path)) == 232
 
 
 def test_a_write_given_up_before_its_turn_is_never_done(db_path: Path) -> None:
