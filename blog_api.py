@@ -1692,7 +1692,7 @@ class Database:
         Inside a transaction, each statement that may have to be undone alone (any that
         fires a trigger: every write here) keeps a statement journal of the pages it
         changes, and SQLite moves one that grows past 64 KiB into a file in /var/tmp. A
-        batch of creates did, at ~22 write() calls each. Nothing durable is in it: it only
+        batch of creates did, at about 20 pwrite() calls per create. Nothing durable is in it: it only
         undoes a statement, and is dropped at the end of the transaction."""
         if not self.in_memory:
             connection.execute("PRAGMA journal_mode = WAL")
