@@ -1692,8 +1692,8 @@ class Database:
         Inside a transaction, each statement that may have to be undone alone (any that
         fires a trigger: every write here) keeps a statement journal of the pages it
         changes, and SQLite moves one that grows past 64 KiB into a file in /var/tmp. A
-        batch of creates did, at about 20 pwrite() calls per create. Nothing durable is in it: it only
-        undoes a statement, and is dropped at the end of the transaction."""
+        batch of creates did, at about 20 pwrite() calls per create. Nothing durable is in
+        it: it only undoes a statement, and is dropped at the end of the transaction."""
         if not self.in_memory:
             connection.execute("PRAGMA journal_mode = WAL")
         connection.execute(self._synchronous_pragma)
