@@ -624,6 +624,7 @@ def test_schema_is_applied_with_its_version_wal_and_indexes(client: TestClient, 
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         indexes = {name for (name,) in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'index'")}
     assert {"posts_by_created_at", "posts_by_published_created_at"} <= indexes
+    assert not Path(f"{db_path}{blog_api.WRITE_LOCK_SUFFIX}").exists()  # one worker takes turns with no one
 
 
 def test_schema_file_sets_the_version_the_code_expects(tmp_path: Path) -> None:
@@ -764,6 +765,54 @@ def test_writes_committed_together_make_no_temporary_files(db_path: Path) -> Non
 
     assert run(check()) == [[]] * 32
     assert len(stored_posts(db_path)) == 232
+
+
+def insert_post_when_let_go(post_id: str, started: threading.Event, let_go: threading.Event, connection) -> str:
+    started.set()
+    let_go.wait(5)
+    return insert_post(post_id, connection)
+
+
+@pytest.mark.parametrize("write_lock", [True, False], ids=["write-lock", "sqlite-lock-alone"])
+def test_writers_with_the_write_lock_take_turns_rather_than_fail_busy(db_path: Path, write_lock: bool) -> None:
+    """Two writers on one file, as ``--workers`` makes them (each ``Database`` has its own
+    lock file descriptor, as each worker does), with no busy timeout. With the write lock,
+    the second waits for the first's COMMIT, then writes; with SQLite's lock alone, it
+    finds the database locked and fails at once."""
+    started, let_go = threading.Event(), threading.Event()
+
+    async def check() -> tuple[bool, list]:
+        first_db = await open_database(db_path, busy_timeout_ms=0, write_lock=write_lock)
+        second_db = await open_database(db_path, busy_timeout_ms=0, write_lock=write_lock)
+        try:
+            first = asyncio.create_task(first_db.write(partial(insert_post_when_let_go, "first", started, let_go)))
+            await asyncio.to_thread(started.wait, 5)
+            second = asyncio.create_task(second_db.write(partial(insert_post, "second")))
+            await asyncio.sleep(0.2)
+            second_waited = not second.done()
+            let_go.set()
+            return second_waited, await asyncio.gather(first, second, return_exceptions=True)
+        finally:
+            let_go.set()
+            await first_db.close()
+            await second_db.close()
+
+    second_waited, (first, second) = run(check())
+    assert first == "first"
+    if write_lock:
+        assert second_waited and second == "second"
+        assert sorted(row["id"] for row in stored_posts(db_path)) == ["first", "second"]
+    else:
+        assert not second_waited and isinstance(second, sqlite3.OperationalError) and "locked" in str(second)
+        assert [row["id"] for row in stored_posts(db_path)] == ["first"]
+    assert Path(f"{db_path}{blog_api.WRITE_LOCK_SUFFIX}").exists() == write_lock
+
+
+def test_workers_whose_write_lock_cannot_be_opened_are_refused_clearly(db_path: Path) -> None:
+    Path(f"{db_path}{blog_api.WRITE_LOCK_SUFFIX}").mkdir()
+    result = run_blog_api("--port", str(free_port()), "--db", str(db_path), "--workers", "2", timeout=30)
+    assert result.returncode == 1
+    assert f"blog_api: cannot open the workers' write lock '{db_path}-writelock': Is a directory" in result.stderr
 
 
 def test_a_write_given_up_before_its_turn_is_never_done(db_path: Path) -> None:
@@ -3343,6 +3392,7 @@ def test_two_workers_serve_one_database_and_stop_on_sigterm(start_server, tmp_pa
     server.process.wait(timeout=15)
     assert len(workers) == 2
     assert server.process.returncode == 0
+    assert Path(f"{db_path}{blog_api.WRITE_LOCK_SUFFIX}").exists()  # their writers take turns through it
     assert sorted(row["id"] for row in stored_posts(db_path)) == sorted(post["id"] for post in created)
     assert integrity(db_path) == "ok"
 
