@@ -377,6 +377,12 @@ def print_table(servers: list[Server], peak_rss: dict[str, float]) -> None:
         for server in (blog, pure_python):
             ratio = median_rps(server, case) / median_rps(server.baseline or server, case)
             print(f"  {case}, {server.name}: {against_target(ratio, target)}")
+    two_workers = by_name["2 workers"]
+    shares = ", ".join(
+        f"{case} {median_rps(two_workers, case) / median_rps(two_workers.baseline, case):.2f}"
+        for case in ("POST create", "PUT update")
+    )
+    print(f"  writes with --workers 2, for comparison: {shares}")
     full, off = median_rps(blog, "POST create"), median_rps(by_name["synchronous off"], "POST create")
     print(f"  POST with synchronous=full / off: {against_target(full / off, 0.90)}")
     print(f"  peak RSS of blog_api under load: {peak_rss['blog_api']:.0f} MB (target < 100 MB)")
