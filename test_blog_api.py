@@ -2846,6 +2846,46 @@ def test_nothing_acknowledged_is_lost_when_the_server_is_killed(tmp_path: Path, 
     print(f"kill -9 survived: 5; acknowledged writes: {acknowledged}; posts verified: {checked}")
 
 
+def replaced_by_a_new_worker(server: Server, killed: int) -> bool:
+    workers = worker_pids(server)
+    return killed not in workers and len(workers) == 2
+
+
+def test_workers_killed_while_writing_lose_nothing_acknowledged_and_block_no_one(tmp_path: Path, start_server) -> None:
+    """kill -9 of one of two workers in the middle of writes, three times: the kernel lets go
+    of its write lock, the other worker and the one uvicorn starts in its place go on
+    writing, and every acknowledged write is there."""
+    db_path, port = tmp_path / "workers-crash.db", free_port()
+    command = [sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path), "--workers", "2"]
+    server = start_server([*command, "--log-level", "warning"], port)
+    ledgers: list[dict[str, set]] = []
+    acknowledged: list[int] = []  # in each round: three ended by a kill, then one after
+    for round_number in range(4):
+        stop = threading.Event()
+        writers = [Writer(server.url, f"w{round_number}-{n}", stop, {}) for n in range(4)]
+        for writer in writers:
+            writer.start()
+        wait_for_acknowledged(writers, 40)
+        if round_number < 3:
+            killed = worker_pids(server)[round_number % 2]
+            os.kill(killed, signal.SIGKILL)
+            wait_until(partial(replaced_by_a_new_worker, server, killed), timeout=20)
+            assert replaced_by_a_new_worker(server, killed)
+        stop.set()
+        for writer in writers:
+            writer.join(timeout=10)
+            assert writer.server_errors == []
+            ledgers.append(writer.possible)
+        acknowledged.append(sum(writer.acknowledged for writer in writers))
+    checked = sum(check_against_ledger(server.url, ledger) for ledger in ledgers)
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(timeout=15)
+    assert server.process.returncode == 0
+    assert acknowledged[-1] >= 40 and checked > 100
+    assert integrity(db_path) == "ok"
+    print(f"workers killed mid-write: 3; acknowledged writes per round: {acknowledged}; posts verified: {checked}")
+
+
 REQUESTS_PER_CLIENT = 20
 
 
@@ -3371,12 +3411,22 @@ def test_each_worker_process_writes_its_access_lines_itself(monkeypatch) -> None
     assert loaded is blog_api.app and loaded.access_line_stream is sys.stderr
 
 
+def worker_pids(server: Server) -> list[int]:
+    """The uvicorn worker processes of a ``--workers`` server (Linux's /proc)."""
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
+    workers = []
+    for pid in children:
+        with suppress(OSError):  # a child that has just ended
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                workers.append(int(pid))
+    return workers
+
+
 def test_two_workers_serve_one_database_and_stop_on_sigterm(start_server, tmp_path: Path) -> None:
     db_path, port = tmp_path / "workers.db", free_port()
     command = [sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path), "--workers", "2"]
     server = start_server([*command, "--log-level", "warning"], port)
-    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
-    workers = [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    workers = worker_pids(server)
 
     async def write_and_read() -> list[dict]:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
