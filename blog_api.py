@@ -6,7 +6,8 @@ Read top to bottom, one section per concern:
     Types of the API          msgspec Structs for bodies and answers, and their rules
     SQL                       every statement, as named constants
     Listing                   filters, order, pages and signed cursors of GET /api/posts
-    The database              one writer connection and a pool of readers (aiosqlite)
+    The database              one writer connection and a pool of readers (aiosqlite); the
+                              lock file through which --workers' writers take turns
     Logs and request IDs      access lines, JSON logs, X-Request-ID
     Security                  bearer token, private drafts, safe defaults
     HTTP caching              ETags, 304, If-Match (412), Idempotency-Key

@@ -624,7 +624,7 @@ def test_schema_is_applied_with_its_version_wal_and_indexes(client: TestClient, 
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         indexes = {name for (name,) in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'index'")}
     assert {"posts_by_created_at", "posts_by_published_created_at"} <= indexes
-    assert not Path(f"{db_path}{blog_api.WRITE_LOCK_SUFFIX}").exists()  # one worker takes turns with no one
+    assert not write_lock_file(db_path).exists()  # one worker takes turns with no one
 
 
 def test_schema_file_sets_the_version_the_code_expects(tmp_path: Path) -> None:
@@ -767,6 +767,11 @@ def test_writes_committed_together_make_no_temporary_files(db_path: Path) -> Non
     assert len(stored_posts(db_path)) == 232
 
 
+def write_lock_file(db_path: Path) -> Path:
+    """Where ``--workers``' writers take turns (``WriteLock``)."""
+    return Path(blog_api.WriteLock(str(db_path)).path)
+
+
 def insert_post_when_let_go(post_id: str, started: threading.Event, let_go: threading.Event, connection) -> str:
     started.set()
     let_go.wait(5)
@@ -805,11 +810,11 @@ def test_writers_with_the_write_lock_take_turns_rather_than_fail_busy(db_path: P
     else:
         assert not second_waited and isinstance(second, sqlite3.OperationalError) and "locked" in str(second)
         assert [row["id"] for row in stored_posts(db_path)] == ["first"]
-    assert Path(f"{db_path}{blog_api.WRITE_LOCK_SUFFIX}").exists() == write_lock
+    assert write_lock_file(db_path).exists() == write_lock
 
 
 def test_workers_whose_write_lock_cannot_be_opened_are_refused_clearly(db_path: Path) -> None:
-    Path(f"{db_path}{blog_api.WRITE_LOCK_SUFFIX}").mkdir()
+    write_lock_file(db_path).mkdir()
     result = run_blog_api("--port", str(free_port()), "--db", str(db_path), "--workers", "2", timeout=30)
     assert result.returncode == 1
     assert f"blog_api: cannot open the workers' write lock '{db_path}-writelock': Is a directory" in result.stderr
@@ -1078,6 +1083,17 @@ class Server:
             self.process.kill()
             output, _ = self.process.communicate()
         return self.process.returncode, output
+
+
+def worker_pids(server: Server) -> list[int]:
+    """The uvicorn worker processes of a ``--workers`` server (Linux's /proc)."""
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
+    workers = []
+    for pid in children:
+        with suppress(OSError):  # a child that has just ended
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                workers.append(int(pid))
+    return workers
 
 
 @pytest.fixture
@@ -3411,17 +3427,6 @@ def test_each_worker_process_writes_its_access_lines_itself(monkeypatch) -> None
     assert loaded is blog_api.app and loaded.access_line_stream is sys.stderr
 
 
-def worker_pids(server: Server) -> list[int]:
-    """The uvicorn worker processes of a ``--workers`` server (Linux's /proc)."""
-    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
-    workers = []
-    for pid in children:
-        with suppress(OSError):  # a child that has just ended
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                workers.append(int(pid))
-    return workers
-
-
 def test_two_workers_serve_one_database_and_stop_on_sigterm(start_server, tmp_path: Path) -> None:
     db_path, port = tmp_path / "workers.db", free_port()
     command = [sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path), "--workers", "2"]
@@ -3442,7 +3447,7 @@ def test_two_workers_serve_one_database_and_stop_on_sigterm(start_server, tmp_pa
     server.process.wait(timeout=15)
     assert len(workers) == 2
     assert server.process.returncode == 0
-    assert Path(f"{db_path}{blog_api.WRITE_LOCK_SUFFIX}").exists()  # their writers take turns through it
+    assert write_lock_file(db_path).exists()  # their writers take turns through it
     assert sorted(row["id"] for row in stored_posts(db_path)) == sorted(post["id"] for post in created)
     assert integrity(db_path) == "ok"
 
