@@ -2099,7 +2099,7 @@ class JsonFormatter(logging.Formatter):
         return msgspec.json.encode(line).decode()
 
 
-def write_access_lines_directly(blog: Any) -> None:
+def write_access_lines_directly(blog: "BlogAPI") -> None:
     """The service's own processes write their text access lines straight to stderr
     (``BlogAPI.access_line_stream``), where the logging handler would write them."""
     if blog.state.config.log_format == "text":
