@@ -1730,9 +1730,10 @@ class Database:
 
     def _log_statement(self, connection_id: int, sql: str) -> None:
         """--echo-sql: each statement with its parameters bound, as the connection's thread
-        runs it, under the ID of the request it serves. SQLite also reports the statements
-        that triggers and FTS5 run inside it ("-- ..."), and the statement again for each
-        trigger it fires: those are left out."""
+        runs it, under the ID of the request it serves (all of a batch's, for what its writes
+        share: see ``_serve_batch``). SQLite also reports the statements that triggers and
+        FTS5 run inside it ("-- ..."), and the statement again for each trigger it fires:
+        those are left out."""
         request_id = self._serving.get(connection_id, "-")
         line = " ".join(sql.split())
         if line.startswith("--") or self._last_logged.get(connection_id) == (request_id, line):
@@ -1842,22 +1843,31 @@ class Database:
         GIL again, behind the event loop: under load, that wait is most of a write's time.)
         An error that ends the whole transaction (a full disk, a failed COMMIT) fails every
         write in it."""
-        self._serve(self._require_writer(), batch[0].request_id)
+        self._serve_batch(batch)
         with self._writers_turn:
             try:
                 with write_transaction(connection):
-                    return [(True, self._run_write(queued, connection)) for queued in batch]
+                    return [(True, self._run_write(queued, batch, connection)) for queued in batch]
             except WriteFailed as failure:
                 if len(batch) == 1:
                     return [(False, failure.error)]
             return self._run_batch_in_savepoints(batch, connection)
 
-    def _run_write(self, queued: QueuedWrite, connection: sqlite3.Connection) -> Any:
+    def _serve_batch(self, batch: list[QueuedWrite]) -> None:
+        """--echo-sql: what a batch's writes share (BEGIN, the search index, COMMIT or
+        ROLLBACK) is logged under all their request IDs, so that each request's lines
+        include the COMMIT that made it durable."""
+        if self._echo_sql:
+            self._serve(self._require_writer(), ",".join(queued.request_id for queued in batch))
+
+    def _run_write(self, queued: QueuedWrite, batch: list[QueuedWrite], connection: sqlite3.Connection) -> Any:
         self._serve(self._require_writer(), queued.request_id)
         try:
             return queued.work(connection)
         except Exception as exc:
             raise WriteFailed(exc) from exc
+        finally:
+            self._serve_batch(batch)
 
     def _run_batch_in_savepoints(
         self, batch: list[QueuedWrite], connection: sqlite3.Connection
@@ -1876,6 +1886,7 @@ class Database:
                         raise exc from None
                     outcomes.append((False, exc))
                 connection.execute("RELEASE write")
+            self._serve_batch(batch)
         return outcomes
 
     async def read(self, work: Work[T]) -> T:

@@ -2595,6 +2595,46 @@ def test_every_log_line_of_a_request_carries_its_id(db_path: Path) -> None:
     assert not any(message.startswith("--") for message in sql)
 
 
+def test_a_batch_logs_its_commit_under_every_request_id_in_it(db_path: Path, monkeypatch) -> None:
+    """--echo-sql: grepping one request's ID finds its own statements and the BEGIN and COMMIT
+    it shared with the other writes of its batch, also when one of them failed."""
+    run_batch, batch_sizes = Database._run_batch, []
+
+    def counting_run_batch(self, batch, connection):
+        batch_sizes.append(len(batch))
+        return run_batch(self, batch, connection)
+
+    monkeypatch.setattr(Database, "_run_batch", counting_run_batch)
+
+    async def burst() -> list:
+        db = await open_database(db_path, echo_sql=True)
+
+        async def write_as(request_id: str, work) -> str:
+            blog_api.REQUEST_ID.set(request_id)  # as BlogAPI does for each request, in its own task
+            return await db.write(work)
+
+        try:
+            writes = [partial(insert_post_then_fail if n == 3 else insert_post, f"p{n}") for n in range(6)]
+            return await asyncio.gather(
+                *(write_as(f"w{n}", work) for n, work in enumerate(writes)), return_exceptions=True
+            )
+        finally:
+            await db.close()
+
+    with log_records("blog_api.sql") as records:
+        results = run(burst())
+    assert [isinstance(result, RuntimeError) for result in results] == [n == 3 for n in range(6)]
+    assert max(batch_sizes) > 1
+    lines = [(record.request_id.split(","), record.getMessage()) for record in records]
+    for n in range(6):
+        mine = [line for ids, line in lines if f"w{n}" in ids]
+        assert mine[0] == "BEGIN IMMEDIATE" and mine[-1] == "COMMIT"
+        its_inserts = [ids for ids, line in lines if line.startswith("INSERT INTO posts ") and f"'p{n}'" in line]
+        assert its_inserts and all(ids == [f"w{n}"] for ids in its_inserts)
+    commits = [ids for ids, line in lines if line == "COMMIT" and ids != ["-"]]  # "-": opening the database
+    assert sorted(request_id for ids in commits for request_id in ids) == [f"w{n}" for n in range(6)]
+
+
 def test_the_real_service_logs_one_json_object_per_line(tmp_path: Path, start_server) -> None:
     port = free_port()
     command = [sys.executable, "blog_api.py", "--port", str(port), "--log-format", "json", "--echo-sql"]
