@@ -20,8 +20,8 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, closing, contextmanager, suppress
 from functools import partial
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -618,6 +618,43 @@ async def open_database(path: Path, **options) -> Database:
     return db
 
 
+@asynccontextmanager
+async def concurrent_client(config: Config) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a fresh app, in this event loop, whose requests gathered together really
+    overlap. (Litestar's AsyncTestClient runs the app in a thread of its own and waits for
+    each answer there: requests gathered through it run one after another.)"""
+    app = create_app(config)
+    transport = httpx.ASGITransport(app=app)
+    async with app.lifespan(), httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+def count_batches(monkeypatch) -> list[int]:
+    """From now on, the size of each batch of writes the writer commits together."""
+    run_batch, batch_sizes = Database._run_batch, []
+
+    def counting_run_batch(self, batch, connection):
+        batch_sizes.append(len(batch))
+        return run_batch(self, batch, connection)
+
+    monkeypatch.setattr(Database, "_run_batch", counting_run_batch)
+    return batch_sizes
+
+
+def writes_wait_for_each_other(monkeypatch, count: int) -> list[int]:
+    """From now on, each write waits until ``count`` of them are ready, then they all go to the
+    writer together: each request has passed every check before it, and none has committed.
+    Returns the sizes of the batches the writer commits."""
+    barrier, write = asyncio.Barrier(count), Database.write
+
+    async def write_together(self, work):
+        await barrier.wait()
+        return await write(self, work)
+
+    monkeypatch.setattr(Database, "write", write_together)
+    return count_batches(monkeypatch)
+
+
 def test_schema_is_applied_with_its_version_wal_and_indexes(client: TestClient, db_path: Path) -> None:
     with sqlite3.connect(db_path) as connection:
         assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,)
@@ -714,14 +751,7 @@ def test_a_write_that_fails_is_undone_and_the_writer_goes_on(db_path: Path) -> N
 
 
 def test_writes_waiting_together_share_one_commit_and_fail_alone(db_path: Path, monkeypatch) -> None:
-    batch_sizes: list[int] = []
-    run_batch = Database._run_batch
-
-    def counting_run_batch(self, batch, connection):
-        batch_sizes.append(len(batch))
-        return run_batch(self, batch, connection)
-
-    monkeypatch.setattr(Database, "_run_batch", counting_run_batch)
+    batch_sizes = count_batches(monkeypatch)
 
     async def check() -> list:
         db = await open_database(db_path)
@@ -912,9 +942,11 @@ def test_in_memory_database_serves_the_whole_api() -> None:
         assert client.get("/api/posts").json() == []
 
 
-def test_concurrent_writes_and_reads_all_land(db_path: Path) -> None:
+def test_concurrent_writes_and_reads_all_land(db_path: Path, monkeypatch) -> None:
+    batch_sizes = count_batches(monkeypatch)
+
     async def burst() -> list[dict]:
-        async with AsyncTestClient(create_app(Config(db_path=str(db_path)))) as client:
+        async with concurrent_client(Config(db_path=str(db_path))) as client:
             creates = [client.post("/api/posts", json={**SEED_POST, "title": f"post {n}"}) for n in range(40)]
             reads = [client.get("/api/posts") for _ in range(20)]
             responses = await asyncio.gather(*creates, *reads)
@@ -923,6 +955,7 @@ def test_concurrent_writes_and_reads_all_land(db_path: Path) -> None:
 
     created = run(burst())
     assert sorted(post["id"] for post in created) == sorted(row["id"] for row in stored_posts(db_path))
+    assert max(batch_sizes) > 1  # they did overlap
 
 
 def test_refuses_a_database_from_a_newer_schema(db_path: Path) -> None:
@@ -2367,14 +2400,17 @@ def test_if_match_on_a_missing_post_is_404(client: TestClient) -> None:
     assert response.status_code == 404
 
 
-def test_two_writers_with_the_same_etag_race_and_exactly_one_wins(db_path: Path) -> None:
+def test_two_writers_with_the_same_etag_race_and_exactly_one_wins(db_path: Path, monkeypatch) -> None:
     async def race() -> list[int]:
-        async with AsyncTestClient(create_app(Config(db_path=str(db_path)))) as client:
+        async with concurrent_client(Config(db_path=str(db_path))) as client:
             post = (await client.post("/api/posts", json=SEED_POST)).json()
             url = f"/api/posts/{post['id']}"
             etag = (await client.get(url)).headers["etag"]
+            batch_sizes = writes_wait_for_each_other(monkeypatch, 2)
             writes = [client.put(url, json={"title": f"writer {n}"}, headers={"If-Match": etag}) for n in range(2)]
-            return sorted(response.status_code for response in await asyncio.gather(*writes))
+            statuses = sorted(response.status_code for response in await asyncio.gather(*writes))
+            assert batch_sizes == [2]  # both passed the check in the event loop; the writer decides
+            return statuses
 
     assert run(race()) == [200, 412]
     [row] = stored_posts(db_path)
@@ -2417,11 +2453,14 @@ def test_the_same_idempotency_key_with_another_body_is_422(client: TestClient, d
     assert len(stored_posts(db_path)) == 1
 
 
-def test_racing_retries_with_one_idempotency_key_create_one_post(db_path: Path) -> None:
+def test_racing_retries_with_one_idempotency_key_create_one_post(db_path: Path, monkeypatch) -> None:
     async def race() -> list[httpx.Response]:
-        async with AsyncTestClient(create_app(Config(db_path=str(db_path)))) as client:
+        async with concurrent_client(Config(db_path=str(db_path))) as client:
+            batch_sizes = writes_wait_for_each_other(monkeypatch, 8)
             retries = [client.post("/api/posts", json=SEED_POST, headers={"Idempotency-Key": "k"}) for _ in range(8)]
-            return await asyncio.gather(*retries)
+            responses = await asyncio.gather(*retries)
+            assert batch_sizes == [8]  # none of them was a replay when it left the event loop
+            return responses
 
     responses = run(race())
     assert {response.status_code for response in responses} == {201}
@@ -2598,13 +2637,7 @@ def test_every_log_line_of_a_request_carries_its_id(db_path: Path) -> None:
 def test_a_batch_logs_its_commit_under_every_request_id_in_it(db_path: Path, monkeypatch) -> None:
     """--echo-sql: grepping one request's ID finds its own statements and the BEGIN and COMMIT
     it shared with the other writes of its batch, also when one of them failed."""
-    run_batch, batch_sizes = Database._run_batch, []
-
-    def counting_run_batch(self, batch, connection):
-        batch_sizes.append(len(batch))
-        return run_batch(self, batch, connection)
-
-    monkeypatch.setattr(Database, "_run_batch", counting_run_batch)
+    batch_sizes = count_batches(monkeypatch)
 
     async def burst() -> list:
         db = await open_database(db_path, echo_sql=True)
@@ -3201,7 +3234,7 @@ def test_a_read_after_an_acknowledged_write_sees_it(db_path: Path, in_memory: bo
     that began before it."""
 
     async def check() -> list[tuple[int, int]]:
-        async with AsyncTestClient(create_app(Config(db_path=":memory:" if in_memory else str(db_path)))) as client:
+        async with concurrent_client(Config(db_path=":memory:" if in_memory else str(db_path))) as client:
             seen = []
 
             async def write_then_read(n: int) -> None:
