@@ -31,7 +31,7 @@ import msgspec
 import pytest
 from litestar import Litestar, Response, get
 from litestar.datastructures import Cookie, ResponseHeader
-from litestar.testing import AsyncTestClient, TestClient
+from litestar.testing import TestClient
 
 import blog_api
 from blog_api import Config, Database, create_app
@@ -619,11 +619,10 @@ async def open_database(path: Path, **options) -> Database:
 
 
 @asynccontextmanager
-async def concurrent_client(config: Config) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of a fresh app, in this event loop, whose requests gathered together really
-    overlap. (Litestar's AsyncTestClient runs the app in a thread of its own and waits for
-    each answer there: requests gathered through it run one after another.)"""
-    app = create_app(config)
+async def concurrent_client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of ``app``, started in this event loop, whose requests gathered together
+    really overlap. (Litestar's AsyncTestClient runs the app in a thread of its own and waits
+    for each answer there: requests gathered through it run one after another.)"""
     transport = httpx.ASGITransport(app=app)
     async with app.lifespan(), httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         yield client
@@ -946,7 +945,7 @@ def test_concurrent_writes_and_reads_all_land(db_path: Path, monkeypatch) -> Non
     batch_sizes = count_batches(monkeypatch)
 
     async def burst() -> list[dict]:
-        async with concurrent_client(Config(db_path=str(db_path))) as client:
+        async with concurrent_client(create_app(Config(db_path=str(db_path)))) as client:
             creates = [client.post("/api/posts", json={**SEED_POST, "title": f"post {n}"}) for n in range(40)]
             reads = [client.get("/api/posts") for _ in range(20)]
             responses = await asyncio.gather(*creates, *reads)
@@ -2402,7 +2401,7 @@ def test_if_match_on_a_missing_post_is_404(client: TestClient) -> None:
 
 def test_two_writers_with_the_same_etag_race_and_exactly_one_wins(db_path: Path, monkeypatch) -> None:
     async def race() -> list[int]:
-        async with concurrent_client(Config(db_path=str(db_path))) as client:
+        async with concurrent_client(create_app(Config(db_path=str(db_path)))) as client:
             post = (await client.post("/api/posts", json=SEED_POST)).json()
             url = f"/api/posts/{post['id']}"
             etag = (await client.get(url)).headers["etag"]
@@ -2455,7 +2454,7 @@ def test_the_same_idempotency_key_with_another_body_is_422(client: TestClient, d
 
 def test_racing_retries_with_one_idempotency_key_create_one_post(db_path: Path, monkeypatch) -> None:
     async def race() -> list[httpx.Response]:
-        async with concurrent_client(Config(db_path=str(db_path))) as client:
+        async with concurrent_client(create_app(Config(db_path=str(db_path)))) as client:
             batch_sizes = writes_wait_for_each_other(monkeypatch, 8)
             retries = [client.post("/api/posts", json=SEED_POST, headers={"Idempotency-Key": "k"}) for _ in range(8)]
             responses = await asyncio.gather(*retries)
@@ -3061,9 +3060,10 @@ def test_sigterm_during_load_finishes_in_flight_work_and_exits_cleanly(tmp_path:
 
 def test_a_full_disk_is_a_503_and_corrupts_nothing(db_path: Path) -> None:
     async def fill() -> tuple[list[httpx.Response], int]:
-        async with AsyncTestClient(create_app(Config(db_path=str(db_path)))) as client:
+        app = create_app(Config(db_path=str(db_path)))
+        async with concurrent_client(app) as client:
             first = (await client.post("/api/posts", json=SEED_POST)).json()
-            writer = client.app.state.db._writer  # no small disk here: cap the file instead
+            writer = app.state.db._writer  # no small disk here: cap the file instead
             [(pages,)] = await writer.execute_fetchall("PRAGMA page_count")
             await writer.execute(f"PRAGMA max_page_count = {pages + 8}")
             responses = [
@@ -3149,12 +3149,13 @@ def test_a_post_from_sqlite_is_the_json_its_type_makes(client: TestClient) -> No
 
 def test_lookups_asked_together_share_one_query_and_each_gets_its_own_answer(db_path: Path, monkeypatch) -> None:
     async def check() -> tuple[list[dict], list, list[object]]:
-        async with AsyncTestClient(create_app(Config(db_path=str(db_path)))) as client:
+        app = create_app(Config(db_path=str(db_path)))
+        async with concurrent_client(app) as client:
             posts = [(await client.post("/api/posts", json={**SEED_POST, "title": f"P{n}"})).json() for n in range(6)]
             keys = [post["id"] for post in posts] + [post["slug"] for post in posts] + [posts[0]["id"]] * 4
             keys += ["no-such-post", str(uuid.uuid4())]
             hops = counting_hops(monkeypatch)
-            found = await asyncio.gather(*(client.app.state.blog.posts.load(key) for key in keys))
+            found = await asyncio.gather(*(app.state.blog.posts.load(key) for key in keys))
             return posts, found, hops
 
     posts, found, hops = run(check())
@@ -3167,11 +3168,12 @@ def test_pages_asked_together_are_read_in_one_hop(db_path: Path, monkeypatch) ->
     listings = [blog_api.Listing(), blog_api.Listing(), blog_api.Listing(offset=20), blog_api.Listing(limit=5)]
 
     async def check() -> tuple[list, list, list[object]]:
-        async with AsyncTestClient(create_app(Config(db_path=str(db_path)))) as client:
+        app = create_app(Config(db_path=str(db_path)))
+        async with concurrent_client(app) as client:
             for n in range(30):
                 assert (await client.post("/api/posts", json={**SEED_POST, "title": f"P{n}"})).status_code == 201
             # Without the app's cache, which would answer all four from the first reads.
-            pages = blog_api.Coalescer(partial(blog_api.read_pages, client.app.state.db), max_in_flight=4)
+            pages = blog_api.Coalescer(partial(blog_api.read_pages, app.state.db), max_in_flight=4)
             alone = [await pages.load(listing) for listing in listings]
             hops = counting_hops(monkeypatch)
             together = await asyncio.gather(*(pages.load(listing) for listing in listings))
@@ -3234,7 +3236,7 @@ def test_a_read_after_an_acknowledged_write_sees_it(db_path: Path, in_memory: bo
     that began before it."""
 
     async def check() -> list[tuple[int, int]]:
-        async with concurrent_client(Config(db_path=":memory:" if in_memory else str(db_path))) as client:
+        async with concurrent_client(create_app(Config(db_path=":memory:" if in_memory else str(db_path)))) as client:
             seen = []
 
             async def write_then_read(n: int) -> None:
