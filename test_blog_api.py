@@ -2751,12 +2751,12 @@ def test_a_backup_under_concurrent_writes_holds_every_post_acknowledged_before_i
     server = start_server([sys.executable, "blog_api.py", "--port", str(port), "--db", str(live)], port)
     http = httpx.Client(base_url=server.url, timeout=10)
     before = [http.post("/api/posts", json={**SEED_POST, "title": f"before {n}"}).json()["id"] for n in range(30)]
-    stop = threading.Event()
+    stop, statuses_during = threading.Event(), []
 
     def keep_writing() -> None:
         with httpx.Client(base_url=server.url, timeout=10) as writer:
             while not stop.is_set():
-                assert writer.post("/api/posts", json={**SEED_POST, "title": "during"}).status_code == 201
+                statuses_during.append(writer.post("/api/posts", json={**SEED_POST, "title": "during"}).status_code)
 
     writer = threading.Thread(target=keep_writing)
     writer.start()
@@ -2769,6 +2769,7 @@ def test_a_backup_under_concurrent_writes_holds_every_post_acknowledged_before_i
         http.close()
     assert result.returncode == 0, result.stderr
     assert "integrity check: ok" in result.stdout
+    assert statuses_during and set(statuses_during) == {201}  # a thread's failed assert would pass unseen
     with sqlite3.connect(copy) as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         copied = {row[0] for row in connection.execute("SELECT id FROM posts")}
