@@ -1731,7 +1731,7 @@ class Database:
     def _log_statement(self, connection_id: int, sql: str) -> None:
         """--echo-sql: each statement with its parameters bound, as the connection's thread
         runs it, under the ID of the request it serves (all of a batch's, for what its writes
-        share: see ``_serve_batch``). SQLite also reports the statements that triggers and
+        share: see ``_run_batch``). SQLite also reports the statements that triggers and
         FTS5 run inside it ("-- ..."), and the statement again for each trigger it fires:
         those are left out."""
         request_id = self._serving.get(connection_id, "-")
@@ -1842,35 +1842,33 @@ class Database:
         write two more statements, and in this thread each statement means waiting for the
         GIL again, behind the event loop: under load, that wait is most of a write's time.)
         An error that ends the whole transaction (a full disk, a failed COMMIT) fails every
-        write in it."""
-        self._serve_batch(batch)
+        write in it.
+
+        With --echo-sql, what the writes share (BEGIN, the search index, COMMIT or ROLLBACK)
+        is logged under all their request IDs, so that each request's lines include the
+        COMMIT that made it durable."""
+        batch_ids = ",".join(queued.request_id for queued in batch) if self._echo_sql else None
+        self._serve(self._require_writer(), batch_ids)
         with self._writers_turn:
             try:
                 with write_transaction(connection):
-                    return [(True, self._run_write(queued, batch, connection)) for queued in batch]
+                    return [(True, self._run_write(queued, batch_ids, connection)) for queued in batch]
             except WriteFailed as failure:
                 if len(batch) == 1:
                     return [(False, failure.error)]
-            return self._run_batch_in_savepoints(batch, connection)
+            return self._run_batch_in_savepoints(batch, batch_ids, connection)
 
-    def _serve_batch(self, batch: list[QueuedWrite]) -> None:
-        """--echo-sql: what a batch's writes share (BEGIN, the search index, COMMIT or
-        ROLLBACK) is logged under all their request IDs, so that each request's lines
-        include the COMMIT that made it durable."""
-        if self._echo_sql:
-            self._serve(self._require_writer(), ",".join(queued.request_id for queued in batch))
-
-    def _run_write(self, queued: QueuedWrite, batch: list[QueuedWrite], connection: sqlite3.Connection) -> Any:
+    def _run_write(self, queued: QueuedWrite, batch_ids: str | None, connection: sqlite3.Connection) -> Any:
         self._serve(self._require_writer(), queued.request_id)
         try:
             return queued.work(connection)
         except Exception as exc:
             raise WriteFailed(exc) from exc
         finally:
-            self._serve_batch(batch)
+            self._serve(self._require_writer(), batch_ids)
 
     def _run_batch_in_savepoints(
-        self, batch: list[QueuedWrite], connection: sqlite3.Connection
+        self, batch: list[QueuedWrite], batch_ids: str | None, connection: sqlite3.Connection
     ) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
         with write_transaction(connection):
@@ -1886,7 +1884,7 @@ class Database:
                         raise exc from None
                     outcomes.append((False, exc))
                 connection.execute("RELEASE write")
-            self._serve_batch(batch)
+            self._serve(self._require_writer(), batch_ids)
         return outcomes
 
     async def read(self, work: Work[T]) -> T:
