@@ -767,6 +767,27 @@ def test_writes_waiting_together_share_one_commit_and_fail_alone(db_path: Path, 
     assert sum(batch_sizes) == 60 and max(batch_sizes) > 1  # group commit: fewer transactions than writes
 
 
+def test_writes_sent_a_few_event_loop_turns_apart_share_one_commit(db_path: Path, monkeypatch) -> None:
+    """As under load, when clients send their next write as soon as the last commit answered
+    them: the writer waits for them rather than commit the first alone."""
+    batch_sizes = count_batches(monkeypatch)
+
+    async def check() -> list[str]:
+        db = await open_database(db_path)
+        try:
+            writes = []
+            for n in range(3):
+                writes.append(asyncio.ensure_future(db.write(partial(insert_post, f"p{n}"))))
+                await asyncio.sleep(0)  # the next one a turn of the event loop later
+            return await asyncio.gather(*writes)
+        finally:
+            await db.close()
+
+    assert run(check()) == ["p0", "p1", "p2"]
+    assert batch_sizes == [3]
+    assert [row["id"] for row in stored_posts(db_path)] == ["p0", "p1", "p2"]
+
+
 def temp_files_open() -> list[str]:
     """The temporary files SQLite made (``etilqs_*``, deleted as soon as made) that this
     process holds open."""
