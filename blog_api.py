@@ -2584,6 +2584,7 @@ class PostController(Controller):
         """Create a post; answers 201 with the post and its URL in ``Location``. Without a
         slug, one is made from the title, numbered (``-2``, ``-3``) if already taken."""
         now = utc_now_us()
+        created_at = format_timestamp(now)
         post_id = str(uuid.uuid4())
         location = f"{self.path}/{post_id}"
         idempotent = IdempotentRequest.of(request, idempotency_key, data)
@@ -2600,8 +2601,8 @@ class PostController(Controller):
                 id=post_id,
                 title=data.title,
                 content=data.content,
-                created_at=format_timestamp(now),
-                updated_at=format_timestamp(now),
+                created_at=created_at,
+                updated_at=created_at,
                 published=data.published,
                 slug=slug,
                 tags=data.tags,
