@@ -1809,11 +1809,12 @@ class Database:
 
         Once a write is waiting, the event loop first takes ``GATHER_TURNS`` turns. Under
         load, the clients that the last commit answered send their next writes within a few
-        turns; without the wait, each commit took only the writes that came in during the one
-        before, about half the clients, and each client paid for twice the commits (in an A/B
-        of wrk rounds at 32 connections, batches went from 16 writes to 32, and POST and PUT
-        from 2,138 and 2,963 requests a second to 2,550 and 3,488). A client writing alone
-        waits those few turns: microseconds, when nothing else is going on."""
+        turns. Without the wait, each commit took only the writes that had come in while the
+        one before ran, about half the clients, and its statements waited for the GIL behind
+        the loop, which was answering the other half (in an A/B of wrk rounds at 32
+        connections, batches went from 16 writes to 32, and POST and PUT from 2,138 and 2,963
+        requests a second to 2,550 and 3,488). A client writing alone waits those few turns:
+        microseconds, when nothing else is going on."""
         closing = False
         while not closing:
             batch: list[QueuedWrite] = []
