@@ -209,6 +209,12 @@ class Config:
         count, unit = self.rate_limit.split("/")
         return unit, int(count)  # type: ignore[return-value]
 
+    @property
+    def writers_take_turns(self) -> bool:
+        """Several worker processes write to one database: their writers take turns through
+        a ``WriteLock``."""
+        return self.workers > 1
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Config":
         """Read ``BLOG_API_DB``, ``BLOG_API_PORT``, ...; unset variables keep the defaults.
@@ -3184,7 +3190,7 @@ async def database_lifespan(app: Litestar) -> AsyncIterator[None]:
         synchronous=config.synchronous,
         echo_sql=config.echo_sql,
         read_only=config.read_only,
-        write_lock=config.workers > 1,
+        write_lock=config.writers_take_turns,
     )
     await db.open()
     app.state.db = db
@@ -3704,7 +3710,7 @@ async def check_database(config: Config) -> None:
         readers=1,
         read_only=config.read_only,
         synchronous=config.synchronous,
-        write_lock=config.workers > 1,
+        write_lock=config.writers_take_turns,
     )
     await db.open()
     await db.close()
