@@ -703,10 +703,19 @@ WHERE slug = :slug
    OR (slug > :slug || '-' AND slug < :slug || '.' AND slug GLOB :slug || '-[0-9]*')
 """
 
-# The new post's pk is the cursor's lastrowid (pk is the rowid).
+# A new post; with executemany, any number in one call. A post whose slug another post has
+# (one stored, or one before it in the same call) is left out.
 INSERT_POST = """
 INSERT INTO posts (id, slug, title, content, published, created_at, updated_at)
 VALUES (:id, :slug, :title, :content, :published, :now, :now)
+ON CONFLICT (slug) DO NOTHING
+"""
+
+# Which of the post IDs in :ids (a JSON array) are stored.
+SELECT_STORED_POST_IDS = """
+SELECT id
+FROM posts
+WHERE id IN (SELECT value FROM json_each(:ids))
 """
 
 # NULL parameters leave a column as it is; :tags is the new tags as a JSON array, or NULL.
@@ -744,17 +753,24 @@ DELETE FROM post_tags
 WHERE post_pk = ?
 """
 
-# :tags is a JSON array of normalised names; both statements take the whole list at once.
+# :posts is a JSON array of objects with a post's id and its tags (normalised names, in
+# order): the tags no post had yet are made, then each post is given its own, in order.
+# Two statements, however many posts and tags.
 INSERT_TAGS = """
 INSERT INTO tags (name)
-SELECT value FROM json_each(:tags) WHERE true
+SELECT tag.value
+FROM json_each(:posts) AS post, json_each(post.value, '$.tags') AS tag
+WHERE true
 ON CONFLICT (name) DO NOTHING
 """
 
 INSERT_POST_TAGS = """
 INSERT INTO post_tags (post_pk, tag_pk, position)
-SELECT :post_pk, tags.pk, json_each.key
-FROM json_each(:tags) JOIN tags ON tags.name = json_each.value
+SELECT posts.pk, tags.pk, tag.key
+FROM json_each(:posts) AS post
+JOIN posts ON posts.id = json_extract(post.value, '$.id')
+JOIN json_each(post.value, '$.tags') AS tag
+JOIN tags ON tags.name = tag.value
 """
 
 # The posts in posts_fts_pending (see schema.sql): take out of posts_fts what it holds for
@@ -1422,6 +1438,11 @@ T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], T]
 """Statements to run on one connection, in its own thread: one hop however many there are."""
 
+Together = Callable[[sqlite3.Connection, list[Any]], list[Any]]
+"""Many writes of one kind in one go, each given as its row: a few statements, however
+many rows. Returns each one's result, in order, or None for one it left undone, which then
+runs alone (its own ``Work``)."""
+
 MAX_WRITES_PER_COMMIT = 256
 """Group commit takes at most this many waiting writes into one transaction."""
 
@@ -1533,6 +1554,8 @@ class QueuedWrite:
     work: Work[Any]
     answer: asyncio.Future[Any]
     request_id: str
+    together: Together | None = None
+    row: Any = None
 
 
 class Database:
@@ -1546,7 +1569,8 @@ class Database:
 
     Reads take any idle reader connection, so they never wait for a write (WAL). Writes are
     queued for the single writer connection, which takes every write waiting into one
-    ``BEGIN IMMEDIATE`` transaction (group commit): one hop and one fsync for all of them.
+    ``BEGIN IMMEDIATE`` transaction (group commit): one hop and one fsync for all of them,
+    and one call of a few statements for all those of one kind (``Together``: new posts).
     One that fails (a taken slug, a 404) is undone alone (see ``_run_batch``); each is
     answered only once the COMMIT that holds it has returned.
 
@@ -1798,15 +1822,19 @@ class Database:
         for statement in sql_statements(SCHEMA_PATH.read_text(encoding="utf-8")):
             connection.execute(statement)
 
-    async def write(self, work: Work[T]) -> T:
+    async def write(self, work: Work[T], *, together: Together | None = None, row: Any = None) -> T:
         """Run ``work`` on the writer connection inside a transaction, and return what it
         returned once that transaction has committed. If it raises, its statements are
         undone and the exception is raised here. A write whose caller gives up (is
-        cancelled) before its transaction begins is never run."""
+        cancelled) before its transaction begins is never run.
+
+        With ``together``, the writes of a batch that have the same one run in one call of
+        it (each given as its ``row``) when there are two or more, and ``work`` runs only
+        if that leaves this one undone."""
         if self._committer is None:
             raise DatabaseError("the database is not open for writing")
         answer = asyncio.get_running_loop().create_future()
-        self._writes.put_nowait(QueuedWrite(work, answer, REQUEST_ID.get()))
+        self._writes.put_nowait(QueuedWrite(work, answer, REQUEST_ID.get(), together, row))
         return await answer
 
     async def _commit_queued_writes(self) -> None:
@@ -1874,11 +1902,35 @@ class Database:
         with self._writers_turn:
             try:
                 with write_transaction(connection):
-                    return [(True, self._run_write(queued, batch_ids, connection)) for queued in batch]
+                    return self._run_writes(batch, batch_ids, connection)
             except WriteFailed as failure:
                 if len(batch) == 1:
                     return [(False, failure.error)]
             return self._run_batch_in_savepoints(batch, batch_ids, connection)
+
+    def _run_writes(
+        self, batch: list[QueuedWrite], batch_ids: str | None, connection: sqlite3.Connection
+    ) -> list[tuple[bool, Any]]:
+        """Every write of the batch, with nothing between them: first those that share a
+        ``Together``, in one call of it, then each of the others alone, in order."""
+        kinds: dict[Together, list[int]] = {}
+        for index, queued in enumerate(batch):
+            if queued.together is not None:
+                kinds.setdefault(queued.together, []).append(index)
+        done: dict[int, Any] = {}
+        for together, indexes in kinds.items():
+            if len(indexes) > 1:
+                try:
+                    results = together(connection, [batch[index].row for index in indexes])
+                except Exception as exc:
+                    raise WriteFailed(exc) from exc
+                for index, result in zip(indexes, results, strict=True):
+                    if result is not None:
+                        done[index] = result
+        return [
+            (True, done[index] if index in done else self._run_write(queued, batch_ids, connection))
+            for index, queued in enumerate(batch)
+        ]
 
     def _run_write(self, queued: QueuedWrite, batch_ids: str | None, connection: sqlite3.Connection) -> Any:
         self._serve(self._require_writer(), queued.request_id)
@@ -2591,37 +2643,32 @@ class PostController(Controller):
         """Create a post; answers 201 with the post and its URL in ``Location``. Without a
         slug, one is made from the title, numbered (``-2``, ``-3``) if already taken."""
         now = utc_now_us()
-        created_at = format_timestamp(now)
         post_id = str(uuid.uuid4())
+        new_post = NewPost(
+            id=post_id,
+            title=data.title,
+            content=data.content,
+            published=data.published,
+            slug=data.slug or slugify(data.title),
+            slug_chosen=data.slug is not None,
+            tags=data.tags,
+            now=now,
+        )
         location = f"{self.path}/{post_id}"
+        headers = {"Location": location, "ETag": post_etag(post_id, 1)}
         idempotent = IdempotentRequest.of(request, idempotency_key, data)
+        if idempotent is None:
+            slug = await blog.db.write(partial(insert_new_post, new_post), together=insert_new_posts, row=new_post)
+            return json_response(new_post.response_body(slug), headers, status_code=201)
 
-        def insert(connection: sqlite3.Connection) -> Response:
-            if idempotent and (replay := idempotent.replay(connection)):
+        def insert_once(connection: sqlite3.Connection) -> Response:
+            if replay := idempotent.replay(connection):
                 return replay
-            parameters = {"id": post_id, "title": data.title, "content": data.content}
-            parameters.update(published=data.published, now=now)
-            pk, slug = insert_post(connection, parameters, data.slug)
-            if data.tags:
-                add_tags(connection, pk, data.tags)
-            created = Post(
-                id=post_id,
-                title=data.title,
-                content=data.content,
-                created_at=created_at,
-                updated_at=created_at,
-                published=data.published,
-                slug=slug,
-                tags=data.tags,
-                comment_count=0,
-                version=1,
-            )
-            body = msgspec.json.encode(created)
-            if idempotent:
-                idempotent.remember(connection, 201, location, body, now)
-            return json_response(body, {"Location": location, "ETag": post_etag(post_id, 1)}, status_code=201)
+            body = new_post.response_body(insert_new_post(new_post, connection))
+            idempotent.remember(connection, 201, location, body, now)
+            return json_response(body, headers, status_code=201)
 
-        return await blog.db.write(insert)
+        return await blog.db.write(insert_once)
 
     @get(
         operation_id="listPosts",
@@ -2892,7 +2939,7 @@ async def apply_update(db: Database, post_id: str, data: PostUpdate, if_match: s
         [(pk,)] = rows
         if new_tags is not None:
             connection.execute(DELETE_POST_TAGS, (pk,))
-            add_tags(connection, pk, new_tags)
+            add_tags(connection, msgspec.json.encode([{"id": post_id, "tags": new_tags}]).decode())
         [row] = connection.execute(SELECT_POST_BY_PK, (pk,)).fetchall()
         return row
 
@@ -2900,25 +2947,70 @@ async def apply_update(db: Database, post_id: str, data: PostUpdate, if_match: s
     return json_response(post_json.encode(), {"ETag": post_etag(updated_id, version)})
 
 
-def insert_post(connection: sqlite3.Connection, parameters: dict[str, Any], slug: str | None) -> tuple[int, str]:
-    """Insert a post; returns its pk and slug. A slug the client chose must be free (else
-    409). Without one, the slug is made from the title, and numbered if taken: it is tried
-    as it is first, since most titles are new, and a statement less is a wait less for the
-    writer (see ``Database._run_batch``)."""
+class NewPost(msgspec.Struct):
+    """A post to insert (the parameters of ``INSERT_POST``). Its ``slug`` is the one the client
+    chose (``slug_chosen``), or else one made from the title, which is numbered if taken."""
 
-    def insert(slug: str) -> tuple[int, str]:
-        return connection.execute(INSERT_POST, {**parameters, "slug": slug}).lastrowid, slug
+    id: str
+    title: str
+    content: str
+    published: bool
+    slug: str
+    slug_chosen: bool
+    tags: list[str]
+    now: int
 
+    def response_body(self, slug: str) -> bytes:
+        """The post as the API shows it, stored with this slug: the body of the 201."""
+        created_at = format_timestamp(self.now)
+        post = Post(
+            id=self.id,
+            title=self.title,
+            content=self.content,
+            created_at=created_at,
+            updated_at=created_at,
+            published=self.published,
+            slug=slug,
+            tags=self.tags,
+            comment_count=0,
+            version=1,
+        )
+        return msgspec.json.encode(post)
+
+
+def insert_new_posts(connection: sqlite3.Connection, posts: list[NewPost]) -> list[str | None]:
+    """Insert posts with their tags, in at most four calls however many there are
+    (``Together`` for the writer): returns each one's slug, or None for one left out because
+    its slug was taken.
+
+    The posts go through executemany, not JSON as the tags do: SQLite's JSON functions end
+    a string at its first NUL character."""
+    inserted = connection.executemany(INSERT_POST, [msgspec.structs.asdict(post) for post in posts]).rowcount
+    if not inserted:
+        return [None] * len(posts)
+    if tagged := [{"id": post.id, "tags": post.tags} for post in posts if post.tags]:
+        add_tags(connection, msgspec.json.encode(tagged).decode())
+    if inserted == len(posts):
+        return [post.slug for post in posts]
+    ids = msgspec.json.encode([post.id for post in posts]).decode()
+    stored = {post_id for (post_id,) in connection.execute(SELECT_STORED_POST_IDS, {"ids": ids})}
+    return [post.slug if post.id in stored else None for post in posts]
+
+
+def insert_new_post(post: NewPost, connection: sqlite3.Connection) -> str:
+    """Insert one post; returns its slug. A slug the client chose must be free (else 409).
+    One made from the title is tried as it is first, since most titles are new: a statement
+    less is a wait less for the writer (see ``Database._run_batch``)."""
+    [slug] = insert_new_posts(connection, [post])
     if slug is not None:
-        with slug_must_be_free(slug):
-            return insert(slug)
-    made = slugify(parameters["title"])
-    try:
-        return insert(made)
-    except sqlite3.IntegrityError as exc:
-        if "posts.slug" not in str(exc):
-            raise
-    return insert(free_slug(connection, made))
+        return slug
+    if post.slug_chosen:
+        raise slug_taken(post.slug)
+    numbered = msgspec.structs.replace(post, slug=free_slug(connection, post.slug))
+    [slug] = insert_new_posts(connection, [numbered])
+    if slug is None:  # free_slug found it free in this same transaction
+        raise RuntimeError(f"the slug {numbered.slug!r} was free, then taken")
+    return slug
 
 
 def free_slug(connection: sqlite3.Connection, slug: str) -> str:
@@ -2939,15 +3031,19 @@ def slug_must_be_free(slug: str | None) -> Iterator[None]:
     except sqlite3.IntegrityError as exc:
         if "posts.slug" not in str(exc):
             raise
-        message = f"The slug {slug!r} is already used by another post"
-        raise SlugTaken(detail=message, extra=[{"message": message, "key": "slug", "source": "body"}]) from None
+        raise slug_taken(slug) from None
 
 
-def add_tags(connection: sqlite3.Connection, post_pk: int, tags: list[str]) -> None:
-    """Give a post these tags, in this order, making the ones that do not exist yet."""
-    tags_json = msgspec.json.encode(tags).decode()
-    connection.execute(INSERT_TAGS, {"tags": tags_json})
-    connection.execute(INSERT_POST_TAGS, {"tags": tags_json, "post_pk": post_pk})
+def slug_taken(slug: str | None) -> SlugTaken:
+    message = f"The slug {slug!r} is already used by another post"
+    return SlugTaken(detail=message, extra=[{"message": message, "key": "slug", "source": "body"}])
+
+
+def add_tags(connection: sqlite3.Connection, posts_json: str) -> None:
+    """Give each post (a JSON array of objects with its ``id`` and ``tags``) its tags, in
+    their order, making the ones that do not exist yet."""
+    connection.execute(INSERT_TAGS, {"posts": posts_json})
+    connection.execute(INSERT_POST_TAGS, {"posts": posts_json})
 
 
 class Health(msgspec.Struct):

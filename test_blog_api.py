@@ -646,9 +646,9 @@ def writes_wait_for_each_other(monkeypatch, count: int) -> list[int]:
     Returns the sizes of the batches the writer commits."""
     barrier, write = asyncio.Barrier(count), Database.write
 
-    async def write_together(self, work):
+    async def write_together(self, work, **together):
         await barrier.wait()
-        return await write(self, work)
+        return await write(self, work, **together)
 
     monkeypatch.setattr(Database, "write", write_together)
     return count_batches(monkeypatch)
@@ -724,9 +724,23 @@ def fetch_rows(sql: str, connection: sqlite3.Connection) -> list:
     return connection.execute(sql).fetchall()
 
 
+def new_post(post_id: str, title: str = SEED_POST["title"], slug: str | None = None) -> blog_api.NewPost:
+    """A post for the writer, as create_post makes one: without a slug, one from the title."""
+    return blog_api.NewPost(
+        id=post_id,
+        title=title,
+        content=SEED_POST["content"],
+        published=True,
+        slug=slug or blog_api.slugify(title),
+        slug_chosen=slug is not None,
+        tags=[],
+        now=1,
+    )
+
+
 def insert_post(post_id: str, connection: sqlite3.Connection) -> str:
-    """Insert a post straight through the writer, as a route handler would."""
-    connection.execute(blog_api.INSERT_POST, {**SEED_POST, "id": post_id, "slug": post_id, "published": 1, "now": 1})
+    """Insert a post straight through the writer, as a route handler would (its slug is its ID)."""
+    blog_api.insert_new_post(new_post(post_id, slug=post_id), connection)
     return post_id
 
 
@@ -786,6 +800,76 @@ def test_writes_sent_a_few_event_loop_turns_apart_share_one_commit(db_path: Path
     assert run(check()) == ["p0", "p1", "p2"]
     assert batch_sizes == [3]
     assert [row["id"] for row in stored_posts(db_path)] == ["p0", "p1", "p2"]
+
+
+def count_posts_inserted_together(monkeypatch) -> list[int]:
+    """From now on, how many posts each call of ``insert_new_posts`` is given."""
+    insert_new_posts, sizes = blog_api.insert_new_posts, []
+
+    def counting_insert_new_posts(connection, posts):
+        sizes.append(len(posts))
+        return insert_new_posts(connection, posts)
+
+    monkeypatch.setattr(blog_api, "insert_new_posts", counting_insert_new_posts)
+    return sizes
+
+
+def create_together(db_path: Path, monkeypatch, posts: list[dict]) -> tuple[list[httpx.Response], list[int]]:
+    """Send these creates at once, so that they reach the writer in one batch; returns the
+    answers, and how many posts each call of ``insert_new_posts`` was given."""
+
+    async def send() -> tuple[list[httpx.Response], list[int]]:
+        async with concurrent_client(create_app(Config(db_path=str(db_path)))) as client:
+            assert (await client.post("/api/posts", json={**SEED_POST, "title": "Hello", "slug": "hello"})).is_success
+            batch_sizes = writes_wait_for_each_other(monkeypatch, len(posts))
+            sizes = count_posts_inserted_together(monkeypatch)
+            responses = await asyncio.gather(*(client.post("/api/posts", json=post) for post in posts))
+            assert batch_sizes == [len(posts)]
+            return responses, sizes
+
+    return run(send())
+
+
+def test_posts_created_together_are_inserted_in_one_call_each_with_its_tags(db_path: Path, monkeypatch) -> None:
+    posts = [{**SEED_POST, "title": f"Batch {n}", "tags": [f"only-{n}", "shared"][: n % 3]} for n in range(6)]
+    responses, sizes = create_together(db_path, monkeypatch, posts)
+    assert sizes == [6]  # one call for the six: a few statements, not three per post
+    assert [response.status_code for response in responses] == [201] * 6
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        for n, response in enumerate(responses):
+            created = response.json()
+            assert created["slug"] == f"batch-{n}" and created["tags"] == posts[n]["tags"]
+            assert client.get(response.headers["location"]).json() == created
+        assert client.get("/api/posts", params={"tag": "shared"}).headers["x-total-count"] == "2"
+        assert client.get("/api/posts", params={"q": "batch"}).headers["x-total-count"] == "6"
+    assert search_index_problem(db_path) is None
+
+
+def test_posts_created_together_whose_slugs_are_taken_are_numbered_or_refused_alone(db_path: Path, monkeypatch) -> None:
+    posts = [
+        {**SEED_POST, "title": "Hello", "tags": ["a"]},
+        {**SEED_POST, "title": "New", "tags": ["b"]},
+        {**SEED_POST, "title": "Hello", "tags": ["c"]},
+        {**SEED_POST, "title": "Mine", "slug": "hello", "tags": ["d"]},
+    ]
+    responses, sizes = create_together(db_path, monkeypatch, posts)
+    assert [response.status_code for response in responses] == [201, 201, 201, 409]
+    assert responses[3].json()["detail"] == "The slug 'hello' is already used by another post"
+    assert [(response.json()["slug"], response.json()["tags"]) for response in responses[:3]] == [
+        ("hello-2", ["a"]),
+        ("new", ["b"]),
+        ("hello-3", ["c"]),
+    ]
+    assert sizes[0] == 4  # tried together first; the 409 then sent each through on its own
+    stored = stored_posts(db_path)
+    assert sorted((row["slug"], row["title"]) for row in stored) == [
+        ("hello", "Hello"),
+        ("hello-2", "Hello"),
+        ("hello-3", "Hello"),
+        ("new", "New"),
+    ]
+    assert {tag["name"] for tag in stored_rows(db_path, "tags")} == {"a", "b", "c"}
+    assert search_index_problem(db_path) is None
 
 
 def temp_files_open() -> list[str]:
@@ -1470,8 +1554,7 @@ def test_writes_committed_together_leave_the_search_index_matching_every_post(db
 
     def make(title: str) -> Callable[[sqlite3.Connection], None]:
         def work(connection: sqlite3.Connection) -> None:
-            parameters = {"id": str(uuid.uuid4()), "title": title, "content": "text", "published": True, "now": 1}
-            blog_api.insert_post(connection, parameters, None)
+            blog_api.insert_new_post(new_post(str(uuid.uuid4()), title), connection)
 
         return work
 
