@@ -1894,8 +1894,8 @@ class Database:
         An error that ends the whole transaction (a full disk, a failed COMMIT) fails every
         write in it.
 
-        With --echo-sql, what the writes share (BEGIN, the search index, COMMIT or ROLLBACK)
-        is logged under all their request IDs, so that each request's lines include the
+        With --echo-sql, what the writes share (BEGIN, the search index, COMMIT or ROLLBACK;
+        a ``Together`` call) is logged under all their request IDs, so that each request's lines include the
         COMMIT that made it durable."""
         batch_ids = ",".join(queued.request_id for queued in batch) if self._echo_sql else None
         self._serve(self._require_writer(), batch_ids)
@@ -1912,7 +1912,8 @@ class Database:
         self, batch: list[QueuedWrite], batch_ids: str | None, connection: sqlite3.Connection
     ) -> list[tuple[bool, Any]]:
         """Every write of the batch, with nothing between them: first those that share a
-        ``Together``, in one call of it, then each of the others alone, in order."""
+        ``Together``, in one call of it (its SQL logged under their request IDs), then each
+        of the others alone, in order."""
         kinds: dict[Together, list[int]] = {}
         for index, queued in enumerate(batch):
             if queued.together is not None:
@@ -1920,10 +1921,14 @@ class Database:
         done: dict[int, Any] = {}
         for together, indexes in kinds.items():
             if len(indexes) > 1:
+                if self._echo_sql:
+                    self._serve(self._require_writer(), ",".join(batch[index].request_id for index in indexes))
                 try:
                     results = together(connection, [batch[index].row for index in indexes])
                 except Exception as exc:
                     raise WriteFailed(exc) from exc
+                finally:
+                    self._serve(self._require_writer(), batch_ids)
                 for index, result in zip(indexes, results, strict=True):
                     if result is not None:
                         done[index] = result

@@ -2786,6 +2786,36 @@ def test_a_batch_logs_its_commit_under_every_request_id_in_it(db_path: Path, mon
     assert sorted(request_id for ids in commits for request_id in ids) == [f"w{n}" for n in range(6)]
 
 
+def test_posts_inserted_together_log_their_sql_under_their_own_request_ids(db_path: Path) -> None:
+    """--echo-sql: the statements that insert several posts at once are logged under the IDs
+    of those requests, not under every ID of the batch."""
+
+    async def burst() -> list:
+        db = await open_database(db_path, echo_sql=True)
+
+        async def write_as(request_id: str, work, **together) -> str:
+            blog_api.REQUEST_ID.set(request_id)
+            return await db.write(work, **together)
+
+        try:
+            posts = [new_post(f"t{n}", title=f"Together {n}") for n in range(3)]
+            creates = [
+                write_as(f"t{n}", partial(blog_api.insert_new_post, post), together=blog_api.insert_new_posts, row=post)
+                for n, post in enumerate(posts)
+            ]
+            return await asyncio.gather(*creates, write_as("alone", partial(insert_post, "p9")))
+        finally:
+            await db.close()
+
+    with log_records("blog_api.sql") as records:
+        assert run(burst()) == ["together-0", "together-1", "together-2", "p9"]
+    lines = [(record.request_id.split(","), record.getMessage()) for record in records]
+    inserts = {ids[0] if len(ids) == 1 else tuple(ids) for ids, line in lines if line.startswith("INSERT INTO posts ")}
+    assert inserts == {("t0", "t1", "t2"), "alone"}
+    [commit] = [ids for ids, line in lines if line == "COMMIT" and ids != ["-"]]
+    assert sorted(commit) == ["alone", "t0", "t1", "t2"]
+
+
 def test_the_real_service_logs_one_json_object_per_line(tmp_path: Path, start_server) -> None:
     port = free_port()
     command = [sys.executable, "blog_api.py", "--port", str(port), "--log-format", "json", "--echo-sql"]
