@@ -409,8 +409,10 @@ TRANSLITERATIONS = str.maketrans(
 def slugify(title: str) -> str:
     """A slug made from a title: Latin letters lose their accents (Café → cafe), letters of
     other scripts stay as they are, lowercase; every other character separates words."""
-    decomposed = unicodedata.normalize("NFKD", title.translate(TRANSLITERATIONS))
-    plain = unicodedata.normalize("NFC", "".join(c for c in decomposed if not unicodedata.combining(c)))
+    plain = title
+    if not title.isascii():  # ASCII has nothing to transliterate or decompose
+        decomposed = unicodedata.normalize("NFKD", title.translate(TRANSLITERATIONS))
+        plain = unicodedata.normalize("NFC", "".join(c for c in decomposed if not unicodedata.combining(c)))
     slug = "-".join(SLUG_WORD.findall(plain.lower()))[:100].strip("-")
     if not slug or UUID_SHAPE.match(slug):
         return f"post-{slug}".strip("-")
