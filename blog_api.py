@@ -689,10 +689,10 @@ WHERE id IN (SELECT value FROM json_each(:keys))
    OR slug IN (SELECT value FROM json_each(:keys))
 """
 
-SELECT_POST_BY_PK = f"""
+SELECT_POST = f"""
 SELECT {POST_FIELDS}
 FROM posts
-WHERE pk = ?
+WHERE id = ?
 """
 
 # The slug itself and the ones numbered after it (my-post-2, my-post-3, ...): which are taken.
@@ -722,7 +722,7 @@ WHERE id IN (SELECT value FROM json_each(:ids))
 
 # NULL parameters leave a column as it is; :tags is the new tags as a JSON array, or NULL.
 # updated_at moves only when something changes (as in the tutorial), and then to a moment
-# strictly after its previous value.
+# strictly after its previous value. With executemany, any number of posts in one call.
 UPDATE_POST = """
 UPDATE posts
 SET title = coalesce(:title, title),
@@ -747,12 +747,15 @@ SET title = coalesce(:title, title),
         ELSE max(:now, updated_at + 1)
     END
 WHERE id = :id AND (:versions IS NULL OR version IN (SELECT value FROM json_each(:versions)))
-RETURNING pk
 """
 
+# :posts is a JSON array of objects with a post's id: all their tags are taken away.
 DELETE_POST_TAGS = """
 DELETE FROM post_tags
-WHERE post_pk = ?
+WHERE post_pk IN (
+    SELECT posts.pk
+    FROM json_each(:posts) AS post JOIN posts ON posts.id = json_extract(post.value, '$.id')
+)
 """
 
 # :posts is a JSON array of objects with a post's id and its tags (normalised names, in
@@ -2938,20 +2941,57 @@ async def apply_update(db: Database, post_id: str, data: PostUpdate, if_match: s
         "versions": allowed_versions(if_match, post_id),
     }
 
-    def update(connection: sqlite3.Connection) -> Any:
-        with slug_must_be_free(parameters["slug"]):
-            rows = connection.execute(UPDATE_POST, parameters).fetchall()
-        if not rows:
-            raise precondition_failed_or_missing(connection, post_id)
-        [(pk,)] = rows
-        if new_tags is not None:
-            connection.execute(DELETE_POST_TAGS, (pk,))
-            add_tags(connection, msgspec.json.encode([{"id": post_id, "tags": new_tags}]).decode())
-        [row] = connection.execute(SELECT_POST_BY_PK, (pk,)).fetchall()
-        return row
-
-    updated_id, _, _, _, version, post_json = await db.write(update)
+    updated_id, _, _, _, version, post_json = await db.write(
+        partial(update_post, parameters), together=update_posts, row=parameters
+    )
     return json_response(post_json.encode(), {"ETag": post_etag(updated_id, version)})
+
+
+class PostsNotUpdated(Exception):
+    """``update_posts`` found a post missing, or not at a version its If-Match allows."""
+
+
+def update_posts(connection: sqlite3.Connection, updates: list[dict[str, Any]]) -> list[Any | None]:
+    """Apply updates (``UPDATE_POST``'s parameters) in at most five calls however many there
+    are (``Together`` for the writer): returns each updated post's row (``POST_FIELDS``), or
+    None for a later update of a post updated earlier in the list, which runs alone, after,
+    so that each answer shows the post as its own update left it. Raises PostsNotUpdated if a
+    post is missing or at a version its If-Match does not allow (the writer then undoes the
+    others, and runs each update alone)."""
+    first_of_post: dict[str, int] = {}
+    for index, update in enumerate(updates):
+        first_of_post.setdefault(update["id"], index)
+    distinct = [updates[index] for index in first_of_post.values()]
+    if connection.executemany(UPDATE_POST, distinct).rowcount < len(distinct):
+        raise PostsNotUpdated()
+    retagged = [
+        {"id": update["id"], "tags": msgspec.json.decode(update["tags"])}
+        for update in distinct
+        if update["tags"] is not None
+    ]
+    if retagged:
+        retagged_json = msgspec.json.encode(retagged).decode()
+        connection.execute(DELETE_POST_TAGS, {"posts": retagged_json})
+        add_tags(connection, retagged_json)
+    if len(distinct) == 1:  # json_each would double the time of a single lookup
+        found = connection.execute(SELECT_POST, (distinct[0]["id"],))
+    else:
+        found = connection.execute(SELECT_POSTS_BY_KEY, {"keys": msgspec.json.encode(list(first_of_post)).decode()})
+    rows = {row[0]: row for row in found}
+    return [
+        rows[update["id"]] if first_of_post[update["id"]] == index else None for index, update in enumerate(updates)
+    ]
+
+
+def update_post(update: dict[str, Any], connection: sqlite3.Connection) -> Any:
+    """Apply one update; returns the post's row. 409 if the new slug is taken, 404 if the post
+    is missing, 412 if it is not at a version its If-Match allows."""
+    try:
+        with slug_must_be_free(update["slug"]):
+            [row] = update_posts(connection, [update])
+    except PostsNotUpdated:
+        raise precondition_failed_or_missing(connection, update["id"]) from None
+    return row
 
 
 class NewPost(msgspec.Struct):

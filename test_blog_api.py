@@ -802,32 +802,44 @@ def test_writes_sent_a_few_event_loop_turns_apart_share_one_commit(db_path: Path
     assert [row["id"] for row in stored_posts(db_path)] == ["p0", "p1", "p2"]
 
 
-def count_posts_inserted_together(monkeypatch) -> list[int]:
-    """From now on, how many posts each call of ``insert_new_posts`` is given."""
-    insert_new_posts, sizes = blog_api.insert_new_posts, []
+def count_writes_together(monkeypatch, together: str) -> list[int]:
+    """From now on, how many writes each call of the writer's ``blog_api.<together>`` is given."""
+    run_together, sizes = getattr(blog_api, together), []
 
-    def counting_insert_new_posts(connection, posts):
-        sizes.append(len(posts))
-        return insert_new_posts(connection, posts)
+    def counting(connection, rows):
+        sizes.append(len(rows))
+        return run_together(connection, rows)
 
-    monkeypatch.setattr(blog_api, "insert_new_posts", counting_insert_new_posts)
+    monkeypatch.setattr(blog_api, together, counting)
     return sizes
 
 
-def create_together(db_path: Path, monkeypatch, posts: list[dict]) -> tuple[list[httpx.Response], list[int]]:
-    """Send these creates at once, so that they reach the writer in one batch; returns the
-    answers, and how many posts each call of ``insert_new_posts`` was given."""
+def send_together(
+    db_path: Path, monkeypatch, together: str, requests: Callable[[list[dict]], list[tuple]], seed: list[dict]
+) -> tuple[list[httpx.Response], list[int]]:
+    """Create the ``seed`` posts, then send at once the requests (method, URL, body, headers)
+    that ``requests`` makes of them, so that they reach the writer in one batch. Returns the
+    answers, and how many writes each call of ``blog_api.<together>`` was given."""
 
     async def send() -> tuple[list[httpx.Response], list[int]]:
         async with concurrent_client(create_app(Config(db_path=str(db_path)))) as client:
-            assert (await client.post("/api/posts", json={**SEED_POST, "title": "Hello", "slug": "hello"})).is_success
-            batch_sizes = writes_wait_for_each_other(monkeypatch, len(posts))
-            sizes = count_posts_inserted_together(monkeypatch)
-            responses = await asyncio.gather(*(client.post("/api/posts", json=post) for post in posts))
-            assert batch_sizes == [len(posts)]
+            created = [(await client.post("/api/posts", json=post)).json() for post in seed]
+            batch = requests(created)
+            batch_sizes = writes_wait_for_each_other(monkeypatch, len(batch))
+            sizes = count_writes_together(monkeypatch, together)
+            sent = [client.request(method, url, json=body, headers=headers) for method, url, body, headers in batch]
+            responses = await asyncio.gather(*sent)
+            assert batch_sizes == [len(batch)]
             return responses, sizes
 
     return run(send())
+
+
+def create_together(db_path: Path, monkeypatch, posts: list[dict]) -> tuple[list[httpx.Response], list[int]]:
+    """With a post whose slug is "hello" already stored, create these in one batch."""
+    hello = {**SEED_POST, "title": "Hello", "slug": "hello"}
+    creates = [("POST", "/api/posts", post, {}) for post in posts]
+    return send_together(db_path, monkeypatch, "insert_new_posts", lambda created: creates, [hello])
 
 
 def test_posts_created_together_are_inserted_in_one_call_each_with_its_tags(db_path: Path, monkeypatch) -> None:
@@ -870,6 +882,62 @@ def test_posts_created_together_whose_slugs_are_taken_are_numbered_or_refused_al
     ]
     assert {tag["name"] for tag in stored_rows(db_path, "tags")} == {"a", "b", "c"}
     assert search_index_problem(db_path) is None
+
+
+def test_updates_of_different_posts_sent_together_are_applied_in_one_call(db_path: Path, monkeypatch) -> None:
+    seed = [{**SEED_POST, "title": f"Post {n}", "tags": ["old"]} for n in range(5)]
+
+    def updates(created: list[dict]) -> list[tuple]:
+        changes = [{"title": f"Edited {n}"} if n % 2 else {"tags": [f"new-{n}"]} for n in range(5)]
+        return [("PUT", f"/api/posts/{post['id']}", change, {}) for post, change in zip(created, changes, strict=True)]
+
+    responses, sizes = send_together(db_path, monkeypatch, "update_posts", updates, seed)
+    assert sizes == [5]  # one call for the five
+    assert [response.status_code for response in responses] == [200] * 5
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        for n, response in enumerate(responses):
+            updated = response.json()
+            assert (updated["title"], updated["tags"], updated["version"]) == (
+                f"Edited {n}" if n % 2 else f"Post {n}",
+                ["old"] if n % 2 else [f"new-{n}"],
+                2,
+            )
+            assert response.headers["etag"] == f'"{updated["id"]}.2"'
+            assert client.get(f"/api/posts/{updated['id']}").json() == updated
+        assert client.get("/api/posts", params={"q": "edited"}).headers["x-total-count"] == "2"
+    assert search_index_problem(db_path) is None
+
+
+def test_updates_of_one_post_sent_together_each_answer_with_the_post_as_it_left_it(db_path: Path, monkeypatch) -> None:
+    def updates(created: list[dict]) -> list[tuple]:
+        return [("PUT", f"/api/posts/{created[0]['id']}", {"title": f"Take {n}"}, {}) for n in range(3)]
+
+    responses, sizes = send_together(db_path, monkeypatch, "update_posts", updates, [SEED_POST])
+    assert sizes[0] == 3  # the first went in that call, the two others after it, alone
+    answers = sorted((response.json()["version"], response.json()["title"]) for response in responses)
+    assert [version for version, _ in answers] == [2, 3, 4]
+    assert sorted(title for _, title in answers) == ["Take 0", "Take 1", "Take 2"]
+    [row] = stored_posts(db_path)
+    assert (row["version"], row["title"]) == answers[-1]
+
+
+def test_updates_sent_together_of_a_missing_post_or_with_a_stale_etag_fail_alone(db_path: Path, monkeypatch) -> None:
+    seed = [{**SEED_POST, "title": f"Post {n}"} for n in range(3)]
+
+    def updates(created: list[dict]) -> list[tuple]:
+        url = [f"/api/posts/{post['id']}" for post in created]
+        stale = {"If-Match": f'"{created[1]["id"]}.7"'}
+        return [
+            ("PUT", url[0], {"title": "Changed 0"}, {}),
+            ("PUT", "/api/posts/missing", {"title": "Nowhere"}, {}),
+            ("PUT", url[1], {"title": "Changed 1"}, stale),
+            ("PATCH", url[2], {"title": "Changed 2"}, {}),
+        ]
+
+    responses, sizes = send_together(db_path, monkeypatch, "update_posts", updates, seed)
+    assert [response.status_code for response in responses] == [200, 404, 412, 200]
+    assert sizes[0] == 4  # tried together first; then each alone
+    assert sorted(row["title"] for row in stored_posts(db_path)) == ["Changed 0", "Changed 2", "Post 1"]
 
 
 def temp_files_open() -> list[str]:
