@@ -921,8 +921,10 @@ def test_updates_of_one_post_sent_together_each_answer_with_the_post_as_it_left_
     assert (row["version"], row["title"]) == answers[-1]
 
 
-def test_updates_sent_together_of_a_missing_post_or_with_a_stale_etag_fail_alone(db_path: Path, monkeypatch) -> None:
-    seed = [{**SEED_POST, "title": f"Post {n}"} for n in range(3)]
+def test_updates_sent_together_that_cannot_be_made_fail_alone(db_path: Path, monkeypatch) -> None:
+    """A missing post (404), a stale If-Match (412) and a taken slug (409), each in a batch
+    with updates that succeed."""
+    seed = [{**SEED_POST, "title": f"Post {n}"} for n in range(4)]
 
     def updates(created: list[dict]) -> list[tuple]:
         url = [f"/api/posts/{post['id']}" for post in created]
@@ -932,12 +934,14 @@ def test_updates_sent_together_of_a_missing_post_or_with_a_stale_etag_fail_alone
             ("PUT", "/api/posts/missing", {"title": "Nowhere"}, {}),
             ("PUT", url[1], {"title": "Changed 1"}, stale),
             ("PATCH", url[2], {"title": "Changed 2"}, {}),
+            ("PUT", url[3], {"title": "Changed 3", "slug": "post-0"}, {}),
         ]
 
     responses, sizes = send_together(db_path, monkeypatch, "update_posts", updates, seed)
-    assert [response.status_code for response in responses] == [200, 404, 412, 200]
-    assert sizes[0] == 4  # tried together first; then each alone
-    assert sorted(row["title"] for row in stored_posts(db_path)) == ["Changed 0", "Changed 2", "Post 1"]
+    assert [response.status_code for response in responses] == [200, 404, 412, 200, 409]
+    assert sizes[0] == 5  # tried together first; then each alone
+    stored = sorted((row["title"], row["slug"]) for row in stored_posts(db_path))
+    assert stored == [("Changed 0", "post-0"), ("Changed 2", "post-2"), ("Post 1", "post-1"), ("Post 3", "post-3")]
 
 
 def temp_files_open() -> list[str]:
