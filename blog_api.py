@@ -1575,7 +1575,7 @@ class Database:
     Reads take any idle reader connection, so they never wait for a write (WAL). Writes are
     queued for the single writer connection, which takes every write waiting into one
     ``BEGIN IMMEDIATE`` transaction (group commit): one hop and one fsync for all of them,
-    and one call of a few statements for all those of one kind (``Together``: new posts).
+    and one call of a few statements for all those of one kind (``Together``: new posts, updates).
     One that fails (a taken slug, a 404) is undone alone (see ``_run_batch``); each is
     answered only once the COMMIT that holds it has returned.
 
