@@ -1575,9 +1575,9 @@ class Database:
     Reads take any idle reader connection, so they never wait for a write (WAL). Writes are
     queued for the single writer connection, which takes every write waiting into one
     ``BEGIN IMMEDIATE`` transaction (group commit): one hop and one fsync for all of them,
-    and one call of a few statements for all those of one kind (``Together``: new posts, updates).
-    One that fails (a taken slug, a 404) is undone alone (see ``_run_batch``); each is
-    answered only once the COMMIT that holds it has returned.
+    and one call of a few statements for all those of one kind (``Together``: new posts,
+    updates). One that fails (a taken slug, a 404) is undone alone (see ``_run_batch``);
+    each is answered only once the COMMIT that holds it has returned.
 
     A ``:memory:`` database exists only inside one connection, so there the writer serves
     reads too: each read and each batch of writes is a single call on its thread, so a
@@ -1900,8 +1900,8 @@ class Database:
         write in it.
 
         With --echo-sql, what the writes share (BEGIN, the search index, COMMIT or ROLLBACK;
-        a ``Together`` call) is logged under all their request IDs, so that each request's lines include the
-        COMMIT that made it durable."""
+        a ``Together`` call) is logged under all their request IDs, so that each request's
+        lines include the COMMIT that made it durable."""
         batch_ids = ",".join(queued.request_id for queued in batch) if self._echo_sql else None
         self._serve(self._require_writer(), batch_ids)
         with self._writers_turn:
