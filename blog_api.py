@@ -29,6 +29,7 @@ import email.utils
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import os
 import random
@@ -589,7 +590,9 @@ class StrictJSON(MsgspecDTO[StructT], Generic[StructT]):
         except msgspec.ValidationError as exc:
             raise validation_failed(self.asgi_connection, body_error(str(exc))) from None
         except msgspec.DecodeError as exc:
-            raise validation_failed(self.asgi_connection, {"message": str(exc)}) from None
+            raise validation_failed(self.asgi_connection, {"message": json_error(value, exc)}) from None
+        except RecursionError:  # arrays or objects nested about 1,000 deep, in a field of any type
+            raise validation_failed(self.asgi_connection, {"message": TOO_DEEP}) from None
 
     @classmethod
     def create_openapi_schema(
@@ -625,6 +628,24 @@ def validation_failed(request: Request, error: dict[str, str]) -> ValidationExce
         detail=f"Validation failed for {request.method} {request.url.path}",
         extra=[{**error, "source": "body"}],
     )
+
+
+TOO_DEEP = "JSON is malformed: arrays or objects nested too deep"
+LONE_SURROGATE = "JSON is malformed: a \\ud800 to \\udbff escape must be followed by a \\udc00 to \\udfff one"
+
+
+def json_error(body: bytes, error: msgspec.DecodeError) -> str:
+    """msgspec's message for a body that is not JSON, except one: msgspec calls a high
+    surrogate escape that no low one follows (``"\\ud800"``) truncated input. Python's json
+    module reads such a string, so a "truncated" body that it reads is said to be that."""
+    message = str(error)
+    if message == "Input data was truncated":
+        try:
+            json.loads(body)
+        except (ValueError, RecursionError):
+            return message
+        return LONE_SURROGATE
+    return message
 
 
 FIELD_PATH = re.compile(r"^(?P<message>.*) - at `\$\.(?P<key>\w+)")

@@ -353,6 +353,50 @@ def test_create_refuses_malformed_json(client: TestClient, db_path: Path, raw: b
     assert stored_posts(db_path) == []
 
 
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            b'{"title": "x", "content": "\\ud800"}',
+            "a \\ud800 to \\udbff escape must be followed by a \\udc00 to \\udfff one",
+        ),
+        (
+            b'{"title": "x", "content": "\\udbff\\n"}',
+            "a \\ud800 to \\udbff escape must be followed by a \\udc00 to \\udfff one",
+        ),
+        (b'{"title": "x", "content": "y"', "Input data was truncated"),
+    ],
+    ids=["lone high surrogate", "high surrogate then newline", "unclosed object"],
+)
+def test_malformed_json_is_named_as_what_is_wrong(client: TestClient, raw: bytes, message: str) -> None:
+    response = client.post("/api/posts", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert message in response.json()["extra"][0]["message"]
+
+
+def nested_too_deep(fields: dict) -> bytes:
+    """A valid body but for a read-only field, which takes any JSON, holding arrays 5,000 deep."""
+    return json.dumps(fields).encode()[:-1] + b', "id": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+
+
+@pytest.mark.parametrize("target", ["create", "update", "comment"])
+def test_json_nested_too_deep_is_a_400_and_writes_nothing(client: TestClient, db_path: Path, target: str) -> None:
+    post = create(client)
+    before = stored_posts(db_path)
+    method, path, fields = {
+        "create": ("POST", "/api/posts", {"title": "Deep", "content": "x"}),
+        "update": ("PUT", f"/api/posts/{post['id']}", {"title": "Deep"}),
+        "comment": ("POST", f"/api/posts/{post['id']}/comments", {"author": "a", "body": "b"}),
+    }[target]
+    response = client.request(method, path, content=nested_too_deep(fields))
+    assert response.status_code == 400
+    assert response.json()["extra"] == [
+        {"message": "JSON is malformed: arrays or objects nested too deep", "source": "body"}
+    ]
+    assert stored_posts(db_path) == before
+    assert stored_comments(db_path) == []
+
+
 BAD_UPDATE_BODIES = {
     key: value
     for key, value in BAD_CREATE_BODIES.items()
