@@ -3441,7 +3441,10 @@ def create_app(config: Config | None = None) -> Litestar:
     )
 
 
-app = create_app(Config.from_env())
+if __name__ != "__main__":  # run as a script, main() makes the app, from flags as well
+    app = create_app(Config.from_env())
+    """The app that ``uvicorn blog_api:app`` (and ``--workers``, ``--reload``) serves,
+    configured from ``BLOG_API_*`` variables."""
 
 
 # --------------------------------------------------------------------------------------
@@ -3535,6 +3538,14 @@ def backup_database(source: str, target: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def defaults_from_env(parser: argparse.ArgumentParser, environ: Mapping[str, str] = os.environ) -> Config:
+    """The config that ``BLOG_API_*`` variables make; a bad one is a usage error, as a bad flag is."""
+    try:
+        return Config.from_env(environ)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
 def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> Config:
     """Read the command line; each flag's default comes from its ``BLOG_API_*`` variable."""
     parser = argparse.ArgumentParser(
@@ -3545,10 +3556,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
         "  blog_api.py backup --help   copy the live database",
         epilog="Each flag can also be set by the environment variable named in its help.",
     )
-    try:
-        defaults = Config.from_env(environ)
-    except ValueError as exc:
-        parser.error(str(exc))
+    defaults = defaults_from_env(parser, environ)
     parser.add_argument("--host", default=defaults.host, help="address to bind (BLOG_API_HOST; default %(default)s)")
     parser.add_argument(
         "--port", type=int, default=defaults.port, help="port to bind (BLOG_API_PORT; default %(default)s)"
@@ -3681,12 +3689,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def seed(argv: list[str]) -> None:
-    defaults = Config.from_env()
     parser = argparse.ArgumentParser(
         prog="blog_api.py seed",
         description="Fill the database with realistic demo posts: titles, paragraphs, tags, comments, "
         "10%% drafts. The same --random-seed gives the same posts.",
     )
+    defaults = defaults_from_env(parser)
     parser.add_argument(
         "--db", dest="db_path", default=defaults.db_path, help="database file (BLOG_API_DB; default %(default)s)"
     )
@@ -3707,11 +3715,11 @@ def seed(argv: list[str]) -> None:
 
 
 def backup(argv: list[str]) -> None:
-    defaults = Config.from_env()
     parser = argparse.ArgumentParser(
         prog="blog_api.py backup",
         description="Copy the live database, while the service keeps serving, with SQLite's online backup API.",
     )
+    defaults = defaults_from_env(parser)
     parser.add_argument("path", help="where to write the copy (must not exist)")
     parser.add_argument(
         "--db", dest="db_path", default=defaults.db_path, help="database to copy (BLOG_API_DB; default %(default)s)"

@@ -1255,11 +1255,29 @@ def test_bad_settings_are_refused_with_a_clear_message(capsys, argv, environ, me
     assert message in capsys.readouterr().err
 
 
-def run_blog_api(*arguments: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    """``python blog_api.py <arguments>`` run to its end, as a user would, with its output."""
+def run_blog_api(
+    *arguments: str, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python blog_api.py <arguments>`` run to its end, as a user would, with its output
+    (and ``env`` added to the environment)."""
     return subprocess.run(
-        [sys.executable, "blog_api.py", *arguments], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "blog_api.py", *arguments],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
+
+
+@pytest.mark.parametrize("command", [[], ["seed"], ["backup", "{tmp}/copy.db"]], ids=["serve", "seed", "backup"])
+def test_a_bad_variable_is_a_usage_error_not_a_traceback(tmp_path: Path, command: list[str]) -> None:
+    command = [argument.format(tmp=tmp_path) for argument in command]
+    finished = run_blog_api(*command, env={"BLOG_API_PORT": "eighty", "BLOG_API_DB": str(tmp_path / "blog.db")})
+    assert finished.returncode == 2
+    assert finished.stderr.splitlines()[-1].endswith("error: BLOG_API_PORT must be a whole number, got 'eighty'")
+    assert "Traceback" not in finished.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_help_explains_every_flag() -> None:
