@@ -1671,8 +1671,17 @@ class Database:
         except BaseException as exc:
             await self.close()
             if isinstance(exc, sqlite3.Error):
-                raise DatabaseError(f"cannot use the database {self.path!r}: {exc}") from exc
+                raise DatabaseError(f"cannot use the database {self.path!r}: {exc}{self._why_not_opened()}") from exc
             raise
+
+    def _why_not_opened(self) -> str:
+        """What SQLite's "unable to open database file" may not say: a missing folder or file."""
+        path = Path(self.path)
+        if self.in_memory or path.exists():
+            return ""
+        if not path.parent.is_dir():
+            return f" (there is no folder {str(path.parent)!r})"
+        return " (there is no such file; --read-only serves one that exists)" if self.read_only else ""
 
     async def _open_read_only(self) -> None:
         """Readers only, opened read-only (``mode=ro``): the schema must already be current."""
@@ -3741,6 +3750,14 @@ def serve(argv: list[str]) -> None:
             f"blog_api: refusing to serve {config.host} without a token: anyone who can reach it could "
             "rewrite the blog. Give --token (or --token-file), or --allow-anonymous-writes if you mean it."
         )
+    if config.db_path != ":memory:":
+        # Make or check the schema before serving: a database that cannot be used is then one
+        # clear line, not uvicorn's traceback of a failed startup; and with --workers, it is
+        # done once, not in a race between them.
+        try:
+            asyncio.run(check_database(config))
+        except DatabaseError as exc:
+            sys.exit(f"blog_api: {exc}")
     blog = create_app(config)  # also sets up logging, in the format asked for
     skip_unused_log_record_fields()
     write_access_lines_directly(blog)
@@ -3770,12 +3787,7 @@ def serve(argv: list[str]) -> None:
         os.environ.update(config.to_env())
         uvicorn.run("blog_api:app", reload=True, app_dir=code_dir, reload_dirs=[code_dir], **server_options)
     elif config.workers > 1:
-        # Make or check the schema once, before the workers start, rather than in a race
-        # between them; each worker then imports this module and reads its config from here.
-        try:
-            asyncio.run(check_database(config))
-        except DatabaseError as exc:
-            sys.exit(f"blog_api: {exc}")
+        # Each worker imports this module and reads its config from here.
         os.environ.update(config.to_env())
         sys.path.insert(0, code_dir)  # where the workers import blog_api from
         server_config = TcpServerConfig("blog_api:app", workers=config.workers, **server_options)

@@ -3367,11 +3367,30 @@ def test_a_full_disk_is_a_503_and_corrupts_nothing(db_path: Path) -> None:
     assert len(stored_posts(db_path)) == 1 + written + 1
 
 
-def test_a_database_where_nothing_can_be_written_is_refused_clearly() -> None:
-    """/proc takes no new files, whoever asks (a chmod-ed folder would not stop root)."""
-    result = run_blog_api("--port", str(free_port()), "--db", "/proc/blog_api.db", timeout=30)
-    assert result.returncode != 0
-    assert "cannot use the database '/proc/blog_api.db': unable to open database file" in result.stdout + result.stderr
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        # /proc takes no new files, whoever asks (a chmod-ed folder would not stop root).
+        (["--db", "/proc/blog_api.db"], "cannot use the database '/proc/blog_api.db': unable to open database file"),
+        (
+            ["--db", "{tmp}/missing/blog.db"],
+            "cannot use the database '{tmp}/missing/blog.db': unable to open database file "
+            "(there is no folder '{tmp}/missing')",
+        ),
+        (
+            ["--read-only", "--db", "{tmp}/blog.db"],
+            "cannot use the database '{tmp}/blog.db': unable to open database file "
+            "(there is no such file; --read-only serves one that exists)",
+        ),
+    ],
+    ids=["nothing can be written", "missing folder", "read-only, missing file"],
+)
+def test_a_database_that_cannot_be_used_is_refused_in_one_line(tmp_path: Path, flags: list[str], message: str) -> None:
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    result = run_blog_api("--port", str(free_port()), *flags, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == "blog_api: " + message.format(tmp=tmp_path)
+    assert "Traceback" not in result.stderr
 
 
 def test_fuzzing_from_the_openapi_document_finds_nothing(start_server, tmp_path: Path) -> None:
