@@ -76,6 +76,7 @@ from litestar.enums import MediaType
 from litestar.exceptions import (
     ClientException,
     HTTPException,
+    InternalServerException,
     MethodNotAllowedException,
     NotAuthorizedException,
     NotFoundException,
@@ -570,6 +571,15 @@ class RequestEntityTooLarge(ClientException):
     detail = "Request Entity Too Large"
 
 
+class ClientClosedRequest(ClientException):
+    """499 (nginx's code): the client went away before its body was all sent. Litestar reports
+    that as a 500; it is no error of the server's, and the answer reaches no one, but the
+    access line says what happened."""
+
+    status_code = 499
+    detail = "Client Closed Request"
+
+
 StructT = TypeVar("StructT", bound=msgspec.Struct)
 
 
@@ -618,7 +628,11 @@ def json_body(model: type[msgspec.Struct], may_write: Callable[[Request], Awaita
 
 async def require_json_body(request: Request) -> None:
     """Refuse an empty body clearly (Litestar would report it as a missing "'data'")."""
-    if not await request.body():
+    try:
+        body = await request.body()
+    except InternalServerException as exc:  # Litestar's only one here: "client disconnected prematurely"
+        raise ClientClosedRequest from exc
+    if not body:
         raise validation_failed(request, {"message": "The body is empty; expected a JSON object"})
 
 

@@ -2824,6 +2824,26 @@ def test_access_lines_written_directly_are_the_lines_logging_writes(
     assert direct == formatter.format(record)
 
 
+def test_a_client_that_leaves_mid_body_is_a_499_in_the_access_line_not_a_500(start_server, tmp_path: Path) -> None:
+    """Litestar reports a body cut short by the client as a 500, which would be logged as an
+    error of the server's, with its traceback."""
+    port = free_port()
+    server = start_server([sys.executable, "blog_api.py", "--port", str(port)], port)
+    for head in [b"Content-Length: 100", b"Transfer-Encoding: chunked"]:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            connection.sendall(b"POST /api/posts HTTP/1.1\r\nHost: blog\r\n" + head + b"\r\n\r\n")
+            connection.sendall(b"6\r\n" if b"chunked" in head else b"")
+            connection.sendall(b'{"titl')
+            connection.shutdown(socket.SHUT_WR)
+            assert connection.recv(1000) == b""  # nobody to answer
+    assert httpx.get(server.url + "/api/posts").json() == []
+    code, output = server.stop()
+    assert code == 0
+    assert output.count("POST /api/posts 499") == 2
+    assert "Internal server error" not in output
+    assert "Traceback" not in output
+
+
 @pytest.mark.parametrize(("log_level", "lines_for_health"), [("info", 0), ("debug", 1), ("warning", None)])
 def test_the_service_writes_its_access_lines_itself_at_the_level_asked(db_path: Path, log_level, lines_for_health):
     stream = io.StringIO()
