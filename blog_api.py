@@ -1670,9 +1670,9 @@ class Database:
                 await self._open_read_only()
                 self._version_reader = self._connect_version_reader()
                 return
+            self._writer = await self._connect()  # first: SQLite's error names a missing folder
             if self._write_lock is not None:
                 self._write_lock.open()
-            self._writer = await self._connect()
             self.cursor_secret = await self._call(self._writer, self._prepare_writer)
             for _ in range(self._reader_count):
                 reader = await self._connect()

@@ -3398,12 +3398,17 @@ def test_a_full_disk_is_a_503_and_corrupts_nothing(db_path: Path) -> None:
             "(there is no folder '{tmp}/missing')",
         ),
         (
+            ["--workers", "2", "--db", "{tmp}/missing/blog.db"],
+            "cannot use the database '{tmp}/missing/blog.db': unable to open database file "
+            "(there is no folder '{tmp}/missing')",
+        ),
+        (
             ["--read-only", "--db", "{tmp}/blog.db"],
             "cannot use the database '{tmp}/blog.db': unable to open database file "
             "(there is no such file; --read-only serves one that exists)",
         ),
     ],
-    ids=["nothing can be written", "missing folder", "read-only, missing file"],
+    ids=["nothing can be written", "missing folder", "missing folder, workers", "read-only, missing file"],
 )
 def test_a_database_that_cannot_be_used_is_refused_in_one_line(tmp_path: Path, flags: list[str], message: str) -> None:
     flags = [flag.format(tmp=tmp_path) for flag in flags]
