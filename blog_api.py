@@ -3009,7 +3009,7 @@ def update_posts(connection: sqlite3.Connection, updates: list[dict[str, Any]]) 
     if connection.executemany(UPDATE_POST, distinct).rowcount < len(distinct):
         raise PostsNotUpdated()
     retagged = [
-        {"id": update["id"], "tags": msgspec.json.decode(update["tags"])}
+        {"id": update["id"], "tags": msgspec.Raw(update["tags"].encode())}  # JSON already
         for update in distinct
         if update["tags"] is not None
     ]
