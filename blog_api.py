@@ -121,7 +121,7 @@ __version__ = "1.0.0"
 # --------------------------------------------------------------------------------------
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The ``PRAGMA user_version`` that schema.sql sets; a database at any other version is
 upgraded or refused."""
 SCHEMA_UPGRADES = {
@@ -131,6 +131,15 @@ SCHEMA_UPGRADES = {
         "DROP TRIGGER IF EXISTS posts_fts_after_insert",
         "DROP TRIGGER IF EXISTS posts_fts_after_delete",
         "DROP TRIGGER IF EXISTS posts_fts_after_update",
+    ],
+    # 2 to 3: posts.comments_changed_at, so that a comment moves its post's Last-Modified.
+    # When comments changed before is not known: as of now, so no copy is wrongly current.
+    # The column comes after content here, which costs nothing: it is only read with it.
+    2: [
+        "ALTER TABLE posts ADD COLUMN comments_changed_at INTEGER NOT NULL DEFAULT 0",
+        "UPDATE posts SET comments_changed_at = CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)",
+        "DROP TRIGGER IF EXISTS comments_bump_post_version_after_insert",
+        "DROP TRIGGER IF EXISTS comments_bump_post_version_after_delete",
     ],
 }
 """What takes a database from each version to the next, before schema.sql is applied."""
@@ -686,13 +695,13 @@ def iso_timestamp(column: str) -> str:
     return f"strftime('%Y-%m-%dT%H:%M:%S', {column} / 1000000, 'unixepoch') || printf('.%06dZ', {column} % 1000000)"
 
 
-# A post: what the handlers need for headers (id, slug, updated_at, published, version),
-# then the post as the API shows it, as JSON made by SQLite in the order of the Post
+# A post: what the handlers need for headers (id, slug, when it last changed, published,
+# version), then the post as the API shows it, as JSON made by SQLite in the order of the Post
 # Struct, with its tags (in the order they were given) and how many comments it has.
 # SQLite builds it in the reader's thread, which lets go of the GIL meanwhile, so the
 # event loop never decodes and re-encodes a post it only passes on.
 POST_FIELDS = f"""
-    posts.id, posts.slug, posts.updated_at, posts.published, posts.version,
+    posts.id, posts.slug, max(posts.updated_at, posts.comments_changed_at), posts.published, posts.version,
     json_object(
         'id', posts.id,
         'title', posts.title,
@@ -1865,9 +1874,10 @@ class Database:
                 "schema version, so another program made it (the tutorial's SQLAlchemy app, "
                 "perhaps); refusing to guess at its layout. Use --db to choose another file."
             )
-        for older in range(version, SCHEMA_VERSION):
-            for statement in SCHEMA_UPGRADES.get(older, []):
-                connection.execute(statement)
+        if version > 0:  # an older blog_api's database; a new one has nothing to upgrade
+            for older in range(version, SCHEMA_VERSION):
+                for statement in SCHEMA_UPGRADES.get(older, []):
+                    connection.execute(statement)
         for statement in sql_statements(SCHEMA_PATH.read_text(encoding="utf-8")):
             connection.execute(statement)
 
@@ -2599,16 +2609,16 @@ class CachedPost:
     once from its row (``POST_FIELDS``) and kept in the read cache with it."""
 
     published: bool
-    updated_at: int
+    modified_at: int
     etag: str
     last_modified: str
     body: bytes
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> "CachedPost":
-        post_id, _, updated_at, published, version, post_json = row
-        etag, last_modified = post_etag(post_id, version), http_date(updated_at)
-        return cls(bool(published), updated_at, etag, last_modified, post_json.encode())
+        post_id, _, modified_at, published, version, post_json = row
+        etag, last_modified = post_etag(post_id, version), http_date(modified_at)
+        return cls(bool(published), modified_at, etag, last_modified, post_json.encode())
 
 
 @dataclass(frozen=True)
@@ -2662,7 +2672,7 @@ RESPONSE_HEADERS = {
     for name, description in [
         ("Location", "URL of what was created."),
         ("ETag", "Strong validator: send it back in If-None-Match (304) or If-Match (412 if stale)."),
-        ("Last-Modified", "When the post last changed (updated_at), for If-Modified-Since."),
+        ("Last-Modified", "When the post or its comments last changed, for If-Modified-Since."),
         (
             "Cache-Control",
             "`no-cache` for public content (revalidate); `private, no-store` for drafts or with a token.",
@@ -2793,7 +2803,7 @@ class PostController(Controller):
             "Last-Modified": post.last_modified,
             "Cache-Control": cache_control(request, includes_drafts=not post.published),
         }
-        if is_not_modified(if_none_match, if_modified_since, post.etag, post.updated_at):
+        if is_not_modified(if_none_match, if_modified_since, post.etag, post.modified_at):
             return not_modified(headers)
         return json_response(post.body, headers)
 

@@ -17,6 +17,9 @@ CREATE TABLE IF NOT EXISTS posts (
     -- increases even when two updates land in the same microsecond.
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL,
+    -- When a comment was last added to or deleted from the post (0: never), set by the
+    -- triggers on comments. What GET shows changed at the later of the two: Last-Modified.
+    comments_changed_at  INTEGER NOT NULL DEFAULT 0,
     -- Bumped by the triggers below whenever what GET shows of the post changes: the
     -- strong ETag is made from id and version, and If-Match compares versions.
     version     INTEGER NOT NULL DEFAULT 1,
@@ -129,13 +132,24 @@ CREATE TABLE IF NOT EXISTS comments (
 -- A post's comments, oldest first, and its comment_count.
 CREATE INDEX IF NOT EXISTS comments_by_post ON comments (post_pk, created_at, id);
 
--- A comment changes its post's comment_count, so its representation: a new version.
+-- A comment changes its post's comment_count, so its representation: a new version, and
+-- a new Last-Modified. A deletion has no time of its own: it takes SQLite's clock (to the
+-- millisecond), in microseconds since the Unix epoch.
 CREATE TRIGGER IF NOT EXISTS comments_bump_post_version_after_insert AFTER INSERT ON comments BEGIN
-    UPDATE posts SET version = version + 1 WHERE pk = new.post_pk;
+    UPDATE posts
+    SET version = version + 1,
+        comments_changed_at = max(comments_changed_at, new.created_at)
+    WHERE pk = new.post_pk;
 END;
 
 CREATE TRIGGER IF NOT EXISTS comments_bump_post_version_after_delete AFTER DELETE ON comments BEGIN
-    UPDATE posts SET version = version + 1 WHERE pk = old.post_pk;
+    UPDATE posts
+    SET version = version + 1,
+        comments_changed_at = max(
+            comments_changed_at,
+            CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)
+        )
+    WHERE pk = old.post_pk;
 END;
 
 -- POST requests with an Idempotency-Key: the response given, replayed to a retry with the
@@ -162,4 +176,4 @@ CREATE TABLE IF NOT EXISTS meta (
 
 INSERT OR IGNORE INTO meta (key, value) VALUES ('cursor_secret', randomblob(32));
 
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;

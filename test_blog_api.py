@@ -3,6 +3,7 @@ database holds afterwards. Each test gets a fresh app on its own temporary datab
 
 import asyncio
 import base64
+import email.utils
 import gc
 import hashlib
 import io
@@ -22,6 +23,7 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, closing, contextmanager, suppress
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -1723,6 +1725,20 @@ def test_writes_committed_together_leave_the_search_index_matching_every_post(db
         assert connection.execute("SELECT count(*) FROM posts_fts_pending").fetchone() == (0,)
 
 
+VERSION_2_COMMENT_TRIGGERS = """
+DROP TRIGGER comments_bump_post_version_after_insert;
+DROP TRIGGER comments_bump_post_version_after_delete;
+ALTER TABLE posts DROP COLUMN comments_changed_at;
+CREATE TRIGGER comments_bump_post_version_after_insert AFTER INSERT ON comments BEGIN
+    UPDATE posts SET version = version + 1 WHERE pk = new.post_pk;
+END;
+CREATE TRIGGER comments_bump_post_version_after_delete AFTER DELETE ON comments BEGIN
+    UPDATE posts SET version = version + 1 WHERE pk = old.post_pk;
+END;
+PRAGMA user_version = 2;
+"""
+"""What schema version 2 had instead of posts.comments_changed_at: comments moved only the version."""
+
 VERSION_1_SEARCH_TRIGGERS = """
 DROP TRIGGER posts_fts_pending_after_insert;
 DROP TRIGGER posts_fts_pending_after_delete;
@@ -1747,17 +1763,39 @@ def test_a_version_1_database_is_upgraded_and_its_search_index_kept(db_path: Pat
     with TestClient(create_app(Config(db_path=str(db_path)))) as client:
         old = create(client, title="Written before")
     with closing(sqlite3.connect(db_path, isolation_level=None)) as connection:
-        connection.executescript(VERSION_1_SEARCH_TRIGGERS)
+        connection.executescript(VERSION_2_COMMENT_TRIGGERS + VERSION_1_SEARCH_TRIGGERS)
         connection.execute("UPDATE posts SET title = 'Renamed under version one', updated_at = updated_at + 1")
     with TestClient(create_app(Config(db_path=str(db_path)))) as client:
         new = create(client, title="Written after")
         assert ids(client.get("/api/posts", params={"q": "renamed version"}).json()) == [old["id"]]
         assert ids(client.get("/api/posts", params={"q": "written"}).json()) == [new["id"]]
     with closing(sqlite3.connect(db_path)) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (2,)
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (3,)
         triggers = {name for (name,) in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'trigger'")}
     assert not triggers & {"posts_fts_after_insert", "posts_fts_after_delete", "posts_fts_after_update"}
     assert search_index_problem(db_path) is None
+
+
+def test_a_version_2_database_is_upgraded_and_its_comments_move_last_modified(db_path: Path, monkeypatch) -> None:
+    fixed_clock(monkeypatch, 1_741_776_155_700_944)  # 2025, long before the upgrade
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        post = create(client)
+        comment = comment_on(client, post)
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as connection:
+        connection.executescript(VERSION_2_COMMENT_TRIGGERS)
+    upgrade_began = datetime.now(UTC).replace(microsecond=0)
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        url = f"/api/posts/{post['id']}"
+        upgraded = client.get(url)
+        assert upgraded.json()["comment_count"] == 1 and upgraded.json()["updated_at"] == post["updated_at"]
+        # Comments may have changed at any time before: the post counts as changed at the upgrade.
+        assert email.utils.parsedate_to_datetime(upgraded.headers["last-modified"]) >= upgrade_began
+        assert client.delete(f"{url}/comments/{comment['id']}").status_code == 204
+        assert client.get(url).json()["comment_count"] == 0
+    with closing(sqlite3.connect(db_path)) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (3,)
+        [(changed_at,)] = connection.execute("SELECT comments_changed_at FROM posts").fetchall()
+    assert changed_at >= upgrade_began.timestamp() * 1_000_000
 
 
 def test_a_post_another_program_wrote_is_searchable_once_blog_api_starts(db_path: Path) -> None:
@@ -2589,6 +2627,25 @@ def test_if_modified_since_is_304_to_the_second_and_yields_to_if_none_match(clie
     assert client.get(url, headers={"If-Modified-Since": "yesterday"}).status_code == 200
     both = {"If-Modified-Since": "Wed, 12 Mar 2025 11:00:00 GMT", "If-None-Match": '"stale"'}
     assert client.get(url, headers=both).status_code == 200
+
+
+def test_a_comment_added_or_deleted_moves_its_posts_last_modified(client: TestClient, monkeypatch) -> None:
+    fixed_clock(monkeypatch, 1_741_776_155_700_944)  # 10:42:35.700944
+    post = create(client)
+    url = f"/api/posts/{post['id']}"
+    created = client.get(url).headers["last-modified"]
+    fixed_clock(monkeypatch, 1_741_776_160_000_000)  # 10:42:40
+    comment = comment_on(client, post)
+    commented = client.get(url, headers={"If-Modified-Since": created})
+    assert commented.status_code == 200 and commented.json()["comment_count"] == 1
+    assert commented.headers["last-modified"] == "Wed, 12 Mar 2025 10:42:40 GMT"
+    assert commented.json()["updated_at"] == post["updated_at"]  # the post itself did not change
+    assert client.delete(f"{url}/comments/{comment['id']}").status_code == 204
+    uncommented = client.get(url, headers={"If-Modified-Since": commented.headers["last-modified"]})
+    assert uncommented.status_code == 200 and uncommented.json()["comment_count"] == 0
+    deleted_at = email.utils.parsedate_to_datetime(uncommented.headers["last-modified"])
+    assert deleted_at > email.utils.parsedate_to_datetime(commented.headers["last-modified"])
+    assert client.get(url, headers={"If-Modified-Since": uncommented.headers["last-modified"]}).status_code == 304
 
 
 @pytest.mark.parametrize("url", ["/api/posts", "/api/posts/{id}/comments", "/api/tags"])
