@@ -491,6 +491,13 @@ IfMatch = Annotated[
     str | None,
     HeaderParameter(name="If-Match", description="Change only if the post's ETag is one of these (or `*`), else 412."),
 ]
+IfUnmodifiedSince = Annotated[
+    str | None,
+    HeaderParameter(
+        name="If-Unmodified-Since",
+        description="An HTTP date: change only if the post has not changed since, else 412 (without If-Match).",
+    ),
+]
 IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(
@@ -553,10 +560,14 @@ SearchText = Annotated[
 
 
 class PreconditionFailed(ClientException):
-    """412: If-Match named an ETag that is no longer current; nothing was changed."""
+    """412: If-Match named an ETag that is no longer current, or the post changed after the
+    date of If-Unmodified-Since; nothing was changed."""
 
     status_code = 412
     detail = "The post has changed since that ETag; fetch it again"
+
+
+STALE_DATE = "The post has changed since the date of If-Unmodified-Since; fetch it again"
 
 
 class IdempotencyKeyReused(ClientException):
@@ -790,7 +801,9 @@ SET title = coalesce(:title, title),
         THEN updated_at
         ELSE max(:now, updated_at + 1)
     END
-WHERE id = :id AND (:versions IS NULL OR version IN (SELECT value FROM json_each(:versions)))
+WHERE id = :id
+  AND (:versions IS NULL OR version IN (SELECT value FROM json_each(:versions)))
+  AND (:modified_before IS NULL OR max(updated_at, comments_changed_at) < :modified_before)
 """
 
 # :posts is a JSON array of objects with a post's id: all their tags are taken away.
@@ -851,10 +864,13 @@ GROUP BY tags.pk
 ORDER BY tags.name
 """
 
-# :versions (a JSON array, or NULL for any) is what If-Match allows the post to be at.
+# :versions (a JSON array, or NULL for any) is what If-Match allows the post to be at;
+# :modified_before (microseconds, or NULL) when If-Unmodified-Since needs it last changed.
 DELETE_POST = """
 DELETE FROM posts
-WHERE id = :id AND (:versions IS NULL OR version IN (SELECT value FROM json_each(:versions)))
+WHERE id = :id
+  AND (:versions IS NULL OR version IN (SELECT value FROM json_each(:versions)))
+  AND (:modified_before IS NULL OR max(updated_at, comments_changed_at) < :modified_before)
 RETURNING id
 """
 
@@ -2480,15 +2496,22 @@ def is_not_modified(if_none_match: str | None, if_modified_since: str | None, et
     only without it, If-Modified-Since, to the second."""
     if if_none_match is not None:
         return if_none_match.strip() == "*" or any(tag == etag for _, tag in entity_tags(if_none_match))
-    if if_modified_since is None:
+    since = parse_http_date(if_modified_since)
+    if since is None:
         return False
-    try:
-        since = email.utils.parsedate_to_datetime(if_modified_since)
-    except (TypeError, ValueError):
-        return False  # an invalid date is ignored, as RFC 9110 says
-    if since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
     return EPOCH + timedelta(microseconds=modified_us - modified_us % 1_000_000) <= since
+
+
+def parse_http_date(field_value: str | None) -> datetime | None:
+    """An HTTP date (RFC 9110 5.6.7) as an aware datetime; None if absent or invalid, which
+    RFC 9110 says to treat as if the field were not sent."""
+    if field_value is None:
+        return None
+    try:
+        since = email.utils.parsedate_to_datetime(field_value)
+    except (TypeError, ValueError):
+        return None
+    return since if since.tzinfo is not None else since.replace(tzinfo=UTC)
 
 
 def cache_control(request: Request, includes_drafts: bool) -> str:
@@ -2545,6 +2568,18 @@ def json_response(body: bytes, headers: dict[str, str], status_code: int = HTTP_
     return EncodedJSONResponse(body, status_code=status_code, media_type=MediaType.JSON, headers=headers)
 
 
+def write_conditions(post_id: str, if_match: str | None, if_unmodified_since: str | None) -> dict[str, Any]:
+    """The preconditions of a write (RFC 9110 13.2.2) as ``:versions`` and ``:modified_before``
+    for SQL, so that they are checked in the write's own transaction. If-Unmodified-Since
+    counts only without If-Match; it holds if the post last changed within or before the
+    second it names."""
+    since = None if if_match is not None else parse_http_date(if_unmodified_since)
+    return {
+        "versions": allowed_versions(if_match, post_id),
+        "modified_before": None if since is None else (int(since.timestamp()) + 1) * 1_000_000,
+    }
+
+
 def allowed_versions(if_match: str | None, post_id: str) -> str | None:
     """The versions If-Match lets a write find the post at, as a JSON array for SQL, or None
     for any (no field, or ``*``). Weak tags never match (strong comparison, RFC 9110 13.1.1)."""
@@ -2558,10 +2593,11 @@ def allowed_versions(if_match: str | None, post_id: str) -> str | None:
     return msgspec.json.encode(versions).decode()
 
 
-def precondition_failed_or_missing(connection: sqlite3.Connection, post_id: str) -> ClientException:
-    """A conditional write that found nothing: 412 if the post exists, else 404."""
-    exists = connection.execute(SELECT_POST_PK, {"post_id": post_id, "drafts": True}).fetchall()
-    return PreconditionFailed() if exists else post_not_found(post_id)
+def precondition_failed_or_missing(connection: sqlite3.Connection, write: Mapping[str, Any]) -> ClientException:
+    """A conditional write (its parameters) that found nothing: 412 if the post exists, else 404."""
+    if not connection.execute(SELECT_POST_PK, {"post_id": write["id"], "drafts": True}).fetchall():
+        return post_not_found(write["id"])
+    return PreconditionFailed() if write["versions"] is not None else PreconditionFailed(detail=STALE_DATE)
 
 
 @dataclass(frozen=True)
@@ -2809,18 +2845,29 @@ class PostController(Controller):
 
     @put(operation_id="updatePost", summary="Update a post", **UPDATE_ROUTE)
     async def update_post(
-        self, post_id: PostId, data: JSONBody[PostUpdate], blog: NamedDependency[Blog], if_match: IfMatch = None
+        self,
+        post_id: PostId,
+        data: JSONBody[PostUpdate],
+        blog: NamedDependency[Blog],
+        if_match: IfMatch = None,
+        if_unmodified_since: IfUnmodifiedSince = None,
     ) -> Response[Post]:
         """Change the fields sent and leave the others; ``updated_at`` moves forward. With
-        If-Match, only if the post is still at that ETag (else 412, and nothing changes)."""
-        return await apply_update(blog.db, post_id, data, if_match)
+        If-Match, only if the post is still at that ETag, and with If-Unmodified-Since, only if
+        it has not changed since (else 412, and nothing changes)."""
+        return await apply_update(blog.db, post_id, data, write_conditions(post_id, if_match, if_unmodified_since))
 
     @patch(operation_id="patchPost", summary="Update a post (the same as PUT)", **UPDATE_ROUTE)
     async def patch_post(
-        self, post_id: PostId, data: JSONBody[PostUpdate], blog: NamedDependency[Blog], if_match: IfMatch = None
+        self,
+        post_id: PostId,
+        data: JSONBody[PostUpdate],
+        blog: NamedDependency[Blog],
+        if_match: IfMatch = None,
+        if_unmodified_since: IfUnmodifiedSince = None,
     ) -> Response[Post]:
         """The same as PUT: change the fields sent and leave the others."""
-        return await apply_update(blog.db, post_id, data, if_match)
+        return await apply_update(blog.db, post_id, data, write_conditions(post_id, if_match, if_unmodified_since))
 
     @delete(
         "/{post_id:str}",
@@ -2829,13 +2876,19 @@ class PostController(Controller):
         summary="Delete a post",
         raises=[NotFoundException, PreconditionFailed, *WRITE_ERRORS],
     )
-    async def delete_post(self, post_id: PostId, blog: NamedDependency[Blog], if_match: IfMatch = None) -> None:
+    async def delete_post(
+        self,
+        post_id: PostId,
+        blog: NamedDependency[Blog],
+        if_match: IfMatch = None,
+        if_unmodified_since: IfUnmodifiedSince = None,
+    ) -> None:
         """Delete a post; answers 204 with no body. With If-Match, only if still at that ETag."""
-        parameters = {"id": post_id, "versions": allowed_versions(if_match, post_id)}
+        parameters = {"id": post_id, **write_conditions(post_id, if_match, if_unmodified_since)}
 
         def remove(connection: sqlite3.Connection) -> None:
             if not connection.execute(DELETE_POST, parameters).fetchall():
-                raise precondition_failed_or_missing(connection, post_id)
+                raise precondition_failed_or_missing(connection, parameters)
 
         await blog.db.write(remove)
 
@@ -2979,7 +3032,7 @@ class CommentController(Controller):
             raise comment_not_found(post_id, comment_id)
 
 
-async def apply_update(db: Database, post_id: str, data: PostUpdate, if_match: str | None) -> Response[Post]:
+async def apply_update(db: Database, post_id: str, data: PostUpdate, conditions: dict[str, Any]) -> Response[Post]:
     def sent(value: Any) -> Any:
         return None if value is UNSET else value
 
@@ -2992,7 +3045,7 @@ async def apply_update(db: Database, post_id: str, data: PostUpdate, if_match: s
         "slug": sent(data.slug),
         "tags": None if new_tags is None else msgspec.json.encode(new_tags).decode(),
         "now": utc_now_us(),
-        "versions": allowed_versions(if_match, post_id),
+        **conditions,
     }
 
     updated_id, _, _, _, version, post_json = await db.write(
@@ -3002,7 +3055,7 @@ async def apply_update(db: Database, post_id: str, data: PostUpdate, if_match: s
 
 
 class PostsNotUpdated(Exception):
-    """``update_posts`` found a post missing, or not at a version its If-Match allows."""
+    """``update_posts`` found a post missing, or failing its preconditions (``write_conditions``)."""
 
 
 def update_posts(connection: sqlite3.Connection, updates: list[dict[str, Any]]) -> list[Any | None]:
@@ -3010,8 +3063,8 @@ def update_posts(connection: sqlite3.Connection, updates: list[dict[str, Any]]) 
     are (``Together`` for the writer): returns each updated post's row (``POST_FIELDS``), or
     None for a later update of a post updated earlier in the list, which runs alone, after,
     so that each answer shows the post as its own update left it. Raises PostsNotUpdated if a
-    post is missing or at a version its If-Match does not allow (the writer then undoes the
-    others, and runs each update alone)."""
+    post is missing or fails its preconditions (the writer then undoes the others, and runs
+    each update alone)."""
     first_of_post: dict[str, int] = {}
     for index, update in enumerate(updates):
         first_of_post.setdefault(update["id"], index)
@@ -3039,12 +3092,12 @@ def update_posts(connection: sqlite3.Connection, updates: list[dict[str, Any]]) 
 
 def update_post(update: dict[str, Any], connection: sqlite3.Connection) -> Any:
     """Apply one update; returns the post's row. 409 if the new slug is taken, 404 if the post
-    is missing, 412 if it is not at a version its If-Match allows."""
+    is missing, 412 if it fails its preconditions (If-Match, If-Unmodified-Since)."""
     try:
         with slug_must_be_free(update["slug"]):
             [row] = update_posts(connection, [update])
     except PostsNotUpdated:
-        raise precondition_failed_or_missing(connection, update["id"]) from None
+        raise precondition_failed_or_missing(connection, update) from None
     return row
 
 
@@ -3433,7 +3486,15 @@ def create_app(config: Config | None = None) -> Litestar:
         cors_config = CORSConfig(
             allow_origins=list(config.cors_origins),
             allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match", "Idempotency-Key"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "If-Match",
+                "If-None-Match",
+                "If-Modified-Since",
+                "If-Unmodified-Since",
+                "Idempotency-Key",
+            ],
             expose_headers=["ETag", "Link", "X-Total-Count", "Location", "Retry-After"],
         )
     state = State({"config": config})

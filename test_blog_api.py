@@ -618,6 +618,8 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
     for key, names in [
         (("GET", "/api/posts"), listing_parameters),
         (("GET", "/api/posts/{post_id}"), ["post_id", "If-None-Match", "If-Modified-Since"]),
+        (("PUT", "/api/posts/{post_id}"), ["post_id", "If-Match", "If-Unmodified-Since"]),
+        (("DELETE", "/api/posts/{post_id}"), ["post_id", "If-Match", "If-Unmodified-Since"]),
     ]:
         parameters = operations[key]["parameters"]
         assert sorted(parameter["name"] for parameter in parameters) == sorted(names)
@@ -2687,6 +2689,44 @@ def test_a_current_or_star_if_match_lets_the_write_through(client: TestClient, m
         header = client.get(url).headers["etag"] if if_match == "current" else "*"
         response = client.request(method, url, json={"title": "Mine"}, headers={"If-Match": header})
         assert response.status_code == (204 if method == "DELETE" else 200)
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
+def test_if_unmodified_since_lets_a_write_through_only_if_unchanged_since(client, method, monkeypatch) -> None:
+    fixed_clock(monkeypatch, 1_741_776_155_700_944)  # 10:42:35.700944
+
+    def attempt(if_unmodified_since: str, **headers: str) -> tuple[httpx.Response, httpx.Response]:
+        url = f"/api/posts/{create(client)['id']}"
+        headers["If-Unmodified-Since"] = if_unmodified_since
+        return client.request(method, url, json={"title": "Mine"}, headers=headers), client.get(url)
+
+    for date, headers in [
+        ("Wed, 12 Mar 2025 10:42:35 GMT", {}),  # to the second, as Last-Modified says
+        ("Wed, 12 Mar 2025 11:00:00 GMT", {}),
+        ("yesterday", {}),  # not a date: ignored
+        ("Wed, 12 Mar 2025 10:42:34 GMT", {"If-Match": "*"}),  # If-Match decides
+    ]:
+        written, after = attempt(date, **headers)
+        assert written.status_code == (204 if method == "DELETE" else 200), (date, headers)
+        assert after.status_code == 404 if method == "DELETE" else after.json()["title"] == "Mine"
+    refused, after = attempt("Wed, 12 Mar 2025 10:42:34 GMT")
+    assert refused.status_code == 412
+    assert refused.json()["detail"] == "The post has changed since the date of If-Unmodified-Since; fetch it again"
+    assert after.json()["title"] == SEED_POST["title"] and after.json()["version"] == 1
+
+
+def test_if_unmodified_since_counts_a_new_comment_as_a_change(client: TestClient, monkeypatch) -> None:
+    fixed_clock(monkeypatch, 1_741_776_155_700_944)  # 10:42:35.700944
+    post = create(client)
+    fixed_clock(monkeypatch, 1_741_776_160_000_000)  # 10:42:40
+    comment_on(client, post)
+    url = f"/api/posts/{post['id']}"
+    stale = {"If-Unmodified-Since": "Wed, 12 Mar 2025 10:42:36 GMT"}
+    assert client.put(url, json={"title": "Mine"}, headers=stale).status_code == 412
+    assert client.delete(url, headers=stale).status_code == 412
+    assert client.get(url).json()["title"] == SEED_POST["title"]
+    missing = client.put("/api/posts/missing", json={"title": "x"}, headers=stale)
+    assert missing.status_code == 404
 
 
 def test_if_match_on_a_missing_post_is_404(client: TestClient) -> None:
