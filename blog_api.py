@@ -658,10 +658,13 @@ async def require_json_body(request: Request) -> None:
 
 def validation_failed(request: Request, error: dict[str, str]) -> ValidationException:
     """Litestar's own 400 for a bad body, with ``extra`` saying what is wrong and where."""
-    return ValidationException(
-        detail=f"Validation failed for {request.method} {request.url.path}",
-        extra=[{**error, "source": "body"}],
-    )
+    return ValidationException(detail=validation_detail(request), extra=[{**error, "source": "body"}])
+
+
+def validation_detail(request: Request) -> str:
+    """The ``detail`` of Litestar's own 400s, which name the request with its query string."""
+    query = request.url.query
+    return f"Validation failed for {request.method} {request.url.path}{'?' if query else ''}{query}"
 
 
 TOO_DEEP = "JSON is malformed: arrays or objects nested too deep"
@@ -1482,8 +1485,7 @@ def refuse_repeated_parameters(request: Request, single_valued: Collection[str])
 def query_error(request: Request, key: str, message: str) -> ValidationException:
     """Litestar's own 400 for a bad query parameter, naming it."""
     return ValidationException(
-        detail=f"Validation failed for {request.method} {request.url.path}",
-        extra=[{"message": message, "key": key, "source": "query"}],
+        detail=validation_detail(request), extra=[{"message": message, "key": key, "source": "query"}]
     )
 
 
