@@ -85,6 +85,7 @@ from litestar.exceptions import (
     TooManyRequestsException,
     ValidationException,
 )
+from litestar.exceptions.responses import create_exception_response
 from litestar.logging import LoggingConfig
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.middleware.base import DefineMiddleware
@@ -3269,6 +3270,16 @@ def database_unavailable(request: Request, exc: sqlite3.OperationalError) -> Res
     )
 
 
+def header_named_as_sent(request: Request, exc: ValidationException) -> Response:
+    """Litestar's own 400, naming a header that failed validation as clients send it
+    (``Idempotency-Key``): Litestar names it after the handler's parameter
+    (``idempotency_key``), litestar-org/litestar#4215."""
+    for error in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(error, dict) and error.get("source") == "header" and "key" in error:
+            error["key"] = "-".join(word.capitalize() for word in error["key"].split("_"))
+    return create_exception_response(request, exc)
+
+
 def server_error(request: Request, exc: Exception) -> Response:
     """A 500 that shows nothing inside but the request ID, to find its log lines."""
     return Response(
@@ -3513,6 +3524,7 @@ def create_app(config: Config | None = None) -> Litestar:
         compression_config=CompressionConfig(backend="brotli", brotli_gzip_fallback=True, minimum_size=1024),
         exception_handlers={
             sqlite3.OperationalError: database_unavailable,
+            ValidationException: header_named_as_sent,
             TooManyRequestsException: too_many_requests,
             **({} if config.debug else {500: server_error}),
         },
