@@ -3508,7 +3508,15 @@ def create_app(config: Config | None = None) -> Litestar:
                 "If-Unmodified-Since",
                 "Idempotency-Key",
             ],
-            expose_headers=["ETag", "Link", "X-Total-Count", "Location", "Retry-After"],
+            expose_headers=[
+                "ETag",
+                "Link",
+                "X-Total-Count",
+                "Location",
+                "Retry-After",
+                "Idempotent-Replayed",
+                "X-Request-Id",
+            ],
         )
     state = State({"config": config})
     return BlogAPI(

@@ -2432,7 +2432,7 @@ def test_cors_preflight_from_an_allowed_origin(browser_facing: TestClient) -> No
         headers={
             "Origin": "https://blog.example",
             "Access-Control-Request-Method": "PUT",
-            "Access-Control-Request-Headers": "authorization, content-type",
+            "Access-Control-Request-Headers": "authorization, content-type, if-match, if-unmodified-since",
         },
     )
     assert response.status_code == 204
@@ -2452,7 +2452,22 @@ def test_cors_preflight_from_another_origin_is_refused(browser_facing: TestClien
 def test_cors_exposes_the_headers_browser_code_needs(browser_facing: TestClient) -> None:
     response = browser_facing.get("/api/posts", headers={"Origin": "https://blog.example"})
     exposed = {name.strip().lower() for name in response.headers["access-control-expose-headers"].split(",")}
-    assert {"etag", "link", "x-total-count", "location"} <= exposed
+    assert {"etag", "link", "x-total-count", "location", "idempotent-replayed", "x-request-id"} <= exposed
+
+
+@pytest.mark.parametrize(
+    "headers", ["if-none-match, if-modified-since", "if-match, if-unmodified-since", "idempotency-key"]
+)
+def test_cors_lets_browser_code_send_every_header_the_api_reads(browser_facing: TestClient, headers: str) -> None:
+    response = browser_facing.options(
+        "/api/posts",
+        headers={
+            "Origin": "https://blog.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": headers,
+        },
+    )
+    assert response.status_code == 204, response.text
 
 
 def test_no_cors_unless_asked(client: TestClient) -> None:
