@@ -3808,7 +3808,7 @@ def seed(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="blog_api.py seed",
         description="Fill the database with realistic demo posts: titles, paragraphs, tags, comments, "
-        "10%% drafts. The same --random-seed gives the same posts.",
+        "10% drafts. The same --random-seed gives the same posts.",
     )
     defaults = defaults_from_env(parser)
     parser.add_argument(
