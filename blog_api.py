@@ -3638,14 +3638,23 @@ def seed_database(db_path: str, posts: int, random_seed: int) -> dict[str, int]:
 def backup_database(source: str, target: str) -> str:
     """Copy a live database to a new file with SQLite's online backup API: one consistent
     snapshot, taken while the service goes on writing (WAL). Returns the copy's
-    ``PRAGMA integrity_check``."""
+    ``PRAGMA integrity_check``. The copy is written next to ``target`` and renamed to it
+    when whole, so a backup that fails or is killed never leaves a file that looks like one."""
+    target_path = Path(target)
     if not Path(source).is_file():
         raise DatabaseError(f"there is no database at {source!r}")
-    if Path(target).exists():
+    if target_path.exists():
         raise DatabaseError(f"{target!r} exists already; give a new path")
-    with closing(sqlite3.connect(source)) as live, closing(sqlite3.connect(target)) as copy:
-        live.backup(copy)
-        [(integrity,)] = copy.execute("PRAGMA integrity_check")
+    if not target_path.parent.is_dir():
+        raise DatabaseError(f"there is no folder {str(target_path.parent)!r} to write {target!r} in")
+    partial = target_path.with_name(f"{target_path.name}.partial")
+    try:
+        with closing(sqlite3.connect(source)) as live, closing(sqlite3.connect(partial)) as copy:
+            live.backup(copy)
+            [(integrity,)] = copy.execute("PRAGMA integrity_check")
+        partial.rename(target_path)
+    finally:
+        partial.unlink(missing_ok=True)
     return integrity
 
 

@@ -3202,11 +3202,17 @@ def test_a_backup_refuses_to_overwrite_or_to_copy_nothing(tmp_path: Path) -> Non
     for argv, message in [
         (["backup", str(existing), "--db", str(tmp_path / "x.db")], "there is no database"),
         (["backup", str(existing), "--db", str(existing)], "exists already"),
+        (["backup", str(tmp_path / "copy.db"), "--db", str(existing)], "file is not a database"),
+        (
+            ["backup", str(tmp_path / "gone" / "copy.db"), "--db", str(existing)],
+            f"no folder {str(tmp_path / 'gone')!r}",
+        ),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             blog_api.main(argv)
         assert message in str(exit_info.value.code)
     assert existing.read_text() == "keep me"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["existing.db"]  # no copy, whole or partial
 
 
 def test_seed_adds_realistic_posts_the_same_for_the_same_seed(tmp_path: Path, capsys) -> None:
