@@ -3834,9 +3834,14 @@ def seed(argv: list[str]) -> None:
     except DatabaseError as exc:
         sys.exit(f"blog_api seed: {exc}")
     print(
-        f"Seeded {counts['posts']} posts ({counts['drafts']} drafts) and {counts['comments']} comments "
-        f"into {args.db_path} in {time.perf_counter() - started:.1f} s"
+        f"Seeded {counted(counts['posts'], 'post')} ({counted(counts['drafts'], 'draft')}) and "
+        f"{counted(counts['comments'], 'comment')} into {args.db_path} in {time.perf_counter() - started:.1f} s"
     )
+
+
+def counted(number: int, noun: str) -> str:
+    """``1 post``, ``2 posts``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def backup(argv: list[str]) -> None:
