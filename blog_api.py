@@ -152,6 +152,7 @@ ENV_PREFIX = "BLOG_API_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
 SYNCHRONOUS_MODES = ("full", "normal", "off")
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 2.1's b64token: what a client can send
 
 
 @dataclass(frozen=True)
@@ -205,8 +206,11 @@ class Config:
             raise ValueError(f"synchronous must be full, normal or off, got {self.synchronous!r}")
         if self.busy_timeout_ms < 0:
             raise ValueError(f"busy timeout must not be negative, got {self.busy_timeout_ms}")
-        if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
-            raise ValueError("the token must be non-empty and contain no spaces")
+        if self.token is not None and not BEARER_TOKEN.fullmatch(self.token):
+            raise ValueError(
+                "the token must be letters, digits and - . _ ~ + / (then any = padding), as in "
+                "an Authorization: Bearer header (RFC 6750); no spaces, nothing else"
+            )
         if self.rate_limit is not None and not RATE_LIMIT.match(self.rate_limit):
             raise ValueError(f"rate limit must look like 30/minute (or /second, /hour, /day), got {self.rate_limit!r}")
         for origin in self.cors_origins:

@@ -2525,7 +2525,10 @@ def test_token_settings_from_flags_files_and_environment(tmp_path: Path) -> None
         (["--rate-limit", "lots"], "rate limit must look like 30/minute"),
         (["--rate-limit", "0/minute"], "rate limit must look like 30/minute"),
         (["--cors-origin", "blog.example"], "a CORS origin is a scheme and host"),
-        (["--token", "has space"], "the token must be non-empty and contain no spaces"),
+        (["--token", "has space"], "the token must be letters, digits and - . _ ~ + /"),
+        (["--token", "tokén-in-utf-8"], "the token must be letters, digits and - . _ ~ + /"),  # never matches
+        (["--token", "not-utf-8-\udce9"], "the token must be letters, digits and - . _ ~ + /"),  # was a traceback
+        (["--token", ""], "the token must be letters, digits and - . _ ~ + /"),
         (["--token-file", "/nonexistent/token"], "cannot read the token file"),
     ],
 )
