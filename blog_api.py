@@ -152,6 +152,7 @@ ENV_PREFIX = "BLOG_API_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
 SYNCHRONOUS_MODES = ("full", "normal", "off")
+UNPRINTABLE_PATH = "path must be printable text in UTF-8, without control characters"
 BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 2.1's b64token: what a client can send
 
 
@@ -188,6 +189,8 @@ class Config:
     def __post_init__(self) -> None:
         if not self.db_path:
             raise ValueError("the database path must not be empty (use :memory: for a database in memory)")
+        if not self.db_path.isprintable():
+            raise ValueError(f"the database {UNPRINTABLE_PATH}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
         if self.log_level not in LOG_LEVELS:
@@ -1851,7 +1854,7 @@ class Database:
         FTS5 run inside it ("-- ..."), and the statement again for each trigger it fires:
         those are left out."""
         request_id = self._serving.get(connection_id, "-")
-        line = " ".join(sql.split())
+        line = escape_for_log(" ".join(sql.split()))
         if line.startswith("--") or self._last_logged.get(connection_id) == (request_id, line):
             return
         self._last_logged[connection_id] = (request_id, line)
@@ -2227,6 +2230,14 @@ sql_logger = logging.getLogger("blog_api.sql")
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 """The ID of the request being served, for every log line written while serving it."""
 REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def escape_for_log(text: str) -> str:
+    """``text`` as a log line may show it: a client's control characters escaped (``\\n``,
+    ``\\x1b``), so that a path cannot start a forged line or drive a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
 
 
 def request_id_for(headers: list[tuple[bytes, bytes]]) -> str:
@@ -3265,7 +3276,7 @@ def database_unavailable(request: Request, exc: sqlite3.OperationalError) -> Res
     reason = unavailable_reason(exc)
     if reason is None:
         return server_error(request, exc)
-    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    logger.warning("database unavailable on %s %s: %s", request.method, escape_for_log(request.url.path), exc)
     busy = reason.startswith("The database is busy")
     return Response(
         {"status_code": 503, "detail": reason, "extra": {"request_id": REQUEST_ID.get()}},
@@ -3300,7 +3311,8 @@ async def log_server_error(exc: Exception, scope: Scope) -> None:
     """
     if (isinstance(exc, HTTPException) and exc.status_code < 500) or unavailable_reason(exc):
         return
-    logger.error("Internal server error on %s %s", scope.get("method", ""), scope.get("path", ""), exc_info=exc)
+    method, path = scope.get("method", ""), escape_for_log(scope.get("path", ""))
+    logger.error("Internal server error on %s %s", method, path, exc_info=exc)
 
 
 # --------------------------------------------------------------------------------------
@@ -3365,6 +3377,7 @@ class BlogAPI(Litestar):
 
     def log_access(self, request_id: str, method: str, path: str, status: int, duration_ms: float) -> None:
         level = logging.DEBUG if path == "/health" else logging.INFO
+        path = escape_for_log(path)
         if self.access_line_stream is None:
             fields = {"method": method, "path": path, "status": status, "duration_ms": duration_ms}
             access_logger.log(level, ACCESS_MESSAGE, method, path, status, duration_ms, extra=fields)
@@ -3667,6 +3680,14 @@ def backup_database(source: str, target: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def printable_path(value: str) -> str:
+    """A path SQLite can open and a log line can show. A file name in no UTF-8 reaches
+    Python's argv as lone surrogates, which are not printable, and SQLite cannot open."""
+    if not value.isprintable():
+        raise argparse.ArgumentTypeError(f"the {UNPRINTABLE_PATH}")
+    return value
+
+
 def defaults_from_env(parser: argparse.ArgumentParser, environ: Mapping[str, str] = os.environ) -> Config:
     """The config that ``BLOG_API_*`` variables make; a bad one is a usage error, as a bad flag is."""
     try:
@@ -3693,6 +3714,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
     parser.add_argument(
         "--db",
         dest="db_path",
+        type=printable_path,
         default=defaults.db_path,
         help="SQLite database file, made if missing, or :memory: (BLOG_API_DB; default %(default)s)",
     )
@@ -3825,7 +3847,11 @@ def seed(argv: list[str]) -> None:
     )
     defaults = defaults_from_env(parser)
     parser.add_argument(
-        "--db", dest="db_path", default=defaults.db_path, help="database file (BLOG_API_DB; default %(default)s)"
+        "--db",
+        dest="db_path",
+        type=printable_path,
+        default=defaults.db_path,
+        help="database file (BLOG_API_DB; default %(default)s)",
     )
     parser.add_argument("--posts", type=int, default=200, help="how many posts to add (default %(default)s)")
     parser.add_argument("--random-seed", type=int, default=0, help="seed of the generator (default %(default)s)")
@@ -3854,9 +3880,13 @@ def backup(argv: list[str]) -> None:
         description="Copy the live database, while the service keeps serving, with SQLite's online backup API.",
     )
     defaults = defaults_from_env(parser)
-    parser.add_argument("path", help="where to write the copy (must not exist)")
+    parser.add_argument("path", type=printable_path, help="where to write the copy (must not exist)")
     parser.add_argument(
-        "--db", dest="db_path", default=defaults.db_path, help="database to copy (BLOG_API_DB; default %(default)s)"
+        "--db",
+        dest="db_path",
+        type=printable_path,
+        default=defaults.db_path,
+        help="database to copy (BLOG_API_DB; default %(default)s)",
     )
     args = parser.parse_args(argv)
     try:

@@ -1247,6 +1247,7 @@ def test_flags_override_environment_variables() -> None:
     ("argv", "environ", "message"),
     [
         (["--db", ""], {}, "the database path must not be empty"),
+        ([], {"BLOG_API_DB": "blog\n.db"}, "the database path must be printable text"),
         ([], {"BLOG_API_PORT": "eighty"}, "BLOG_API_PORT must be a whole number"),
         (["--port", "70000"], {}, "port must be between 0 and 65535"),
         (["--log-level", "loud"], {}, "invalid choice"),
@@ -1281,6 +1282,20 @@ def test_a_bad_variable_is_a_usage_error_not_a_traceback(tmp_path: Path, command
     finished = run_blog_api(*command, env={"BLOG_API_PORT": "eighty", "BLOG_API_DB": str(tmp_path / "blog.db")})
     assert finished.returncode == 2
     assert finished.stderr.splitlines()[-1].endswith("error: BLOG_API_PORT must be a whole number, got 'eighty'")
+    assert "Traceback" not in finished.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["--db", "{bad}"], ["seed", "--db", "{bad}"], ["backup", "{tmp}/copy.db", "--db", "{bad}"], ["backup", "{bad}"]],
+    ids=["serve", "seed", "backup from", "backup to"],
+)
+def test_a_path_in_no_utf8_is_a_usage_error_not_a_traceback(tmp_path: Path, command: list[str]) -> None:
+    bad = f"{tmp_path}/caf\udce9.db"  # b"caf\xe9.db" in Latin-1, as it reaches sys.argv
+    finished = run_blog_api(*(argument.format(tmp=tmp_path, bad=bad) for argument in command))
+    assert finished.returncode == 2
+    assert finished.stderr.splitlines()[-1].endswith("path must be printable text in UTF-8, without control characters")
     assert "Traceback" not in finished.stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -2960,6 +2975,22 @@ def test_a_client_that_leaves_mid_body_is_a_499_in_the_access_line_not_a_500(sta
     assert output.count("POST /api/posts 499") == 2
     assert "Internal server error" not in output
     assert "Traceback" not in output
+
+
+def test_a_path_cannot_forge_or_garble_a_log_line(start_server) -> None:
+    port = free_port()
+    server = start_server([sys.executable, "blog_api.py", "--port", str(port)], port)
+    forged = "2026-11-26 12:00:00,000 INFO blog_api.access [x] DELETE /api/posts/all 204 1.00ms"
+    for path in [f"/api/posts/x%0A{forged}", "/api/posts/x%1B%5B2J"]:  # a newline; a terminal's "clear screen"
+        assert httpx.get(server.url + path).status_code == 404
+    code, output = server.stop()
+    assert code == 0
+    # Without the milliseconds: "GET /api/posts/x 404 2.38ms" -> "GET /api/posts/x 404"
+    access_lines = [
+        line.split("] ", 1)[1].rsplit(" ", 1)[0] for line in output.splitlines() if " blog_api.access " in line
+    ]
+    assert access_lines[-2:] == [f"GET /api/posts/x\\n{forged} 404", "GET /api/posts/x\\x1b[2J 404"]
+    assert "\x1b" not in output
 
 
 @pytest.mark.parametrize(("log_level", "lines_for_health"), [("info", 0), ("debug", 1), ("warning", None)])
