@@ -599,6 +599,18 @@ class RequestEntityTooLarge(ClientException):
     detail = "Request Entity Too Large"
 
 
+class UnsupportedContentEncoding(ClientException):
+    """415 (RFC 9110 15.5.16): a body in a content coding (``Content-Encoding: gzip``), which
+    blog_api does not decode; ``Accept-Encoding`` says what it takes (12.5.3)."""
+
+    status_code = 415
+    detail = "The body has a Content-Encoding (gzip, br, ...); send it as plain JSON, without one"
+
+
+BODY_ERRORS = [RequestEntityTooLarge, UnsupportedContentEncoding]
+"""What any request with a JSON body can answer besides 400: too large, or compressed."""
+
+
 class ClientClosedRequest(ClientException):
     """499 (nginx's code): the client went away before its body was all sent. Litestar reports
     that as a 500; it is no error of the server's, and the answer reaches no one, but the
@@ -655,7 +667,11 @@ def json_body(model: type[msgspec.Struct], may_write: Callable[[Request], Awaita
 
 
 async def require_json_body(request: Request) -> None:
-    """Refuse an empty body clearly (Litestar would report it as a missing "'data'")."""
+    """Refuse a compressed body (415; it would be reported as malformed JSON), and an empty
+    one clearly (Litestar would report it as a missing "'data'")."""
+    content_encoding = request.headers.get("content-encoding")
+    if content_encoding is not None and content_encoding.strip().lower() not in ("", "identity"):
+        raise UnsupportedContentEncoding(headers={"Accept-Encoding": "identity"})
     try:
         body = await request.body()
     except InternalServerException as exc:  # Litestar's only one here: "client disconnected prematurely"
@@ -2711,7 +2727,7 @@ WRITE_ERRORS = [
 UPDATE_ROUTE: dict[str, Any] = {
     "path": "/{post_id:str}",
     **json_body(PostUpdate, require_writer),
-    "raises": [NotFoundException, PreconditionFailed, SlugTaken, RequestEntityTooLarge, *WRITE_ERRORS],
+    "raises": [NotFoundException, PreconditionFailed, SlugTaken, *BODY_ERRORS, *WRITE_ERRORS],
     "response_headers": [ResponseHeader(name="ETag", description="The post's new ETag.", documentation_only=True)],
 }
 """What PUT and PATCH share: they are one operation under two methods, as in the tutorial."""
@@ -2748,7 +2764,7 @@ class PostController(Controller):
         **json_body(PostCreate, require_writer),
         operation_id="createPost",
         summary="Create a post",
-        raises=[SlugTaken, IdempotencyKeyReused, RequestEntityTooLarge, *WRITE_ERRORS],
+        raises=[SlugTaken, IdempotencyKeyReused, *BODY_ERRORS, *WRITE_ERRORS],
         response_headers=documented("Location", "ETag", "Idempotent-Replayed"),
     )
     async def create_post(
@@ -2936,7 +2952,7 @@ class CommentController(Controller):
         raises=[
             NotFoundException,
             IdempotencyKeyReused,
-            RequestEntityTooLarge,
+            *BODY_ERRORS,
             MethodNotAllowedException,
             TooManyRequestsException,
             ServiceUnavailableException,

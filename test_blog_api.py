@@ -5,6 +5,7 @@ import asyncio
 import base64
 import email.utils
 import gc
+import gzip
 import hashlib
 import io
 import json
@@ -467,6 +468,24 @@ def test_bodies_over_one_mebibyte_are_413_and_write_nothing(client: TestClient, 
     assert stored_posts(db_path) == before
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "POST comment"])
+def test_a_compressed_body_is_415_naming_content_encoding(client: TestClient, db_path: Path, method: str) -> None:
+    post = create(client)
+    url = {"POST": "/api/posts", "POST comment": f"/api/posts/{post['id']}/comments"}.get(
+        method, f"/api/posts/{post['id']}"
+    )
+    body = gzip.compress(json.dumps({"title": "Zipped", "content": "x", **COMMENT}).encode())
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    response = client.request(method.split()[0], url, content=body, headers=headers)
+    assert response.status_code == 415
+    assert "Content-Encoding" in response.json()["detail"]
+    assert response.headers["accept-encoding"] == "identity"
+    assert [row["title"] for row in stored_posts(db_path)] == [post["title"]]
+    assert stored_comments(db_path) == []
+    plain = {**headers, "Content-Encoding": "identity"}
+    assert client.request("PUT", f"/api/posts/{post['id']}", content=b'{"title": "Plain"}', headers=plain).is_success
+
+
 def test_a_body_just_under_one_mebibyte_is_accepted(client: TestClient) -> None:
     content = "🦀" * 87_000  # 12 bytes each as JSON escapes: 1,044,000 bytes, 87,000 characters
     body = json.dumps({"title": "big", "content": content})
@@ -580,15 +599,21 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
         ("GET", "/"): ("welcome", {"200"}),
         ("GET", "/health"): ("health", {"200", "503"}),
         ("GET", "/api/posts"): ("listPosts", {"200", "304", "400", "503"}),
-        ("POST", "/api/posts"): ("createPost", {"201", "400", "409", "413", "422", *WRITE_ERRORS}),
+        ("POST", "/api/posts"): ("createPost", {"201", "400", "409", "413", "415", "422", *WRITE_ERRORS}),
         ("GET", "/api/posts/{post_id}"): ("getPost", {"200", "304", "400", "404", "503"}),
-        ("PUT", "/api/posts/{post_id}"): ("updatePost", {"200", "400", "404", "409", "412", "413", *WRITE_ERRORS}),
-        ("PATCH", "/api/posts/{post_id}"): ("patchPost", {"200", "400", "404", "409", "412", "413", *WRITE_ERRORS}),
+        ("PUT", "/api/posts/{post_id}"): (
+            "updatePost",
+            {"200", "400", "404", "409", "412", "413", "415", *WRITE_ERRORS},
+        ),
+        ("PATCH", "/api/posts/{post_id}"): (
+            "patchPost",
+            {"200", "400", "404", "409", "412", "413", "415", *WRITE_ERRORS},
+        ),
         ("DELETE", "/api/posts/{post_id}"): ("deletePost", {"204", "400", "404", "412", *WRITE_ERRORS}),
         ("GET", "/api/tags"): ("listTags", {"200", "304", "400", "503"}),
         ("POST", "/api/posts/{post_id}/comments"): (
             "createComment",
-            {"201", "400", "404", "405", "413", "422", "429", "503"},
+            {"201", "400", "404", "405", "413", "415", "422", "429", "503"},
         ),
         ("GET", "/api/posts/{post_id}/comments"): ("listComments", {"200", "304", "400", "404", "503"}),
         ("GET", "/api/posts/{post_id}/comments/{comment_id}"): ("getComment", {"200", "304", "400", "404", "503"}),
