@@ -25,6 +25,7 @@ Read top to bottom, one section per concern:
 import argparse
 import asyncio
 import base64
+import codecs
 import email.utils
 import hashlib
 import hmac
@@ -643,6 +644,8 @@ class StrictJSON(MsgspecDTO[StructT], Generic[StructT]):
             raise validation_failed(self.asgi_connection, {"message": json_error(value, exc)}) from None
         except RecursionError:  # arrays or objects nested about 1,000 deep, in a field of any type
             raise validation_failed(self.asgi_connection, {"message": TOO_DEEP}) from None
+        except UnicodeDecodeError:  # msgspec's error for a string that is not UTF-8
+            raise validation_failed(self.asgi_connection, {"message": not_utf8(value)}) from None
 
     @classmethod
     def create_openapi_schema(
@@ -692,13 +695,17 @@ def validation_detail(request: Request) -> str:
 
 
 TOO_DEEP = "JSON is malformed: arrays or objects nested too deep"
+BYTE_ORDER_MARK = "JSON is malformed: it begins with a byte order mark (BOM), which JSON text must not (RFC 8259)"
 LONE_SURROGATE = "JSON is malformed: a \\ud800 to \\udbff escape must be followed by a \\udc00 to \\udfff one"
 
 
 def json_error(body: bytes, error: msgspec.DecodeError) -> str:
-    """msgspec's message for a body that is not JSON, except one: msgspec calls a high
-    surrogate escape that no low one follows (``"\\ud800"``) truncated input. Python's json
-    module reads such a string, so a "truncated" body that it reads is said to be that."""
+    """msgspec's message for a body that is not JSON, except two: a byte order mark, which
+    it calls an invalid character, and a high surrogate escape that no low one follows
+    (``"\\ud800"``), which it calls truncated input. Python's json module reads such a
+    string, so a "truncated" body that it reads is said to be that."""
+    if body.startswith(codecs.BOM_UTF8):
+        return BYTE_ORDER_MARK
     message = str(error)
     if message == "Input data was truncated":
         try:
@@ -707,6 +714,16 @@ def json_error(body: bytes, error: msgspec.DecodeError) -> str:
             return message
         return LONE_SURROGATE
     return message
+
+
+def not_utf8(body: bytes) -> str:
+    """Where a body stops being UTF-8, which JSON text must be. msgspec says only where in
+    its string."""
+    try:
+        body.decode()
+    except UnicodeDecodeError as exc:
+        return f"JSON is malformed: not UTF-8 at byte {exc.start}; JSON text must be UTF-8"
+    return "JSON is malformed: not UTF-8; JSON text must be UTF-8"
 
 
 FIELD_PATH = re.compile(r"^(?P<message>.*) - at `\$\.(?P<key>\w+)")
