@@ -2934,7 +2934,8 @@ class PostController(Controller):
         if_match: IfMatch = None,
         if_unmodified_since: IfUnmodifiedSince = None,
     ) -> None:
-        """Delete a post; answers 204 with no body. With If-Match, only if still at that ETag."""
+        """Delete a post; answers 204 with no body. With If-Match, only if still at that ETag,
+        and with If-Unmodified-Since, only if it has not changed since (else 412)."""
         parameters = {"id": post_id, **write_conditions(post_id, if_match, if_unmodified_since)}
 
         def remove(connection: sqlite3.Connection) -> None:

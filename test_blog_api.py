@@ -1032,9 +1032,9 @@ def test_updates_of_one_post_sent_together_each_answer_with_the_post_as_it_left_
 
 
 def test_updates_sent_together_that_cannot_be_made_fail_alone(db_path: Path, monkeypatch) -> None:
-    """A missing post (404), a stale If-Match (412) and a taken slug (409), each in a batch
-    with updates that succeed."""
-    seed = [{**SEED_POST, "title": f"Post {n}"} for n in range(4)]
+    """A missing post (404), a stale If-Match or If-Unmodified-Since (412) and a taken slug
+    (409), each in a batch with updates that succeed."""
+    seed = [{**SEED_POST, "title": f"Post {n}"} for n in range(5)]
 
     def updates(created: list[dict]) -> list[tuple]:
         url = [f"/api/posts/{post['id']}" for post in created]
@@ -1045,13 +1045,20 @@ def test_updates_sent_together_that_cannot_be_made_fail_alone(db_path: Path, mon
             ("PUT", url[1], {"title": "Changed 1"}, stale),
             ("PATCH", url[2], {"title": "Changed 2"}, {}),
             ("PUT", url[3], {"title": "Changed 3", "slug": "post-0"}, {}),
+            ("PUT", url[4], {"title": "Changed 4"}, {"If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}),
         ]
 
     responses, sizes = send_together(db_path, monkeypatch, "update_posts", updates, seed)
-    assert [response.status_code for response in responses] == [200, 404, 412, 200, 409]
-    assert sizes[0] == 5  # tried together first; then each alone
+    assert [response.status_code for response in responses] == [200, 404, 412, 200, 409, 412]
+    assert sizes[0] == 6  # tried together first; then each alone
     stored = sorted((row["title"], row["slug"]) for row in stored_posts(db_path))
-    assert stored == [("Changed 0", "post-0"), ("Changed 2", "post-2"), ("Post 1", "post-1"), ("Post 3", "post-3")]
+    assert stored == [
+        ("Changed 0", "post-0"),
+        ("Changed 2", "post-2"),
+        ("Post 1", "post-1"),
+        ("Post 3", "post-3"),
+        ("Post 4", "post-4"),
+    ]
 
 
 def temp_files_open() -> list[str]:
