@@ -490,6 +490,14 @@ CommentId = Annotated[str, PathParameter(description="The comment's ID, as retur
 IfNoneMatch = Annotated[
     str | None, HeaderParameter(name="If-None-Match", description="ETags the client has: 304 if one is current.")
 ]
+IfNoneMatchForWrites = Annotated[
+    str | None,
+    HeaderParameter(
+        name="If-None-Match",
+        description="Change only if the post is at none of these ETags, else 412; `*`: only if there is "
+        "no such post, which a write here never allows (412, or 404).",
+    ),
+]
 IfModifiedSince = Annotated[
     str | None,
     HeaderParameter(
@@ -577,6 +585,7 @@ class PreconditionFailed(ClientException):
 
 
 STALE_DATE = "The post has changed since the date of If-Unmodified-Since; fetch it again"
+UNWANTED_ETAG = "The post is at an ETag that If-None-Match names (or * for any); nothing was changed"
 
 
 class IdempotencyKeyReused(ClientException):
@@ -819,10 +828,22 @@ FROM posts
 WHERE id IN (SELECT value FROM json_each(:ids))
 """
 
+# The preconditions of a write (``write_conditions``), checked in its own statement:
+# :versions (a JSON array, or NULL for any) is what If-Match allows the post to be at;
+# :modified_before (microseconds, or NULL) when If-Unmodified-Since needs it last changed;
+# :unwanted_versions (a JSON array, or NULL) what If-None-Match names, and :unwanted_any
+# whether it says * (any post at all: a write here never creates one).
+WRITE_CONDITIONS = """
+      (:versions IS NULL OR version IN (SELECT value FROM json_each(:versions)))
+  AND (:modified_before IS NULL OR max(updated_at, comments_changed_at) < :modified_before)
+  AND (:unwanted_versions IS NULL OR version NOT IN (SELECT value FROM json_each(:unwanted_versions)))
+  AND NOT :unwanted_any
+"""
+
 # NULL parameters leave a column as it is; :tags is the new tags as a JSON array, or NULL.
 # updated_at moves only when something changes (as in the tutorial), and then to a moment
 # strictly after its previous value. With executemany, any number of posts in one call.
-UPDATE_POST = """
+UPDATE_POST = f"""
 UPDATE posts
 SET title = coalesce(:title, title),
     content = coalesce(:content, content),
@@ -845,9 +866,7 @@ SET title = coalesce(:title, title),
         THEN updated_at
         ELSE max(:now, updated_at + 1)
     END
-WHERE id = :id
-  AND (:versions IS NULL OR version IN (SELECT value FROM json_each(:versions)))
-  AND (:modified_before IS NULL OR max(updated_at, comments_changed_at) < :modified_before)
+WHERE id = :id AND {WRITE_CONDITIONS}
 """
 
 # :posts is a JSON array of objects with a post's id: all their tags are taken away.
@@ -908,14 +927,17 @@ GROUP BY tags.pk
 ORDER BY tags.name
 """
 
-# :versions (a JSON array, or NULL for any) is what If-Match allows the post to be at;
-# :modified_before (microseconds, or NULL) when If-Unmodified-Since needs it last changed.
-DELETE_POST = """
+DELETE_POST = f"""
 DELETE FROM posts
-WHERE id = :id
-  AND (:versions IS NULL OR version IN (SELECT value FROM json_each(:versions)))
-  AND (:modified_before IS NULL OR max(updated_at, comments_changed_at) < :modified_before)
+WHERE id = :id AND {WRITE_CONDITIONS}
 RETURNING id
+"""
+
+# What a write's preconditions are checked against, when they fail.
+SELECT_POST_STATE = """
+SELECT version, max(updated_at, comments_changed_at)
+FROM posts
+WHERE id = :id
 """
 
 SELECT_POST_PK = """
@@ -2619,36 +2641,52 @@ def json_response(body: bytes, headers: dict[str, str], status_code: int = HTTP_
     return EncodedJSONResponse(body, status_code=status_code, media_type=MediaType.JSON, headers=headers)
 
 
-def write_conditions(post_id: str, if_match: str | None, if_unmodified_since: str | None) -> dict[str, Any]:
-    """The preconditions of a write (RFC 9110 13.2.2) as ``:versions`` and ``:modified_before``
-    for SQL, so that they are checked in the write's own transaction. If-Unmodified-Since
-    counts only without If-Match; it holds if the post last changed within or before the
-    second it names."""
+def write_conditions(
+    post_id: str, if_match: str | None, if_unmodified_since: str | None, if_none_match: str | None
+) -> dict[str, Any]:
+    """The preconditions of a write (RFC 9110 13.2.2) as the parameters of
+    ``WRITE_CONDITIONS``, so that they are checked in the write's own transaction.
+    If-Unmodified-Since counts only without If-Match; it holds if the post last changed
+    within or before the second it names. If-None-Match compares weakly (13.1.2)."""
     since = None if if_match is not None else parse_http_date(if_unmodified_since)
+    allowed = None if is_any(if_match) else versions_named(if_match, post_id, weak_too=False)
+    unwanted = None if is_any(if_none_match) else versions_named(if_none_match, post_id, weak_too=True)
     return {
-        "versions": allowed_versions(if_match, post_id),
+        "versions": allowed,
         "modified_before": None if since is None else (int(since.timestamp()) + 1) * 1_000_000,
+        "unwanted_versions": unwanted,
+        "unwanted_any": if_none_match is not None and if_none_match.strip() == "*",
     }
 
 
-def allowed_versions(if_match: str | None, post_id: str) -> str | None:
-    """The versions If-Match lets a write find the post at, as a JSON array for SQL, or None
-    for any (no field, or ``*``). Weak tags never match (strong comparison, RFC 9110 13.1.1)."""
-    if if_match is None or if_match.strip() == "*":
-        return None
+def is_any(field_value: str | None) -> bool:
+    """No If-Match or If-None-Match, or ``*``: it names no versions."""
+    return field_value is None or field_value.strip() == "*"
+
+
+def versions_named(field_value: str, post_id: str, *, weak_too: bool) -> str:
+    """The versions of this post that an If-Match or If-None-Match names, as a JSON array
+    for SQL. A weak tag counts only in a weak comparison (RFC 9110 8.8.3.2)."""
     versions = []
-    for weak, tag in entity_tags(if_match):
+    for weak, tag in entity_tags(field_value):
         tag_post_id, _, version = tag.strip('"').rpartition(".")
-        if not weak and tag_post_id == post_id and version.isdigit():
+        if (weak_too or not weak) and tag_post_id == post_id and version.isdigit():
             versions.append(int(version))
     return msgspec.json.encode(versions).decode()
 
 
 def precondition_failed_or_missing(connection: sqlite3.Connection, write: Mapping[str, Any]) -> ClientException:
-    """A conditional write (its parameters) that found nothing: 412 if the post exists, else 404."""
-    if not connection.execute(SELECT_POST_PK, {"post_id": write["id"], "drafts": True}).fetchall():
+    """A conditional write (its parameters) that found nothing: 404 if the post is missing,
+    else a 412 naming the precondition that failed."""
+    found = connection.execute(SELECT_POST_STATE, {"id": write["id"]}).fetchall()
+    if not found:
         return post_not_found(write["id"])
-    return PreconditionFailed() if write["versions"] is not None else PreconditionFailed(detail=STALE_DATE)
+    [(version, modified_at)] = found
+    if write["versions"] is not None and version not in msgspec.json.decode(write["versions"]):
+        return PreconditionFailed()
+    if write["modified_before"] is not None and modified_at >= write["modified_before"]:
+        return PreconditionFailed(detail=STALE_DATE)
+    return PreconditionFailed(detail=UNWANTED_ETAG)
 
 
 @dataclass(frozen=True)
@@ -2902,11 +2940,14 @@ class PostController(Controller):
         blog: NamedDependency[Blog],
         if_match: IfMatch = None,
         if_unmodified_since: IfUnmodifiedSince = None,
+        if_none_match: IfNoneMatchForWrites = None,
     ) -> Response[Post]:
         """Change the fields sent and leave the others; ``updated_at`` moves forward. With
-        If-Match, only if the post is still at that ETag, and with If-Unmodified-Since, only if
-        it has not changed since (else 412, and nothing changes)."""
-        return await apply_update(blog.db, post_id, data, write_conditions(post_id, if_match, if_unmodified_since))
+        If-Match, only if the post is still at that ETag, with If-Unmodified-Since, only if it
+        has not changed since, with If-None-Match, only if it is not at that ETag (else 412,
+        and nothing changes)."""
+        conditions = write_conditions(post_id, if_match, if_unmodified_since, if_none_match)
+        return await apply_update(blog.db, post_id, data, conditions)
 
     @patch(operation_id="patchPost", summary="Update a post (the same as PUT)", **UPDATE_ROUTE)
     async def patch_post(
@@ -2916,9 +2957,11 @@ class PostController(Controller):
         blog: NamedDependency[Blog],
         if_match: IfMatch = None,
         if_unmodified_since: IfUnmodifiedSince = None,
+        if_none_match: IfNoneMatchForWrites = None,
     ) -> Response[Post]:
         """The same as PUT: change the fields sent and leave the others."""
-        return await apply_update(blog.db, post_id, data, write_conditions(post_id, if_match, if_unmodified_since))
+        conditions = write_conditions(post_id, if_match, if_unmodified_since, if_none_match)
+        return await apply_update(blog.db, post_id, data, conditions)
 
     @delete(
         "/{post_id:str}",
@@ -2933,10 +2976,10 @@ class PostController(Controller):
         blog: NamedDependency[Blog],
         if_match: IfMatch = None,
         if_unmodified_since: IfUnmodifiedSince = None,
+        if_none_match: IfNoneMatchForWrites = None,
     ) -> None:
-        """Delete a post; answers 204 with no body. With If-Match, only if still at that ETag,
-        and with If-Unmodified-Since, only if it has not changed since (else 412)."""
-        parameters = {"id": post_id, **write_conditions(post_id, if_match, if_unmodified_since)}
+        """Delete a post; answers 204 with no body. Its conditional headers work as PUT's."""
+        parameters = {"id": post_id, **write_conditions(post_id, if_match, if_unmodified_since, if_none_match)}
 
         def remove(connection: sqlite3.Connection) -> None:
             if not connection.execute(DELETE_POST, parameters).fetchall():

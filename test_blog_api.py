@@ -680,8 +680,8 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
     for key, names in [
         (("GET", "/api/posts"), listing_parameters),
         (("GET", "/api/posts/{post_id}"), ["post_id", "If-None-Match", "If-Modified-Since"]),
-        (("PUT", "/api/posts/{post_id}"), ["post_id", "If-Match", "If-Unmodified-Since"]),
-        (("DELETE", "/api/posts/{post_id}"), ["post_id", "If-Match", "If-Unmodified-Since"]),
+        (("PUT", "/api/posts/{post_id}"), ["post_id", "If-Match", "If-Unmodified-Since", "If-None-Match"]),
+        (("DELETE", "/api/posts/{post_id}"), ["post_id", "If-Match", "If-Unmodified-Since", "If-None-Match"]),
     ]:
         parameters = operations[key]["parameters"]
         assert sorted(parameter["name"] for parameter in parameters) == sorted(names)
@@ -2815,6 +2815,40 @@ def test_if_unmodified_since_lets_a_write_through_only_if_unchanged_since(client
     assert refused.status_code == 412
     assert refused.json()["detail"] == "The post has changed since the date of If-Unmodified-Since; fetch it again"
     assert after.json()["title"] == SEED_POST["title"] and after.json()["version"] == 1
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
+def test_if_none_match_lets_a_write_through_only_if_the_post_is_at_none_of_its_etags(client, method) -> None:
+    def attempt(if_none_match: str, **headers: str) -> tuple[httpx.Response, httpx.Response]:
+        post = create(client)
+        url = f"/api/posts/{post['id']}"
+        etag = client.get(url).headers["etag"]
+        headers = {name: value.format(etag=etag) for name, value in headers.items()}
+        headers["If-None-Match"] = if_none_match.format(etag=etag, id=post["id"])
+        return client.request(method, url, json={"title": "Mine"}, headers=headers), client.get(url)
+
+    for if_none_match in ['"{id}.7"', '"another-post.1"', "not a tag"]:
+        written, after = attempt(if_none_match)
+        assert written.status_code == (204 if method == "DELETE" else 200), if_none_match
+        assert after.status_code == 404 if method == "DELETE" else after.json()["title"] == "Mine"
+    for if_none_match, headers in [
+        ("{etag}", {}),
+        ("W/{etag}", {}),  # a weak comparison: W/ matches too
+        ('"x", {etag}', {}),
+        ("*", {}),  # any post: a write here never creates one
+        ("{etag}", {"If-Match": "{etag}"}),  # If-Match holds, If-None-Match does not
+    ]:
+        refused, after = attempt(if_none_match, **headers)
+        assert refused.status_code == 412, (if_none_match, headers)
+        assert (
+            refused.json()["detail"]
+            == "The post is at an ETag that If-None-Match names (or * for any); nothing was changed"
+        )
+        assert after.json()["title"] == SEED_POST["title"] and after.json()["version"] == 1
+    assert (
+        client.request(method, "/api/posts/missing", json={"title": "x"}, headers={"If-None-Match": "*"}).status_code
+        == 404
+    )
 
 
 def test_if_unmodified_since_counts_a_new_comment_as_a_change(client: TestClient, monkeypatch) -> None:
