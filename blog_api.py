@@ -10,7 +10,7 @@ Read top to bottom, one section per concern:
                               lock file through which --workers' writers take turns
     Logs and request IDs      access lines, JSON logs, X-Request-ID
     Security                  bearer token, private drafts, safe defaults
-    HTTP caching              ETags, 304, If-Match (412), Idempotency-Key
+    HTTP caching              ETags, 304, conditional writes (412), Idempotency-Key
     Route handlers            posts, comments, tags, health
     The app factory           create_app(config)
     Demo data and backups     python blog_api.py seed | backup
