@@ -3362,13 +3362,30 @@ def database_unavailable(request: Request, exc: sqlite3.OperationalError) -> Res
     )
 
 
-def header_named_as_sent(request: Request, exc: ValidationException) -> Response:
-    """Litestar's own 400, naming a header that failed validation as clients send it
-    (``Idempotency-Key``): Litestar names it after the handler's parameter
-    (``idempotency_key``), litestar-org/litestar#4215."""
+# What msgspec says of a query parameter that is not of its type, and what a client of
+# the API would understand: every value in a query string is a str.
+QUERY_TYPE_ERRORS = {
+    "Expected `int`, got `str`": "Expected a whole number",
+    "Expected `bool | null`, got `str`": "Expected true, false, 1 or 0",
+}
+QUERY_CHOICES = {"sort": "created_at, updated_at or title", "order": "asc or desc"}
+
+
+def clearer_validation_errors(request: Request, exc: ValidationException) -> Response:
+    """Litestar's own 400, with what it says of a parameter in the client's terms: a header
+    named as clients send it (``Idempotency-Key``, where Litestar names the handler's
+    parameter, ``idempotency_key``: litestar-org/litestar#4215), and a query value's type or
+    choices said plainly (not ``Expected `int`, got `str```)."""
     for error in exc.extra if isinstance(exc.extra, list) else []:
-        if isinstance(error, dict) and error.get("source") == "header" and "key" in error:
+        if not isinstance(error, dict) or "key" not in error:
+            continue
+        if error.get("source") == "header":
             error["key"] = "-".join(word.capitalize() for word in error["key"].split("_"))
+        elif error.get("source") == "query":
+            message = error.get("message", "")
+            if message.startswith("Invalid enum value") and error["key"] in QUERY_CHOICES:
+                message = f"Expected {QUERY_CHOICES[error['key']]}"
+            error["message"] = QUERY_TYPE_ERRORS.get(message, message)
     return create_exception_response(request, exc)
 
 
@@ -3626,7 +3643,7 @@ def create_app(config: Config | None = None) -> Litestar:
         compression_config=CompressionConfig(backend="brotli", brotli_gzip_fallback=True, minimum_size=1024),
         exception_handlers={
             sqlite3.OperationalError: database_unavailable,
-            ValidationException: header_named_as_sent,
+            ValidationException: clearer_validation_errors,
             TooManyRequestsException: too_many_requests,
             **({} if config.debug else {500: server_error}),
         },

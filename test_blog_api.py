@@ -1965,6 +1965,22 @@ def test_list_refuses_bad_parameters_naming_them(client: TestClient, params: dic
     assert_validation_error(client.get("/api/posts", params=params), key=key, source="query")
 
 
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"limit": "ten"}, "Expected a whole number"),
+        ({"offset": "05"}, "Expected a whole number"),
+        ({"published": "yes"}, "Expected true, false, 1 or 0"),
+        ({"sort": "password"}, "Expected created_at, updated_at or title"),
+        ({"order": "sideways"}, "Expected asc or desc"),
+    ],
+)
+def test_a_bad_query_value_is_named_in_the_clients_terms(client: TestClient, params: dict, message: str) -> None:
+    """Not msgspec's "Expected `int`, got `str`": every value in a query string is a str."""
+    response = client.get("/api/posts", params=params)
+    assert response.json()["extra"] == [{"message": message, "key": next(iter(params)), "source": "query"}]
+
+
 def test_comment_pages_refuse_a_parameter_given_twice(client: TestClient) -> None:
     post = create(client)
     response = client.get(f"/api/posts/{post['id']}/comments", params={"limit": ["5", "50"]})
