@@ -153,6 +153,7 @@ ENV_PREFIX = "BLOG_API_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
 SYNCHRONOUS_MODES = ("full", "normal", "off")
+MAX_READERS = 64  # each is a thread and a connection; with one GIL, more than a few buy nothing
 UNPRINTABLE_PATH = "path must be printable text in UTF-8, without control characters"
 BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 2.1's b64token: what a client can send
 
@@ -192,6 +193,8 @@ class Config:
             raise ValueError("the database path must not be empty (use :memory: for a database in memory)")
         if not self.db_path.isprintable():
             raise ValueError(f"the database {UNPRINTABLE_PATH}")
+        if not self.host:
+            raise ValueError("the host must not be empty (127.0.0.1 for this machine, 0.0.0.0 for any)")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
         if self.log_level not in LOG_LEVELS:
@@ -200,8 +203,8 @@ class Config:
             raise ValueError("a read-only database must be a file that exists, not :memory:")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log format must be text or json, got {self.log_format!r}")
-        if self.readers < 1:
-            raise ValueError(f"readers must be at least 1, got {self.readers}")
+        if not 1 <= self.readers <= MAX_READERS:
+            raise ValueError(f"readers must be between 1 and {MAX_READERS}, got {self.readers}")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.workers > 1 and (self.reload or self.db_path == ":memory:"):
@@ -3847,7 +3850,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
         "--readers",
         type=int,
         default=defaults.readers,
-        help="reader connections in the pool (BLOG_API_READERS; default %(default)s)",
+        help=f"reader connections in the pool, 1 to {MAX_READERS} (BLOG_API_READERS; default %(default)s)",
     )
     parser.add_argument(
         "--token", default=defaults.token, help="bearer token that writes need; prefer --token-file (BLOG_API_TOKEN)"

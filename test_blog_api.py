@@ -1319,7 +1319,13 @@ def test_flags_override_environment_variables() -> None:
         ([], {"BLOG_API_PORT": "eighty"}, "BLOG_API_PORT must be a whole number"),
         (["--port", "70000"], {}, "port must be between 0 and 65535"),
         (["--log-level", "loud"], {}, "invalid choice"),
-        (["--readers", "0"], {}, "readers must be at least 1"),
+        (["--readers", "0"], {}, "readers must be between 1 and 64, got 0"),
+        (
+            [],
+            {"BLOG_API_READERS": "999999"},
+            "readers must be between 1 and 64",
+        ),  # was a traceback: no file descriptors left
+        ([], {"BLOG_API_HOST": ""}, "the host must not be empty"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(capsys, argv, environ, message) -> None:
