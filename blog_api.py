@@ -59,7 +59,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Generic, Literal, TextIO, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TextIO, TypeVar, get_args, get_origin
 from urllib.parse import quote, urlencode
 from wsgiref.handlers import format_date_time
 
@@ -2658,7 +2658,7 @@ def write_conditions(
         "versions": allowed,
         "modified_before": None if since is None else (int(since.timestamp()) + 1) * 1_000_000,
         "unwanted_versions": unwanted,
-        "unwanted_any": if_none_match is not None and if_none_match.strip() == "*",
+        "unwanted_any": if_none_match is not None and is_any(if_none_match),
     }
 
 
@@ -3371,7 +3371,17 @@ QUERY_TYPE_ERRORS = {
     "Expected `int`, got `str`": "Expected a whole number",
     "Expected `bool | null`, got `str`": "Expected true, false, 1 or 0",
 }
-QUERY_CHOICES = {"sort": "created_at, updated_at or title", "order": "asc or desc"}
+
+
+def literal_choices(parameter: Any) -> str:
+    """The values an ``Annotated[Literal[...] | None, ...]`` parameter takes, as a client
+    would read them: ``asc or desc``."""
+    literal = next(arg for arg in get_args(get_args(parameter)[0]) if get_origin(arg) is Literal)
+    *others, last = get_args(literal)
+    return f"{', '.join(others)} or {last}"
+
+
+QUERY_CHOICES = {"sort": literal_choices(SortField), "order": literal_choices(SortOrder)}
 
 
 def clearer_validation_errors(request: Request, exc: ValidationException) -> Response:
@@ -3778,8 +3788,9 @@ def backup_database(source: str, target: str) -> str:
 
 
 def printable_path(value: str) -> str:
-    """A path SQLite can open and a log line can show. A file name in no UTF-8 reaches
-    Python's argv as lone surrogates, which are not printable, and SQLite cannot open."""
+    """A path SQLite can open and a log line can show, for the commands that make no Config
+    (which checks its own). A file name in no UTF-8 reaches Python's argv as lone
+    surrogates, which are not printable, and SQLite cannot open."""
     if not value.isprintable():
         raise argparse.ArgumentTypeError(f"the {UNPRINTABLE_PATH}")
     return value
@@ -3811,7 +3822,6 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
     parser.add_argument(
         "--db",
         dest="db_path",
-        type=printable_path,
         default=defaults.db_path,
         help="SQLite database file, made if missing, or :memory: (BLOG_API_DB; default %(default)s)",
     )

@@ -2815,62 +2815,59 @@ def test_a_current_or_star_if_match_lets_the_write_through(client: TestClient, m
         assert response.status_code == (204 if method == "DELETE" else 200)
 
 
+def conditional_write(client: TestClient, method: str, headers: dict[str, str]) -> tuple[httpx.Response, dict | None]:
+    """A write with these headers (``{etag}`` and ``{id}`` stand for the post's) to a new post:
+    its answer, and the post after it (None if there is none)."""
+    post = create(client)
+    url = f"/api/posts/{post['id']}"
+    etag = client.get(url).headers["etag"]
+    headers = {name: value.format(etag=etag, id=post["id"]) for name, value in headers.items()}
+    answer = client.request(method, url, json={"title": "Mine"}, headers=headers)
+    after = client.get(url)
+    return answer, None if after.status_code == 404 else after.json()
+
+
+def assert_written(method: str, answer: httpx.Response, after: dict | None) -> None:
+    assert answer.status_code == (204 if method == "DELETE" else 200), answer.text
+    assert after is None if method == "DELETE" else after["title"] == "Mine"
+
+
+def assert_refused(answer: httpx.Response, after: dict | None, detail: str) -> None:
+    """A 412 with this detail, and the post as it was."""
+    assert answer.status_code == 412, answer.text
+    assert answer.json()["detail"] == detail
+    assert after is not None and after["title"] == SEED_POST["title"] and after["version"] == 1
+
+
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
 def test_if_unmodified_since_lets_a_write_through_only_if_unchanged_since(client, method, monkeypatch) -> None:
     fixed_clock(monkeypatch, 1_741_776_155_700_944)  # 10:42:35.700944
-
-    def attempt(if_unmodified_since: str, **headers: str) -> tuple[httpx.Response, httpx.Response]:
-        url = f"/api/posts/{create(client)['id']}"
-        headers["If-Unmodified-Since"] = if_unmodified_since
-        return client.request(method, url, json={"title": "Mine"}, headers=headers), client.get(url)
-
-    for date, headers in [
-        ("Wed, 12 Mar 2025 10:42:35 GMT", {}),  # to the second, as Last-Modified says
-        ("Wed, 12 Mar 2025 11:00:00 GMT", {}),
-        ("yesterday", {}),  # not a date: ignored
-        ("Wed, 12 Mar 2025 10:42:34 GMT", {"If-Match": "*"}),  # If-Match decides
+    for headers in [
+        {"If-Unmodified-Since": "Wed, 12 Mar 2025 10:42:35 GMT"},  # to the second, as Last-Modified says
+        {"If-Unmodified-Since": "Wed, 12 Mar 2025 11:00:00 GMT"},
+        {"If-Unmodified-Since": "yesterday"},  # not a date: ignored
+        {"If-Unmodified-Since": "Wed, 12 Mar 2025 10:42:34 GMT", "If-Match": "*"},  # If-Match decides
     ]:
-        written, after = attempt(date, **headers)
-        assert written.status_code == (204 if method == "DELETE" else 200), (date, headers)
-        assert after.status_code == 404 if method == "DELETE" else after.json()["title"] == "Mine"
-    refused, after = attempt("Wed, 12 Mar 2025 10:42:34 GMT")
-    assert refused.status_code == 412
-    assert refused.json()["detail"] == "The post has changed since the date of If-Unmodified-Since; fetch it again"
-    assert after.json()["title"] == SEED_POST["title"] and after.json()["version"] == 1
+        assert_written(method, *conditional_write(client, method, headers))
+    refused = conditional_write(client, method, {"If-Unmodified-Since": "Wed, 12 Mar 2025 10:42:34 GMT"})
+    assert_refused(*refused, "The post has changed since the date of If-Unmodified-Since; fetch it again")
 
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
 def test_if_none_match_lets_a_write_through_only_if_the_post_is_at_none_of_its_etags(client, method) -> None:
-    def attempt(if_none_match: str, **headers: str) -> tuple[httpx.Response, httpx.Response]:
-        post = create(client)
-        url = f"/api/posts/{post['id']}"
-        etag = client.get(url).headers["etag"]
-        headers = {name: value.format(etag=etag) for name, value in headers.items()}
-        headers["If-None-Match"] = if_none_match.format(etag=etag, id=post["id"])
-        return client.request(method, url, json={"title": "Mine"}, headers=headers), client.get(url)
-
     for if_none_match in ['"{id}.7"', '"another-post.1"', "not a tag"]:
-        written, after = attempt(if_none_match)
-        assert written.status_code == (204 if method == "DELETE" else 200), if_none_match
-        assert after.status_code == 404 if method == "DELETE" else after.json()["title"] == "Mine"
-    for if_none_match, headers in [
-        ("{etag}", {}),
-        ("W/{etag}", {}),  # a weak comparison: W/ matches too
-        ('"x", {etag}', {}),
-        ("*", {}),  # any post: a write here never creates one
-        ("{etag}", {"If-Match": "{etag}"}),  # If-Match holds, If-None-Match does not
+        assert_written(method, *conditional_write(client, method, {"If-None-Match": if_none_match}))
+    for headers in [
+        {"If-None-Match": "{etag}"},
+        {"If-None-Match": "W/{etag}"},  # a weak comparison: W/ matches too
+        {"If-None-Match": '"x", {etag}'},
+        {"If-None-Match": "*"},  # any post: a write here never creates one
+        {"If-None-Match": "{etag}", "If-Match": "{etag}"},  # If-Match holds, If-None-Match does not
     ]:
-        refused, after = attempt(if_none_match, **headers)
-        assert refused.status_code == 412, (if_none_match, headers)
-        assert (
-            refused.json()["detail"]
-            == "The post is at an ETag that If-None-Match names (or * for any); nothing was changed"
-        )
-        assert after.json()["title"] == SEED_POST["title"] and after.json()["version"] == 1
-    assert (
-        client.request(method, "/api/posts/missing", json={"title": "x"}, headers={"If-None-Match": "*"}).status_code
-        == 404
-    )
+        refused = conditional_write(client, method, headers)
+        assert_refused(*refused, "The post is at an ETag that If-None-Match names (or * for any); nothing was changed")
+    missing = client.request(method, "/api/posts/missing", json={"title": "x"}, headers={"If-None-Match": "*"})
+    assert missing.status_code == 404
 
 
 def test_if_unmodified_since_counts_a_new_comment_as_a_change(client: TestClient, monkeypatch) -> None:
