@@ -293,19 +293,27 @@ def env_variable(field_name: str) -> str:
 # Types of the API
 # --------------------------------------------------------------------------------------
 
-Title = Annotated[
-    str,
-    Meta(min_length=1, max_length=100, description="1 to 100 characters.", examples=["My First Litestar Blog Post"]),
-]
-Content = Annotated[
-    str,
-    Meta(
-        min_length=1,
-        max_length=100_000,
-        description="1 to 100,000 characters.",
-        examples=["Litestar makes API development easy."],
-    ),
-]
+WHITESPACE = r"\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+"""What ``\\s`` matches in the regexes of JSON Schema (ECMA-262). Python's differs (it adds
+U+001C to U+001F and U+0085, and leaves out U+FEFF), so patterns list these characters
+instead, to mean the same to schema-driven clients as to msgspec."""
+NOT_BLANK = f"[^{WHITESPACE}]"
+"""The pattern of the text a person writes (a title, a post's content, a comment's author and
+body): not whitespace alone. ``body_error`` puts msgspec's message for it in plain words."""
+
+
+def written_text(max_length: int, example: str) -> Any:
+    """The type of a string that a person writes: 1 to ``max_length`` characters, not whitespace alone."""
+    description = f"1 to {max_length:,} characters, not all whitespace."
+    return Annotated[
+        str, Meta(min_length=1, max_length=max_length, pattern=NOT_BLANK, description=description, examples=[example])
+    ]
+
+
+Title = written_text(100, "My First Litestar Blog Post")
+Content = written_text(100_000, "Litestar makes API development easy.")
+Author = written_text(100, "Ada")
+CommentBody = written_text(10_000, "Nice post!")
 SLUG_PATTERN = r"^(?![0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$)[^\W_A-Z]+(?:-[^\W_A-Z]+)*$"
 """Letters (no capitals) and digits in words joined by single hyphens, and not shaped like a
 post's ID. The OpenAPI document says the same, so schema-driven clients agree with us."""
@@ -465,10 +473,8 @@ class Post(msgspec.Struct):
 class CommentCreate(msgspec.Struct, forbid_unknown_fields=True):
     """A new comment. Any field not listed here is refused."""
 
-    author: Annotated[str, Meta(min_length=1, max_length=100, description="1 to 100 characters.", examples=["Ada"])]
-    body: Annotated[
-        str, Meta(min_length=1, max_length=10_000, description="1 to 10,000 characters.", examples=["Nice post!"])
-    ]
+    author: Author
+    body: CommentBody
     id: Ignored = None
     post_id: Ignored = None
     created_at: Ignored = None
@@ -742,10 +748,13 @@ FIELD_PATH = re.compile(r"^(?P<message>.*) - at `\$\.(?P<key>\w+)")
 NAMED_FIELD = re.compile(r"field `(?P<key>[^`]+)`")
 
 
+PLAIN_MESSAGES = {f"Expected `str` matching regex {NOT_BLANK!r}": "Expected some text, not only whitespace"}
+
+
 def body_error(message: str) -> dict[str, str]:
     """Turn msgspec's message into ``{"message", "key"}``, naming the field it is about."""
     if match := FIELD_PATH.match(message):
-        return {"message": match["message"], "key": match["key"]}
+        return {"message": PLAIN_MESSAGES.get(match["message"], match["message"]), "key": match["key"]}
     if match := NAMED_FIELD.search(message):
         return {"message": message, "key": match["key"]}
     return {"message": message}

@@ -324,6 +324,8 @@ BAD_CREATE_BODIES = {
     "empty title": ({"title": "", "content": "x"}, "title"),
     "title of 101 characters": ({"title": "x" * 101, "content": "x"}, "title"),
     "empty content": ({"title": "x", "content": ""}, "content"),
+    "title only spaces": ({"title": "   ", "content": "x"}, "title"),
+    "content only whitespace": ({"title": "x", "content": " \n\t\u3000"}, "content"),
     "missing title": ({"content": "x"}, "title"),
     "missing content": ({"title": "x"}, "content"),
     "title a number": ({"title": 5, "content": "x"}, "title"),
@@ -477,6 +479,19 @@ def test_titles_count_characters_not_bytes(client: TestClient) -> None:
     assert create(client, title="🦀" * 100)["title"] == "🦀" * 100
     response = client.post("/api/posts", json={**SEED_POST, "title": "🦀" * 101})
     assert_validation_error(response, key="title")
+
+
+def test_text_of_only_whitespace_is_refused_in_plain_words(client: TestClient, db_path: Path) -> None:
+    post = create(client, title=" Spaced out ", content="\n text \n")
+    assert (post["title"], post["content"]) == (" Spaced out ", "\n text \n")  # kept as sent
+    response = client.patch(f"/api/posts/{post['id']}", json={"title": " \t "})
+    assert_validation_error(response, "title")
+    assert response.json()["extra"][0]["message"] == "Expected some text, not only whitespace"
+    assert stored_posts(db_path)[0]["title"] == " Spaced out "
+    # Whitespace as JSON Schema's regexes have it, which the OpenAPI document's pattern is in:
+    # Python's \s also takes U+001C to U+001F (control characters, kept like NUL), not U+FEFF.
+    assert create(client, title="\x1f", content="\x85")["title"] == "\x1f"
+    assert_validation_error(client.post("/api/posts", json={"title": "\ufeff", "content": "x"}), "title")
 
 
 def test_text_that_starts_with_nul_is_stored_not_a_500(client: TestClient) -> None:
@@ -2338,6 +2353,8 @@ BAD_COMMENTS = {
     "empty body": ({"author": "Ada", "body": ""}, "body"),
     "body over 10,000 characters": ({"author": "Ada", "body": "x" * 10_001}, "body"),
     "empty author": ({"author": "", "body": "x"}, "author"),
+    "author only spaces": ({"author": "  ", "body": "x"}, "author"),
+    "body only whitespace": ({"author": "Ada", "body": "\n\n"}, "body"),
     "author over 100 characters": ({"author": "x" * 101, "body": "x"}, "author"),
     "missing body": ({"author": "Ada"}, "body"),
     "author a number": ({"author": 7, "body": "x"}, "author"),
