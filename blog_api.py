@@ -2320,6 +2320,29 @@ def request_id_for(headers: list[tuple[bytes, bytes]]) -> str:
     return f"{random.getrandbits(128):032x}"
 
 
+LIST_FIELDS = frozenset({b"if-match", b"if-none-match", b"content-encoding", b"accept-encoding"})
+"""The list-based fields (RFC 9110 5.6.1) that blog_api or Litestar reads: both read a field
+with one ``get``, which sees its first field line alone."""
+
+
+def combined_field_lines(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The request's headers with the lines of each list-based field made one, their values
+    joined by commas in the order sent: to a recipient that is the same field (RFC 9110 5.3),
+    and a second ``If-None-Match`` line must count as much as the first. Usually no such
+    field is repeated, and the same list comes back."""
+    listed = [name.lower() for name, _ in headers if name.lower() in LIST_FIELDS]
+    if len(listed) == len(set(listed)):
+        return headers
+    others: list[tuple[bytes, bytes]] = []
+    values: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        if name.lower() in LIST_FIELDS:
+            values.setdefault(name.lower(), []).append(value)
+        else:
+            others.append((name, value))
+    return others + [(name, b", ".join(value for value in lines if value.strip())) for name, lines in values.items()]
+
+
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
@@ -3462,6 +3485,8 @@ class BlogAPI(Litestar):
         started = time.perf_counter()
         status = 500
         head = scope["method"] == "HEAD"
+        if (request_headers := combined_field_lines(scope["headers"])) is not scope["headers"]:
+            scope = {**scope, "headers": request_headers}
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status

@@ -2901,6 +2901,26 @@ def test_if_unmodified_since_counts_a_new_comment_as_a_change(client: TestClient
     assert missing.status_code == 404
 
 
+def test_a_list_field_sent_on_two_lines_counts_as_one_list(start_server) -> None:
+    """RFC 9110 5.3: ``If-Match: "a"`` and ``If-Match: "b"`` on two lines mean ``If-Match: "a", "b"``.
+    Litestar reads only a field's first line, so the second went unseen. (A real server:
+    Litestar's TestClient joins the lines itself.)"""
+    port = free_port()
+    server = start_server([sys.executable, "blog_api.py", "--port", str(port)], port)
+    http = httpx.Client(base_url=server.url, timeout=10)
+    url = f"/api/posts/{http.post('/api/posts', json=SEED_POST).json()['id']}"
+    etag = http.get(url).headers["etag"]
+    if_none_match = [("If-None-Match", '"old"'), ("If-None-Match", etag)]
+    assert http.get(url, headers=if_none_match).status_code == 304
+    assert http.patch(url, json={"title": "Not mine"}, headers=if_none_match).status_code == 412
+    if_match = [("If-Match", '"old"'), ("If-Match", etag)]
+    assert http.patch(url, json={"title": "Mine"}, headers=if_match).status_code == 200
+    zipped = [("Content-Type", "application/json"), ("Content-Encoding", "identity"), ("Content-Encoding", "gzip")]
+    assert http.put(url, content=gzip.compress(b'{"title": "Zipped"}'), headers=zipped).status_code == 415
+    assert http.get(url).json()["title"] == "Mine"
+    http.close()
+
+
 def test_if_match_on_a_missing_post_is_404(client: TestClient) -> None:
     response = client.put("/api/posts/missing", json={"title": "x"}, headers={"If-Match": "*"})
     assert response.status_code == 404
