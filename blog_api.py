@@ -3416,11 +3416,21 @@ def literal_choices(parameter: Any) -> str:
 QUERY_CHOICES = {"sort": literal_choices(SortField), "order": literal_choices(SortOrder)}
 
 
+def whole_number_range(parameter: Any) -> str:
+    """The values an ``Annotated[int, QueryParameter(ge=..., le=...)]`` parameter takes."""
+    bounds = get_args(parameter)[1]
+    return f"{bounds.ge:,} to {bounds.le:,}"
+
+
+QUERY_RANGES = {"limit": whole_number_range(PageSize), "offset": whole_number_range(PageOffset)}
+OUT_OF_RANGE = re.compile(r"Expected `int` [<>]=")
+
+
 def clearer_validation_errors(request: Request, exc: ValidationException) -> Response:
     """Litestar's own 400, with what it says of a parameter in the client's terms: a header
     named as clients send it (``Idempotency-Key``, where Litestar names the handler's
-    parameter, ``idempotency_key``: litestar-org/litestar#4215), and a query value's type or
-    choices said plainly (not ``Expected `int`, got `str```)."""
+    parameter, ``idempotency_key``: litestar-org/litestar#4215), and a query value's type,
+    range or choices said plainly (not ``Expected `int`, got `str``` or ``Expected `int` >= 1``)."""
     for error in exc.extra if isinstance(exc.extra, list) else []:
         if not isinstance(error, dict) or "key" not in error:
             continue
@@ -3430,6 +3440,8 @@ def clearer_validation_errors(request: Request, exc: ValidationException) -> Res
             message = error.get("message", "")
             if message.startswith("Invalid enum value") and error["key"] in QUERY_CHOICES:
                 message = f"Expected {QUERY_CHOICES[error['key']]}"
+            elif OUT_OF_RANGE.match(message) and error["key"] in QUERY_RANGES:
+                message = f"Expected a whole number from {QUERY_RANGES[error['key']]}"
             error["message"] = QUERY_TYPE_ERRORS.get(message, message)
     return create_exception_response(request, exc)
 

@@ -1991,13 +1991,17 @@ def test_list_refuses_bad_parameters_naming_them(client: TestClient, params: dic
     [
         ({"limit": "ten"}, "Expected a whole number"),
         ({"offset": "05"}, "Expected a whole number"),
+        ({"limit": "0"}, "Expected a whole number from 1 to 100"),
+        ({"limit": "101"}, "Expected a whole number from 1 to 100"),
+        ({"offset": "-1"}, "Expected a whole number from 0 to 1,000,000,000"),
         ({"published": "yes"}, "Expected true, false, 1 or 0"),
         ({"sort": "password"}, "Expected created_at, updated_at or title"),
         ({"order": "sideways"}, "Expected asc or desc"),
     ],
 )
 def test_a_bad_query_value_is_named_in_the_clients_terms(client: TestClient, params: dict, message: str) -> None:
-    """Not msgspec's "Expected `int`, got `str`": every value in a query string is a str."""
+    """Not msgspec's "Expected `int`, got `str`" (every value in a query string is a str), or
+    "Expected `int` >= 1", which says one bound."""
     response = client.get("/api/posts", params=params)
     assert response.json()["extra"] == [{"message": message, "key": next(iter(params)), "source": "query"}]
 
