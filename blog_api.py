@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import base64
 import codecs
+import difflib
 import email.utils
 import hashlib
 import hmac
@@ -150,6 +151,7 @@ MIN_SQLITE_VERSION = (3, 37, 0)  # STRICT tables; RETURNING needs 3.35
 MAX_BODY_BYTES = 1024 * 1024
 GRACEFUL_SHUTDOWN_SECONDS = 3
 ENV_PREFIX = "BLOG_API_"
+TOKEN_FILE_VARIABLE = "BLOG_API_TOKEN_FILE"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
 SYNCHRONOUS_MODES = ("full", "normal", "off")
@@ -261,9 +263,24 @@ class Config:
                 values[name] = tuple(item for item in re.split(r"[,\s]+", raw) if item)
             else:
                 values[name] = raw.lower() if name in ("log_level", "synchronous") else raw
-        if "token" not in values and environ.get("BLOG_API_TOKEN_FILE"):
-            values["token"] = read_token_file(environ["BLOG_API_TOKEN_FILE"])
+        if "token" not in values and environ.get(TOKEN_FILE_VARIABLE):
+            values["token"] = read_token_file(environ[TOKEN_FILE_VARIABLE])
         return cls(**values)
+
+    @classmethod
+    def unknown_env_variables(cls, environ: Mapping[str, str] = os.environ) -> list[str]:
+        """What to say of each ``BLOG_API_*`` variable that sets nothing: a misspelt name
+        (``BLOG_API_CORS_ORIGIN``, after ``--cors-origin``) would otherwise go unnoticed."""
+        known = [env_variable(name) for name in cls.__dataclass_fields__] + [TOKEN_FILE_VARIABLE]
+        warnings = []
+        for variable in sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known):
+            warning = f"{variable} is not a setting of blog_api, and is ignored"
+            # Compared without the prefix, which all of them share.
+            unprefixed = [name.removeprefix(ENV_PREFIX) for name in known]
+            if close := difflib.get_close_matches(variable.removeprefix(ENV_PREFIX), unprefixed, n=1):
+                warning += f"; did you mean {ENV_PREFIX}{close[0]}?"
+            warnings.append(warning)
+        return warnings
 
     def to_env(self) -> dict[str, str]:
         """The variables that make ``Config.from_env()`` return this config (for --reload)."""
@@ -4078,6 +4095,8 @@ def serve(argv: list[str]) -> None:
         logger.info("Anyone who can reach this server may write (--allow-anonymous-writes).")
     else:
         logger.info("No token: anyone on this machine may write; other machines may only read.")
+    for warning in Config.unknown_env_variables():
+        logger.warning(warning)
     server_options: dict[str, Any] = {"host": config.host, "port": config.port, "log_level": config.log_level}
     server_options["access_log"] = False  # blog_api writes its own, with request IDs
     server_options["http"] = OneSendHttpProtocol

@@ -4139,6 +4139,19 @@ def test_closing_sends_the_held_write_first_and_a_gone_peer_gets_nothing() -> No
     run(check())
 
 
+def test_a_misspelt_environment_variable_is_warned_of_at_startup(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: None)
+    monkeypatch.setenv("BLOG_API_CORS_ORIGIN", "https://blog.example")  # the flag is --cors-origin
+    monkeypatch.setenv("BLOG_API_SOMETHING_ELSE", "1")
+    blog_api.main(["--db", ":memory:"])
+    said = capsys.readouterr().err
+    assert "WARNING blog_api [-] BLOG_API_CORS_ORIGIN is not a setting of blog_api, and is ignored; " in said
+    assert "did you mean BLOG_API_CORS_ORIGINS?" in said
+    assert said.endswith("BLOG_API_SOMETHING_ELSE is not a setting of blog_api, and is ignored\n")
+    every_setting = Config(token="t0ken", rate_limit="1/minute", cors_origins=("https://a.example",)).to_env()
+    assert Config.unknown_env_variables({**every_setting, "BLOG_API_TOKEN_FILE": "token.txt", "HOME": "/"}) == []
+
+
 def test_python_blog_api_py_serves_with_one_send_per_response(monkeypatch) -> None:
     started: list[dict] = []
     monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: started.append(options))
