@@ -532,13 +532,13 @@ IfModifiedSince = Annotated[
 ]
 IfMatch = Annotated[
     str | None,
-    HeaderParameter(name="If-Match", description="Change only if the post's ETag is one of these (or `*`), else 412."),
+    HeaderParameter(name="If-Match", description="Only if the post's ETag is one of these (or `*`); else 412."),
 ]
 IfUnmodifiedSince = Annotated[
     str | None,
     HeaderParameter(
         name="If-Unmodified-Since",
-        description="An HTTP date: change only if the post has not changed since, else 412 (without If-Match).",
+        description="An HTTP date: only if the post has not changed since; else 412 (without If-Match).",
     ),
 ]
 IdempotencyKey = Annotated[
@@ -2627,6 +2627,20 @@ def is_not_modified(if_none_match: str | None, if_modified_since: str | None, et
     return EPOCH + timedelta(microseconds=modified_us - modified_us % 1_000_000) <= since
 
 
+def failed_read_precondition(
+    if_match: str | None, if_unmodified_since: str | None, etag: str, modified_us: int
+) -> PreconditionFailed | None:
+    """RFC 9110 13.2.2's first two steps, which hold for a GET as for a write: If-Match
+    (strong comparison, ``*`` matches), or only without it, If-Unmodified-Since, to the
+    second. A 412 that fails one, else None."""
+    if if_match is not None:
+        return None if is_any(if_match) or (False, etag) in entity_tags(if_match) else PreconditionFailed()
+    since = parse_http_date(if_unmodified_since)
+    if since is not None and EPOCH + timedelta(microseconds=modified_us - modified_us % 1_000_000) > since:
+        return PreconditionFailed(detail=STALE_DATE)
+    return None
+
+
 def parse_http_date(field_value: str | None) -> datetime | None:
     """An HTTP date (RFC 9110 5.6.7) as an aware datetime; None if absent or invalid, which
     RFC 9110 says to treat as if the field were not sent."""
@@ -2959,7 +2973,7 @@ class PostController(Controller):
         "/{post_id:str}",
         operation_id="getPost",
         summary="Get a post",
-        raises=[NotFoundException, ServiceUnavailableException],
+        raises=[NotFoundException, PreconditionFailed, ServiceUnavailableException],
         response_headers=documented("ETag", "Last-Modified", "Cache-Control"),
         responses={304: NOT_MODIFIED},
     )
@@ -2970,11 +2984,15 @@ class PostController(Controller):
         blog: NamedDependency[Blog],
         if_none_match: IfNoneMatch = None,
         if_modified_since: IfModifiedSince = None,
+        if_match: IfMatch = None,
+        if_unmodified_since: IfUnmodifiedSince = None,
     ) -> Response[Post]:
         """One post by its ID or its slug (a draft only for those who may see drafts)."""
         post = await blog.posts.load(post_id)
         if post is None or not (post.published or drafts_visible(request)):
             raise post_not_found(post_id)
+        if failed := failed_read_precondition(if_match, if_unmodified_since, post.etag, post.modified_at):
+            raise failed
         headers = {
             "ETag": post.etag,
             "Last-Modified": post.last_modified,

@@ -651,7 +651,7 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
         ("GET", "/health"): ("health", {"200", "503"}),
         ("GET", "/api/posts"): ("listPosts", {"200", "304", "400", "503"}),
         ("POST", "/api/posts"): ("createPost", {"201", "400", "409", "413", "415", "422", *WRITE_ERRORS}),
-        ("GET", "/api/posts/{post_id}"): ("getPost", {"200", "304", "400", "404", "503"}),
+        ("GET", "/api/posts/{post_id}"): ("getPost", {"200", "304", "400", "404", "412", "503"}),
         ("PUT", "/api/posts/{post_id}"): (
             "updatePost",
             {"200", "400", "404", "409", "412", "413", "415", *WRITE_ERRORS},
@@ -694,7 +694,10 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
     ]
     for key, names in [
         (("GET", "/api/posts"), listing_parameters),
-        (("GET", "/api/posts/{post_id}"), ["post_id", "If-None-Match", "If-Modified-Since"]),
+        (
+            ("GET", "/api/posts/{post_id}"),
+            ["post_id", "If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since"],
+        ),
         (("PUT", "/api/posts/{post_id}"), ["post_id", "If-Match", "If-Unmodified-Since", "If-None-Match"]),
         (("DELETE", "/api/posts/{post_id}"), ["post_id", "If-Match", "If-Unmodified-Since", "If-None-Match"]),
     ]:
@@ -2903,6 +2906,37 @@ def test_if_unmodified_since_counts_a_new_comment_as_a_change(client: TestClient
     assert client.get(url).json()["title"] == SEED_POST["title"]
     missing = client.put("/api/posts/missing", json={"title": "x"}, headers=stale)
     assert missing.status_code == 404
+
+
+def test_a_get_of_a_post_honours_if_match_and_if_unmodified_since(client: TestClient, monkeypatch) -> None:
+    """RFC 9110 13.2.2: they hold for any method, before If-None-Match; a GET (or HEAD) whose
+    precondition fails is a 412, as a write's is."""
+    fixed_clock(monkeypatch, 1_741_776_155_700_944)  # 10:42:35.700944
+    post = create(client)
+    url = f"/api/posts/{post['id']}"
+    etag = client.get(url).headers["etag"]
+    for headers in [
+        {"If-Match": etag},
+        {"If-Match": f'"x", {etag}'},
+        {"If-Match": "*"},
+        {"If-Unmodified-Since": "Wed, 12 Mar 2025 10:42:35 GMT"},  # to the second, as Last-Modified says
+        {"If-Unmodified-Since": "yesterday"},  # not a date: ignored
+        {"If-Unmodified-Since": "Wed, 12 Mar 2025 10:42:34 GMT", "If-Match": etag},  # If-Match decides
+    ]:
+        assert client.get(url, headers=headers).json() == post, headers
+    stale_etag = "The post has changed since that ETag; fetch it again"
+    for headers, detail in [
+        ({"If-Match": '"old"'}, stale_etag),
+        ({"If-Match": f"W/{etag}"}, stale_etag),  # a strong comparison: W/ never matches
+        ({"If-Unmodified-Since": "Wed, 12 Mar 2025 10:42:34 GMT"}, blog_api.STALE_DATE),
+        ({"If-Match": '"old"', "If-None-Match": etag}, stale_etag),  # If-Match first
+    ]:
+        response = client.get(url, headers=headers)
+        assert (response.status_code, response.json()["detail"]) == (412, detail), headers
+        assert client.head(url, headers=headers).status_code == 412
+    assert client.get(url, headers={"If-Match": etag, "If-None-Match": etag}).status_code == 304
+    assert client.get(f"/api/posts/{post['slug']}", headers={"If-Match": etag}).status_code == 200
+    assert client.get("/api/posts/missing", headers={"If-Match": '"old"'}).status_code == 404
 
 
 def test_a_list_field_sent_on_two_lines_counts_as_one_list(start_server) -> None:
