@@ -1142,6 +1142,10 @@ INSERT INTO post_tags (post_pk, tag_pk, position)
 SELECT ?, pk, ? FROM tags WHERE name = ?
 """
 
+COUNT_DRAFTS_FROM = """
+SELECT count(*) FROM posts WHERE pk >= ? AND NOT published
+"""
+
 SEED_COMMENT = """
 INSERT INTO comments (id, post_pk, created_at, author, body)
 VALUES (?, ?, ?, ?, ?)
@@ -3801,9 +3805,29 @@ def demo_post(rng: random.Random, number: int) -> tuple[str, str, list[str], boo
     return title, "\n\n".join(paragraphs), rng.sample(DEMO_TAGS, rng.randint(0, 3)), rng.random() >= 0.1
 
 
+def demo_rows(rng: random.Random, pk: int, hour: int) -> tuple[tuple, list[tuple], list[tuple]]:
+    """The rows of one demo post, created in the ``hour``-th hour after ``DEMO_START_US``: for
+    ``SEED_POST``, ``SEED_POST_TAG`` and ``SEED_COMMENT``."""
+    title, content, tags, published = demo_post(rng, pk)
+    post_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    created = DEMO_START_US + hour * 3_600_000_000 + rng.randrange(3_600_000_000)
+    post = (pk, post_id, f"{slugify(title)}-{post_id[:8]}", title, content, published, created)
+    comments = []
+    for minute in range(rng.choice((0, 0, 0, 1, 2, 5))):
+        comment_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        body = demo_sentence(rng)
+        comments.append((comment_id, pk, created + (minute + 1) * 60_000_000, rng.choice(DEMO_AUTHORS), body))
+    return post, [(pk, position, name) for position, name in enumerate(tags)], comments
+
+
+SEED_BATCH = 5_000
+"""Demo posts made and inserted at a time, so that memory stays flat however many are asked for."""
+
+
 def seed_database(db_path: str, posts: int, random_seed: int) -> dict[str, int]:
     """Add ``posts`` realistic posts (with tags, comments and 10% drafts) in one transaction.
-    The same seed gives the same posts, ids and timestamps included."""
+    The same seed gives the same posts, ids and timestamps included, on the same database;
+    on one with more posts (seeded already), others, so seeding twice adds twice."""
 
     async def make_schema() -> None:
         db = Database(db_path, readers=1)
@@ -3811,32 +3835,25 @@ def seed_database(db_path: str, posts: int, random_seed: int) -> dict[str, int]:
         await db.close()
 
     asyncio.run(make_schema())
-    rng = random.Random(random_seed)
-    counts = {"posts": 0, "drafts": 0, "comments": 0}
+    counts = {"posts": posts, "comments": 0}
     with closing(sqlite3.connect(db_path, isolation_level=None)) as connection:
         connection.execute("PRAGMA foreign_keys = ON")
         with write_transaction(connection):
             [(first_pk,)] = connection.execute("SELECT coalesce(max(pk), 0) + 1 FROM posts")
-            post_rows, tag_rows, comment_rows = [], [], []
-            for number in range(posts):
-                title, content, tags, published = demo_post(rng, first_pk + number)
-                post_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-                created = DEMO_START_US + number * 3_600_000_000 + rng.randrange(3_600_000_000)
-                pk = first_pk + number
-                post_rows.append((pk, post_id, f"{slugify(title)}-{post_id[:8]}", title, content, published, created))
-                tag_rows += [(pk, position, name) for position, name in enumerate(tags)]
-                for minute in range(rng.choice((0, 0, 0, 1, 2, 5))):
-                    comment_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-                    body = demo_sentence(rng)
-                    comment_rows.append(
-                        (comment_id, pk, created + (minute + 1) * 60_000_000, rng.choice(DEMO_AUTHORS), body)
-                    )
-                counts["drafts"] += not published
-            connection.executemany(SEED_POST, post_rows)
+            rng = random.Random(f"{random_seed}/{first_pk}")
             connection.executemany("INSERT OR IGNORE INTO tags (name) VALUES (?)", [(name,) for name in DEMO_TAGS])
-            connection.executemany(SEED_POST_TAG, tag_rows)
-            connection.executemany(SEED_COMMENT, comment_rows)
-    counts.update(posts=posts, comments=len(comment_rows))
+            for batch_start in range(first_pk, first_pk + posts, SEED_BATCH):
+                post_rows, tag_rows, comment_rows = [], [], []
+                for pk in range(batch_start, min(batch_start + SEED_BATCH, first_pk + posts)):
+                    post, tags, comments = demo_rows(rng, pk, hour=pk - first_pk)
+                    post_rows.append(post)
+                    tag_rows += tags
+                    comment_rows += comments
+                connection.executemany(SEED_POST, post_rows)
+                connection.executemany(SEED_POST_TAG, tag_rows)
+                connection.executemany(SEED_COMMENT, comment_rows)
+                counts["comments"] += len(comment_rows)
+            [(counts["drafts"],)] = connection.execute(COUNT_DRAFTS_FROM, (first_pk,))
     return counts
 
 
@@ -4031,7 +4048,7 @@ def seed(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="blog_api.py seed",
         description="Fill the database with realistic demo posts: titles, paragraphs, tags, comments, "
-        "10% drafts. The same --random-seed gives the same posts.",
+        "10% drafts. The same --random-seed gives the same posts; seeding again adds others.",
     )
     defaults = defaults_from_env(parser)
     parser.add_argument(

@@ -3445,10 +3445,11 @@ def test_a_backup_refuses_to_overwrite_or_to_copy_nothing(tmp_path: Path) -> Non
     assert sorted(path.name for path in tmp_path.iterdir()) == ["existing.db"]  # no copy, whole or partial
 
 
-def test_seed_adds_realistic_posts_the_same_for_the_same_seed(tmp_path: Path, capsys) -> None:
+def test_seed_adds_realistic_posts_the_same_for_the_same_seed(tmp_path: Path, capsys, monkeypatch) -> None:
     first, second, other = tmp_path / "a.db", tmp_path / "b.db", tmp_path / "c.db"
     for path, seed in [(first, "7"), (second, "7"), (other, "8")]:
         blog_api.main(["seed", "--posts", "60", "--random-seed", seed, "--db", str(path)])
+        monkeypatch.setattr(blog_api, "SEED_BATCH", 7)  # made and inserted 7 at a time: the same posts
     assert "Seeded 60 posts" in capsys.readouterr().out
 
     def contents(path: Path) -> list:
@@ -3468,7 +3469,10 @@ def test_seed_adds_realistic_posts_the_same_for_the_same_seed(tmp_path: Path, ca
         assert any(post["tags"] for post in response.json()) and any(post["comment_count"] for post in response.json())
         blog_api.main(["seed", "--posts", "1", "--db", str(first)])  # adds to what is there
         assert client.get("/api/posts").headers["x-total-count"] == "61"
+        blog_api.main(["seed", "--posts", "60", "--random-seed", "7", "--db", str(first)])  # others: was a traceback
+        assert client.get("/api/posts").headers["x-total-count"] == "121"
     assert "Seeded 1 post (" in capsys.readouterr().out
+    assert len({post_id for post_id, *_ in contents(first)[0]}) == 121
 
 
 @pytest.mark.parametrize(
