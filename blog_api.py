@@ -4096,8 +4096,10 @@ def backup(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     try:
         integrity = backup_database(args.db_path, args.path)
-    except (DatabaseError, sqlite3.Error) as exc:
+    except DatabaseError as exc:
         sys.exit(f"blog_api backup: {exc}")
+    except sqlite3.Error as exc:  # SQLite does not say which file; either may be at fault
+        sys.exit(f"blog_api backup: cannot copy {args.db_path!r} to {args.path!r}: {exc}")
     if integrity != "ok":
         sys.exit(f"blog_api backup: the copy at {args.path} failed its integrity check: {integrity}")
     print(f"Backed up {args.db_path} to {args.path} (integrity check: ok); serve it with --db {args.path}")

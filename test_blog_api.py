@@ -3432,7 +3432,10 @@ def test_a_backup_refuses_to_overwrite_or_to_copy_nothing(tmp_path: Path) -> Non
     for argv, message in [
         (["backup", str(existing), "--db", str(tmp_path / "x.db")], "there is no database"),
         (["backup", str(existing), "--db", str(existing)], "exists already"),
-        (["backup", str(tmp_path / "copy.db"), "--db", str(existing)], "file is not a database"),
+        (
+            ["backup", str(tmp_path / "copy.db"), "--db", str(existing)],
+            f"cannot copy {str(existing)!r} to {str(tmp_path / 'copy.db')!r}: file is not a database",
+        ),
         (
             ["backup", str(tmp_path / "gone" / "copy.db"), "--db", str(existing)],
             f"no folder {str(tmp_path / 'gone')!r}",
