@@ -272,11 +272,10 @@ class Config:
         """What to say of each ``BLOG_API_*`` variable that sets nothing: a misspelt name
         (``BLOG_API_CORS_ORIGIN``, after ``--cors-origin``) would otherwise go unnoticed."""
         known = [env_variable(name) for name in cls.__dataclass_fields__] + [TOKEN_FILE_VARIABLE]
+        unprefixed = [name.removeprefix(ENV_PREFIX) for name in known]  # compared without what all share
         warnings = []
         for variable in sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known):
             warning = f"{variable} is not a setting of blog_api, and is ignored"
-            # Compared without the prefix, which all of them share.
-            unprefixed = [name.removeprefix(ENV_PREFIX) for name in known]
             if close := difflib.get_close_matches(variable.removeprefix(ENV_PREFIX), unprefixed, n=1):
                 warning += f"; did you mean {ENV_PREFIX}{close[0]}?"
             warnings.append(warning)
@@ -604,7 +603,7 @@ SearchText = Annotated[
 
 class PreconditionFailed(ClientException):
     """412: If-Match named an ETag that is no longer current, or the post changed after the
-    date of If-Unmodified-Since; nothing was changed."""
+    date of If-Unmodified-Since; a write changed nothing, a GET answers nothing else."""
 
     status_code = 412
     detail = "The post has changed since that ETag; fetch it again"
