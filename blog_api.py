@@ -610,6 +610,9 @@ class PreconditionFailed(ClientException):
 
 
 STALE_DATE = "The post has changed since the date of If-Unmodified-Since; fetch it again"
+NOT_ITS_ETAG = (
+    "If-Match names no ETag of this post: send the value of its ETag header, quotes included (a W/ one never matches)"
+)
 UNWANTED_ETAG = "The post is at an ETag that If-None-Match names (or * for any); nothing was changed"
 
 
@@ -2607,6 +2610,11 @@ def post_etag(post_id: str, version: int) -> str:
     return f'"{post_id}.{version}"'
 
 
+def post_id_of(etag: str) -> str:
+    """The post ID in a ``post_etag``."""
+    return etag.strip('"').rpartition(".")[0]
+
+
 def page_etag(body: bytes, headers: Mapping[str, str]) -> str:
     """Strong, over everything a page answers: its posts, its total and its links."""
     digest = hashlib.sha256(body)
@@ -2637,11 +2645,20 @@ def failed_read_precondition(
     (strong comparison, ``*`` matches), or only without it, If-Unmodified-Since, to the
     second. A 412 that fails one, else None."""
     if if_match is not None:
-        return None if is_any(if_match) or (False, etag) in entity_tags(if_match) else PreconditionFailed()
+        if is_any(if_match) or (False, etag) in entity_tags(if_match):
+            return None
+        return if_match_failed(versions_named(if_match, post_id_of(etag), weak_too=False))
     since = parse_http_date(if_unmodified_since)
     if since is not None and EPOCH + timedelta(microseconds=modified_us - modified_us % 1_000_000) > since:
         return PreconditionFailed(detail=STALE_DATE)
     return None
+
+
+def if_match_failed(versions: str) -> PreconditionFailed:
+    """The 412 of an If-Match that the post is at none of: stale, if it names other versions
+    of the post (``versions``, from ``versions_named``); else it names none at all, which is
+    most often an ETag sent without its quotes."""
+    return PreconditionFailed() if versions != "[]" else PreconditionFailed(detail=NOT_ITS_ETAG)
 
 
 def parse_http_date(field_value: str | None) -> datetime | None:
@@ -2752,7 +2769,7 @@ def precondition_failed_or_missing(connection: sqlite3.Connection, write: Mappin
         return post_not_found(write["id"])
     [(version, modified_at)] = found
     if write["versions"] is not None and version not in msgspec.json.decode(write["versions"]):
-        return PreconditionFailed()
+        return if_match_failed(write["versions"])
     if write["modified_before"] is not None and modified_at >= write["modified_before"]:
         return PreconditionFailed(detail=STALE_DATE)
     return PreconditionFailed(detail=UNWANTED_ETAG)

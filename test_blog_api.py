@@ -2924,12 +2924,13 @@ def test_a_get_of_a_post_honours_if_match_and_if_unmodified_since(client: TestCl
         {"If-Unmodified-Since": "Wed, 12 Mar 2025 10:42:34 GMT", "If-Match": etag},  # If-Match decides
     ]:
         assert client.get(url, headers=headers).json() == post, headers
-    stale_etag = "The post has changed since that ETag; fetch it again"
+    stale_etag, stale = "The post has changed since that ETag; fetch it again", f'"{post["id"]}.0"'
     for headers, detail in [
-        ({"If-Match": '"old"'}, stale_etag),
-        ({"If-Match": f"W/{etag}"}, stale_etag),  # a strong comparison: W/ never matches
+        ({"If-Match": stale}, stale_etag),
+        ({"If-Match": f"W/{etag}"}, blog_api.NOT_ITS_ETAG),  # a strong comparison: W/ never matches
+        ({"If-Match": etag.strip('"')}, blog_api.NOT_ITS_ETAG),  # no quotes
         ({"If-Unmodified-Since": "Wed, 12 Mar 2025 10:42:34 GMT"}, blog_api.STALE_DATE),
-        ({"If-Match": '"old"', "If-None-Match": etag}, stale_etag),  # If-Match first
+        ({"If-Match": stale, "If-None-Match": etag}, stale_etag),  # If-Match first
     ]:
         response = client.get(url, headers=headers)
         assert (response.status_code, response.json()["detail"]) == (412, detail), headers
@@ -2957,6 +2958,15 @@ def test_a_list_field_sent_on_two_lines_counts_as_one_list(start_server) -> None
     assert http.put(url, content=gzip.compress(b'{"title": "Zipped"}'), headers=zipped).status_code == 415
     assert http.get(url).json()["title"] == "Mine"
     http.close()
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
+def test_an_if_match_that_names_no_etag_of_the_post_is_412_saying_so(client: TestClient, method: str) -> None:
+    """Most often an ETag sent without its quotes: "changed since that ETag" would mislead."""
+    for if_match in ["{id}.1", "", '"another-post.1"', "W/{etag}"]:
+        refused = conditional_write(client, method, {"If-Match": if_match})
+        assert_refused(*refused, blog_api.NOT_ITS_ETAG)
+    assert_refused(*conditional_write(client, method, {"If-Match": '"{id}.0"'}), blog_api.PreconditionFailed.detail)
 
 
 def test_if_match_on_a_missing_post_is_404(client: TestClient) -> None:
