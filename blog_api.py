@@ -150,6 +150,7 @@ SCHEMA_UPGRADES = {
 MIN_SQLITE_VERSION = (3, 37, 0)  # STRICT tables; RETURNING needs 3.35
 MAX_BODY_BYTES = 1024 * 1024
 GRACEFUL_SHUTDOWN_SECONDS = 3
+MAX_REQUEST_HEAD_BYTES = 64 * 1024  # a request's line and headers: nginx takes 32 KiB, Node.js 16 KiB
 ENV_PREFIX = "BLOG_API_"
 TOKEN_FILE_VARIABLE = "BLOG_API_TOKEN_FILE"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -4232,11 +4233,60 @@ class HeadWithBodyTransport:
 
 class OneSendHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, sending each response's head and body together
-    (``HeadWithBodyTransport``). ``python blog_api.py`` serves with it; to use it from Python,
-    ``uvicorn.run(app, http=OneSendHttpProtocol)`` (the uvicorn command only takes names)."""
+    (``HeadWithBodyTransport``), and refusing a request head over ``MAX_REQUEST_HEAD_BYTES``.
+    ``python blog_api.py`` serves with it; to use it from Python,
+    ``uvicorn.run(app, http=OneSendHttpProtocol)`` (the uvicorn command only takes names).
+
+    httptools has no limit of its own on a request's line and headers: it keeps every byte of
+    them until they end, so one client sending a 200 MiB header took 450 MB of memory (h11,
+    uvicorn's other parser, stops at 16 KiB). Here the bytes of a head that has not ended yet
+    are counted as they come, and past the limit the client gets a 414 (a request line that
+    long) or a 431 (headers), in blog_api's error shape, and the connection is closed. A read
+    that begins a request is not counted, as it may end another one, so a head may hold one
+    read more than the limit.
+    """
+
+    _head_bytes = 0
+    _in_head = False
+    _head_began = False
+    _head_refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(HeadWithBodyTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes, self._in_head, self._head_began = 0, True, True
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_refused:  # the rest of what the client sent before it read the answer
+            return
+        self._head_began = False
+        super().data_received(data)
+        if not self._in_head or self.transport.is_closing():
+            return
+        self._head_bytes += 0 if self._head_began else len(data)
+        if self._head_bytes > MAX_REQUEST_HEAD_BYTES:
+            self._refuse_head()
+
+    def _refuse_head(self) -> None:
+        url_is_most = len(self.url) > MAX_REQUEST_HEAD_BYTES // 2
+        status, reason = (414, "URI Too Long") if url_is_most else (431, "Request Header Fields Too Large")
+        detail = f"{reason}: a request's line and headers may take {MAX_REQUEST_HEAD_BYTES // 1024} KiB"
+        self.logger.warning("%s from %s", detail, self.client[0] if self.client else "a client")
+        body = msgspec.json.encode({"status_code": status, "detail": detail})
+        head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        self.transport.write(head.encode() + b"connection: close\r\n\r\n" + body)
+        # Closing now, with the client's bytes unread, would answer them with a TCP reset,
+        # which may discard the answer before the client reads it. So: end the sending side,
+        # and drop what still comes, for a second at most (as nginx's lingering close does).
+        self._head_refused = True
+        self.transport.write_eof()
+        self.loop.call_later(1.0, self.transport.close)
 
 
 class TcpServerConfig(uvicorn.Config):

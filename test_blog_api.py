@@ -3163,6 +3163,37 @@ def test_access_lines_written_directly_are_the_lines_logging_writes(
     assert direct == formatter.format(record)
 
 
+def test_a_request_head_over_64_kib_is_refused_before_it_fills_memory(start_server) -> None:
+    """httptools keeps a request's line and headers whole, however long: a 200 MiB header took
+    450 MB. Past 64 KiB, 431 (or 414 for the request line), and the connection closes."""
+    port = free_port()
+    server = start_server([sys.executable, "blog_api.py", "--port", str(port)], port)
+
+    def answer_to_a_head_that_never_ends(start: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(start)
+            with suppress(OSError):  # the server may close before all is sent
+                for _ in range(3_200):  # 200 MiB, if nothing stops it
+                    connection.sendall(b"a" * 65_536)
+            return connection.recv(1_000)
+
+    header = answer_to_a_head_that_never_ends(b"GET /api/posts HTTP/1.1\r\nHost: blog\r\nX-Long: ")
+    assert header.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    detail = "Request Header Fields Too Large: a request's line and headers may take 64 KiB"
+    assert header.endswith(json.dumps({"status_code": 431, "detail": detail}, separators=(",", ":")).encode())
+    url = answer_to_a_head_that_never_ends(b"GET /api/posts?q=")
+    assert url.startswith(b"HTTP/1.1 414 URI Too Long\r\n") and b'"status_code":414' in url
+    status = Path(f"/proc/{server.process.pid}/status").read_text().splitlines()
+    assert int(next(line for line in status if line.startswith("VmHWM")).split()[1]) < 100_000  # kB, at its peak
+    # Under the limit, and a large body after a head on one keep-alive connection, pass.
+    http = httpx.Client(base_url=server.url, timeout=10)
+    assert http.get("/api/posts", headers={"X-Long": "a" * 60_000}).status_code == 200
+    assert http.post("/api/posts", json={**SEED_POST, "content": "x" * 100_000}).status_code == 201
+    http.close()
+    code, output = server.stop()
+    assert code == 0 and "Traceback" not in output
+
+
 def test_a_client_that_leaves_mid_body_is_a_499_in_the_access_line_not_a_500(start_server, tmp_path: Path) -> None:
     """Litestar reports a body cut short by the client as a 500, which would be logged as an
     error of the server's, with its traceback."""
