@@ -14,8 +14,8 @@ Read top to bottom, one section per concern:
     Route handlers            posts, comments, tags, health
     The app factory           create_app(config)
     Demo data and backups     python blog_api.py seed | backup
-    main()                    python blog_api.py [serve]: uvicorn with one send per response
-                              (OneSendHttpProtocol), and --workers (TcpServerConfig)
+    main()                    python blog_api.py [serve]: uvicorn with one send per response and
+                              bounded request heads (BlogHttpProtocol), and --workers (TcpServerConfig)
 
     python blog_api.py                   # serve on http://127.0.0.1:8000
     uvicorn blog_api:app                 # the same app, configured from BLOG_API_* variables
@@ -151,6 +151,8 @@ MIN_SQLITE_VERSION = (3, 37, 0)  # STRICT tables; RETURNING needs 3.35
 MAX_BODY_BYTES = 1024 * 1024
 GRACEFUL_SHUTDOWN_SECONDS = 3
 MAX_REQUEST_HEAD_BYTES = 64 * 1024  # a request's line and headers: nginx takes 32 KiB, Node.js 16 KiB
+REQUEST_HEAD_SECONDS = 20  # for them to arrive: nginx waits 60 s, Node.js 60 s, Apache 20 to 40 s
+HEAD_TOO_LARGE = f"a request's line and headers may take {MAX_REQUEST_HEAD_BYTES // 1024} KiB"
 ENV_PREFIX = "BLOG_API_"
 TOKEN_FILE_VARIABLE = "BLOG_API_TOKEN_FILE"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -4153,7 +4155,7 @@ def serve(argv: list[str]) -> None:
         logger.warning(warning)
     server_options: dict[str, Any] = {"host": config.host, "port": config.port, "log_level": config.log_level}
     server_options["access_log"] = False  # blog_api writes its own, with request IDs
-    server_options["http"] = OneSendHttpProtocol
+    server_options["http"] = BlogHttpProtocol
     # On SIGTERM or Ctrl-C: refuse new connections, let requests in flight finish (for up to
     # this long), then close the pool, which checkpoints the WAL: out within 5 seconds.
     server_options["timeout_graceful_shutdown"] = GRACEFUL_SHUTDOWN_SECONDS
@@ -4231,28 +4233,39 @@ class HeadWithBodyTransport:
         return getattr(self._transport, name)
 
 
-class OneSendHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, sending each response's head and body together
-    (``HeadWithBodyTransport``), and refusing a request head over ``MAX_REQUEST_HEAD_BYTES``.
-    ``python blog_api.py`` serves with it; to use it from Python,
-    ``uvicorn.run(app, http=OneSendHttpProtocol)`` (the uvicorn command only takes names).
+class BlogHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol as ``python blog_api.py`` serves with it; to use it from
+    Python, ``uvicorn.run(app, http=BlogHttpProtocol)`` (the uvicorn command only takes names).
 
-    httptools has no limit of its own on a request's line and headers: it keeps every byte of
-    them until they end, so one client sending a 200 MiB header took 450 MB of memory (h11,
-    uvicorn's other parser, stops at 16 KiB). Here the bytes of a head that has not ended yet
-    are counted as they come, and past the limit the client gets a 414 (a request line that
-    long) or a 431 (headers), in blog_api's error shape, and the connection is closed. A read
-    that begins a request is not counted, as it may end another one, so a head may hold one
-    read more than the limit.
+    - **One send per response:** head and body go together (``HeadWithBodyTransport``).
+    - **A request's line and headers take at most ``MAX_REQUEST_HEAD_BYTES``.** httptools has
+      no limit of its own: it keeps every byte of them until they end, so one client sending a
+      200 MiB header took 450 MB of memory (h11, uvicorn's other parser, stops at 16 KiB). The
+      bytes of a head that has not ended are counted as they come; past the limit, the client
+      gets a 414 (a request line that long) or a 431 (headers). A read that begins a request
+      is not counted, as it may end another one, so a head may hold one read more.
+    - **And they must arrive within ``REQUEST_HEAD_SECONDS``**, from the connection's start or
+      the request's first byte, else 408. uvicorn waits for them for ever, so clients that
+      send a head slowly (or nothing at all) could hold every connection the process may open.
+      A connection that has sent nothing is closed without an answer, as nginx does.
+
+    Refusals are in blog_api's error shape, and the connection closes. Most requests arrive
+    in one read: they set no timer of their own.
     """
 
     _head_bytes = 0
     _in_head = False
     _head_began = False
     _head_refused = False
+    _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(HeadWithBodyTransport(transport, self.loop))  # type: ignore[arg-type]
+        self._head_timer = self.loop.call_later(REQUEST_HEAD_SECONDS, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -4260,6 +4273,7 @@ class OneSendHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._stop_head_timer()
         super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
@@ -4271,12 +4285,30 @@ class OneSendHttpProtocol(HttpToolsProtocol):
             return
         self._head_bytes += 0 if self._head_began else len(data)
         if self._head_bytes > MAX_REQUEST_HEAD_BYTES:
-            self._refuse_head()
+            url_is_most = len(self.url) > MAX_REQUEST_HEAD_BYTES // 2
+            status, reason = (414, "URI Too Long") if url_is_most else (431, "Request Header Fields Too Large")
+            self._refuse_head(status, reason, HEAD_TOO_LARGE)
+        elif self._head_timer is None:
+            self._head_timer = self.loop.call_later(REQUEST_HEAD_SECONDS, self._head_timed_out)
 
-    def _refuse_head(self) -> None:
-        url_is_most = len(self.url) > MAX_REQUEST_HEAD_BYTES // 2
-        status, reason = (414, "URI Too Long") if url_is_most else (431, "Request Header Fields Too Large")
-        detail = f"{reason}: a request's line and headers may take {MAX_REQUEST_HEAD_BYTES // 1024} KiB"
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if not self._in_head:  # nothing sent since the connection opened
+            self.transport.close()
+            return
+        rule = f"a request's line and headers must arrive within {REQUEST_HEAD_SECONDS:g} s"
+        self._refuse_head(408, "Request Timeout", rule)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _refuse_head(self, status: int, reason: str, rule: str) -> None:
+        self._stop_head_timer()
+        detail = f"{reason}: {rule}"
         self.logger.warning("%s from %s", detail, self.client[0] if self.client else "a client")
         body = msgspec.json.encode({"status_code": status, "detail": detail})
         head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"

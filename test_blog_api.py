@@ -4119,13 +4119,36 @@ class RecordingTransport:
         return getattr(self.transport, name)
 
 
-async def sends_for_one_get(protocol_class, path: str, db_path: Path) -> tuple[list[list[bytes]], bytes]:
-    """Serve the app over a real socket on 127.0.0.1 with uvicorn's ``protocol_class``;
-    GET ``path`` on one keep-alive connection; return what the server sent, call by call,
-    and what the client read."""
+@asynccontextmanager
+async def serving(protocol_class, db_path: Path) -> AsyncIterator[tuple[str, int]]:
+    """The app on ``db_path``, served over a real socket on 127.0.0.1 by uvicorn's
+    ``protocol_class`` in this event loop: its address."""
     app = create_app(Config(db_path=str(db_path)))
     config = blog_api.uvicorn.Config(app, http=protocol_class, lifespan="off", log_level="warning")
     config.load()
+    state = blog_api.uvicorn.server.ServerState()
+    async with app.lifespan():
+        server = await asyncio.get_running_loop().create_server(
+            lambda: protocol_class(config=config, server_state=state, app_state={}), "127.0.0.1", 0
+        )
+        try:
+            yield server.sockets[0].getsockname()[:2]
+        finally:
+            server.close()
+            for connection in list(state.connections):
+                connection.shutdown()
+            await server.wait_closed()
+
+
+async def read_response(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))
+    return head + await reader.readexactly(length)
+
+
+async def sends_for_one_get(protocol_class, path: str, db_path: Path) -> tuple[list[list[bytes]], bytes]:
+    """GET ``path`` on one keep-alive connection to the app served with ``protocol_class``;
+    return what the server sent, call by call, and what the client read."""
     transports: list[RecordingTransport] = []
 
     class Recorded(protocol_class):
@@ -4133,32 +4156,19 @@ async def sends_for_one_get(protocol_class, path: str, db_path: Path) -> tuple[l
             transports.append(RecordingTransport(transport))
             super().connection_made(transports[-1])
 
-    loop = asyncio.get_running_loop()
-    state = blog_api.uvicorn.server.ServerState()
-    async with app.lifespan():
-        server = await loop.create_server(
-            lambda: Recorded(config=config, server_state=state, app_state={}), "127.0.0.1", 0
-        )
-        try:
-            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))
-            received = head + await reader.readexactly(length)
-            writer.close()
-            await writer.wait_closed()
-        finally:
-            server.close()
-            for connection in list(state.connections):
-                connection.shutdown()
-            await server.wait_closed()
+    async with serving(Recorded, db_path) as address:
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        received = await read_response(reader)
+        writer.close()
+        await writer.wait_closed()
     return transports[0].sends, received
 
 
 def test_a_responses_head_and_body_leave_in_one_send(db_path: Path) -> None:
-    """``python blog_api.py`` serves with ``OneSendHttpProtocol``: one ``writev`` per response
+    """``python blog_api.py`` serves with ``BlogHttpProtocol``: one ``writev`` per response
     where uvicorn's own protocol makes two ``send`` calls."""
-    sends, received = run(sends_for_one_get(blog_api.OneSendHttpProtocol, "/api/posts?limit=1", db_path))
+    sends, received = run(sends_for_one_get(blog_api.BlogHttpProtocol, "/api/posts?limit=1", db_path))
     assert len(sends) == 1 and b"".join(sends[0]) == received
     assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"[]")
     sends, received = run(sends_for_one_get(blog_api.HttpToolsProtocol, "/api/posts?limit=1", db_path))
@@ -4234,11 +4244,41 @@ def test_a_misspelt_environment_variable_is_warned_of_at_startup(monkeypatch, ca
     assert Config.unknown_env_variables({**every_setting, "BLOG_API_TOKEN_FILE": "token.txt", "HOME": "/"}) == []
 
 
+def test_a_request_head_must_arrive_within_its_time(db_path: Path, monkeypatch) -> None:
+    """uvicorn waits for a request's head for ever: clients sending one slowly, or nothing,
+    could hold every connection. Here a head not done in time is a 408; a connection that
+    sent nothing closes without a word; keep-alive waits between requests are uvicorn's."""
+    monkeypatch.setattr(blog_api, "REQUEST_HEAD_SECONDS", 0.5)
+
+    async def check() -> None:
+        async with serving(blog_api.BlogHttpProtocol, db_path) as address:
+            silent = await asyncio.open_connection(*address)
+            slow = await asyncio.open_connection(*address)
+            slow[1].write(b"GET /api/posts HTTP/1.1\r\nHost: blog\r\n")
+            steady = await asyncio.open_connection(*address)
+            steady[1].write(b"GET /api/posts HTTP/1.1\r\n")
+            await asyncio.sleep(0.3)
+            steady[1].write(b"Host: blog\r\n\r\n")  # the whole head within 0.5 s
+            assert (await read_response(steady[0])).startswith(b"HTTP/1.1 200 OK\r\n")
+            await asyncio.sleep(0.7)  # idle between requests: not a head
+            steady[1].write(b"GET /api/posts HTTP/1.1\r\nHost: blog\r\n\r\n")
+            assert (await read_response(steady[0])).startswith(b"HTTP/1.1 200 OK\r\n")
+            timed_out = await asyncio.wait_for(slow[0].read(), 5)
+            assert timed_out.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+            detail = "Request Timeout: a request's line and headers must arrive within 0.5 s"
+            assert timed_out.endswith(msgspec.json.encode({"status_code": 408, "detail": detail}))
+            assert await asyncio.wait_for(silent[0].read(), 5) == b""
+            for _, writer in (silent, slow, steady):
+                writer.close()
+
+    run(check())
+
+
 def test_python_blog_api_py_serves_with_one_send_per_response(monkeypatch) -> None:
     started: list[dict] = []
     monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: started.append(options))
     blog_api.main(["--db", ":memory:", "--log-level", "warning"])
-    assert [options["http"] for options in started] == [blog_api.OneSendHttpProtocol]
+    assert [options["http"] for options in started] == [blog_api.BlogHttpProtocol]
 
 
 def test_each_worker_process_writes_its_access_lines_itself(monkeypatch) -> None:
