@@ -613,6 +613,8 @@ class PreconditionFailed(ClientException):
 
 
 STALE_DATE = "The post has changed since the date of If-Unmodified-Since; fetch it again"
+NOT_THE_COMMENTS_ETAG = "If-Match names no ETag of this comment: its ETag is its ID in quotes, and never changes"
+UNWANTED_COMMENT_ETAG = "The comment is at an ETag that If-None-Match names (or * for any); nothing was deleted"
 NOT_ITS_ETAG = (
     "If-Match names no ETag of this post: send the value of its ETag header, quotes included (a W/ one never matches)"
 )
@@ -2664,6 +2666,19 @@ def if_match_failed(versions: str) -> PreconditionFailed:
     return PreconditionFailed() if versions != "[]" else PreconditionFailed(detail=NOT_ITS_ETAG)
 
 
+def failed_comment_precondition(
+    if_match: str | None, if_none_match: str | None, etag: str
+) -> PreconditionFailed | None:
+    """RFC 9110 13.2.2 for a comment's DELETE. A comment never changes, so its ETag (its ID)
+    alone decides: If-Match must name it (or be ``*``), If-None-Match must not (nor be ``*``).
+    It has no Last-Modified, so If-Unmodified-Since does not apply."""
+    if if_match is not None and not is_any(if_match) and (False, etag) not in entity_tags(if_match):
+        return PreconditionFailed(detail=NOT_THE_COMMENTS_ETAG)
+    if if_none_match is not None and (is_any(if_none_match) or etag in (tag for _, tag in entity_tags(if_none_match))):
+        return PreconditionFailed(detail=UNWANTED_COMMENT_ETAG)
+    return None
+
+
 def parse_http_date(field_value: str | None) -> datetime | None:
     """An HTTP date (RFC 9110 5.6.7) as an aware datetime; None if absent or invalid, which
     RFC 9110 says to treat as if the field were not sent."""
@@ -3210,11 +3225,23 @@ class CommentController(Controller):
         before_request=require_writer,
         operation_id="deleteComment",
         summary="Delete a comment",
-        raises=[NotFoundException, *WRITE_ERRORS],
+        raises=[NotFoundException, PreconditionFailed, *WRITE_ERRORS],
     )
-    async def delete_comment(self, post_id: PostId, comment_id: CommentId, blog: NamedDependency[Blog]) -> None:
-        """Delete a comment of the post; answers 204 with no body."""
+    async def delete_comment(
+        self,
+        post_id: PostId,
+        comment_id: CommentId,
+        blog: NamedDependency[Blog],
+        if_match: IfMatch = None,
+        if_none_match: IfNoneMatchForWrites = None,
+    ) -> None:
+        """Delete a comment of the post; answers 204 with no body, or 412 if If-Match or
+        If-None-Match holds it back (a comment never changes: its ETag is its ID)."""
         parameters = {"post_id": post_id, "comment_id": comment_id}
+        if failed := failed_comment_precondition(if_match, if_none_match, f'"{comment_id}"'):
+            if await blog.db.fetch_one(SELECT_COMMENT, {**parameters, "drafts": True}) is None:
+                raise comment_not_found(post_id, comment_id)
+            raise failed
         deleted = await blog.db.write(partial(fetch_rows, DELETE_COMMENT, parameters))
         if not deleted:
             raise comment_not_found(post_id, comment_id)

@@ -670,7 +670,7 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
         ("GET", "/api/posts/{post_id}/comments/{comment_id}"): ("getComment", {"200", "304", "400", "404", "503"}),
         ("DELETE", "/api/posts/{post_id}/comments/{comment_id}"): (
             "deleteComment",
-            {"204", "400", "404", *WRITE_ERRORS},
+            {"204", "400", "404", "412", *WRITE_ERRORS},
         ),
     }
     assert set(operations) == set(expected)
@@ -2337,6 +2337,28 @@ def test_deleting_a_comment_answers_204_and_removes_only_it(client: TestClient, 
     again = client.delete(f"/api/posts/{post['id']}/comments/{gone['id']}")
     assert again.status_code == 404
     assert again.json()["detail"] == f"Comment with ID {gone['id']} not found on post {post['id']}"
+
+
+def test_deleting_a_comment_honours_if_match_and_if_none_match(client: TestClient, db_path: Path) -> None:
+    """A comment never changes: its ETag, its ID in quotes, is all they are checked against."""
+    post = create(client)
+    comment = comment_on(client, post)
+    url = f"/api/posts/{post['id']}/comments/{comment['id']}"
+    etag = client.get(url).headers["etag"]
+    for headers, detail in [
+        ({"If-Match": '"another"'}, blog_api.NOT_THE_COMMENTS_ETAG),
+        ({"If-Match": comment["id"]}, blog_api.NOT_THE_COMMENTS_ETAG),  # no quotes
+        ({"If-Match": f"W/{etag}"}, blog_api.NOT_THE_COMMENTS_ETAG),  # a strong comparison
+        ({"If-None-Match": etag}, blog_api.UNWANTED_COMMENT_ETAG),
+        ({"If-None-Match": "*"}, blog_api.UNWANTED_COMMENT_ETAG),
+    ]:
+        response = client.delete(url, headers=headers)
+        assert (response.status_code, response.json()["detail"]) == (412, detail), headers
+    assert [row["id"] for row in stored_comments(db_path)] == [comment["id"]]
+    missing = f"/api/posts/{post['id']}/comments/missing"
+    assert client.delete(missing, headers={"If-Match": '"another"'}).status_code == 404
+    assert client.delete(url, headers={"If-Match": f'"x", {etag}', "If-None-Match": '"x"'}).status_code == 204
+    assert stored_comments(db_path) == []
 
 
 def test_a_comment_is_reached_only_through_its_own_post(client: TestClient, db_path: Path) -> None:
