@@ -2636,11 +2636,24 @@ def is_not_modified(if_none_match: str | None, if_modified_since: str | None, et
     """RFC 9110 13.1.2 and 13.1.3: If-None-Match decides (weak comparison, ``*`` matches);
     only without it, If-Modified-Since, to the second."""
     if if_none_match is not None:
-        return if_none_match.strip() == "*" or any(tag == etag for _, tag in entity_tags(if_none_match))
+        return matches_weakly(if_none_match, etag)
     since = parse_http_date(if_modified_since)
-    if since is None:
-        return False
-    return EPOCH + timedelta(microseconds=modified_us - modified_us % 1_000_000) <= since
+    return since is not None and to_the_second(modified_us) <= since
+
+
+def matches_weakly(field_value: str, etag: str) -> bool:
+    """If-None-Match's comparison (RFC 9110 8.8.3.2): ``*``, or the same tag, ``W/`` or not."""
+    return is_any(field_value) or any(tag == etag for _, tag in entity_tags(field_value))
+
+
+def matches_strongly(field_value: str, etag: str) -> bool:
+    """If-Match's comparison: ``*``, or the same tag, and neither weak."""
+    return is_any(field_value) or (False, etag) in entity_tags(field_value)
+
+
+def to_the_second(microseconds: int) -> datetime:
+    """A stored time as Last-Modified gives it, to the second, to compare with an HTTP date."""
+    return EPOCH + timedelta(microseconds=microseconds - microseconds % 1_000_000)
 
 
 def failed_read_precondition(
@@ -2650,11 +2663,11 @@ def failed_read_precondition(
     (strong comparison, ``*`` matches), or only without it, If-Unmodified-Since, to the
     second. A 412 that fails one, else None."""
     if if_match is not None:
-        if is_any(if_match) or (False, etag) in entity_tags(if_match):
+        if matches_strongly(if_match, etag):
             return None
         return if_match_failed(versions_named(if_match, post_id_of(etag), weak_too=False))
     since = parse_http_date(if_unmodified_since)
-    if since is not None and EPOCH + timedelta(microseconds=modified_us - modified_us % 1_000_000) > since:
+    if since is not None and to_the_second(modified_us) > since:
         return PreconditionFailed(detail=STALE_DATE)
     return None
 
@@ -2672,9 +2685,9 @@ def failed_comment_precondition(
     """RFC 9110 13.2.2 for a comment's DELETE. A comment never changes, so its ETag (its ID)
     alone decides: If-Match must name it (or be ``*``), If-None-Match must not (nor be ``*``).
     It has no Last-Modified, so If-Unmodified-Since does not apply."""
-    if if_match is not None and not is_any(if_match) and (False, etag) not in entity_tags(if_match):
+    if if_match is not None and not matches_strongly(if_match, etag):
         return PreconditionFailed(detail=NOT_THE_COMMENTS_ETAG)
-    if if_none_match is not None and (is_any(if_none_match) or etag in (tag for _, tag in entity_tags(if_none_match))):
+    if if_none_match is not None and matches_weakly(if_none_match, etag):
         return PreconditionFailed(detail=UNWANTED_COMMENT_ETAG)
     return None
 
