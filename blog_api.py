@@ -71,7 +71,7 @@ from litestar import Controller, Litestar, Request, Response, delete, get, patch
 from litestar.config.compression import CompressionConfig
 from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
-from litestar.datastructures import MutableScopeHeaders, ResponseHeader, State
+from litestar.datastructures import Headers, MutableScopeHeaders, ResponseHeader, State
 from litestar.di import NamedDependency, Provide
 from litestar.dto import MsgspecDTO
 from litestar.enums import MediaType
@@ -91,6 +91,7 @@ from litestar.exceptions.responses import create_exception_response
 from litestar.logging import LoggingConfig
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.middleware.base import DefineMiddleware
+from litestar.middleware.compression import CompressionMiddleware
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
@@ -2371,6 +2372,19 @@ def combined_field_lines(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes
     return others + [(name, b", ".join(value for value in lines if value.strip())) for name, lines in values.items()]
 
 
+def headers_as_read(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], Sequence[bytes]]:
+    """The request's headers as blog_api and Litestar read them (``combined_field_lines``,
+    then ``without_codings``), and the coded ETags the client named. Most requests have no
+    list-based field: one pass finds that, and the same list comes back."""
+    listed = [name.lower() for name, _ in headers if name.lower() in LIST_FIELDS]
+    if not listed:
+        return headers, ()
+    headers = combined_field_lines(headers)
+    if CONDITIONAL_FIELDS.isdisjoint(listed):
+        return headers, ()
+    return without_codings(headers)
+
+
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
@@ -2649,6 +2663,93 @@ def matches_weakly(field_value: str, etag: str) -> bool:
 def matches_strongly(field_value: str, etag: str) -> bool:
     """If-Match's comparison: ``*``, or the same tag, and neither weak."""
     return is_any(field_value) or (False, etag) in entity_tags(field_value)
+
+
+CONTENT_CODINGS = ("br", "gzip")
+"""The codings a response may be compressed with, in our order of preference."""
+ACCEPTED_CODING = re.compile(r"\s*([a-z0-9!#$%&'*+.^_`|~-]+)\s*(?:;\s*q=(0(?:\.\d{0,3})?|1(?:\.0{0,3})?))?\s*")
+"""One element of Accept-Encoding (RFC 9110 12.5.3), lowercased: a coding and its qvalue."""
+
+
+@lru_cache(maxsize=64)
+def preferred_coding(accept_encoding: str) -> str | None:
+    """The coding to compress a response with: of ``CONTENT_CODINGS``, the one that
+    Accept-Encoding rates highest (``*`` rates those it does not name; ``x-gzip`` is gzip), the
+    first on a tie; None if it rates none above 0 (RFC 9110 12.5.3: q=0 is "not acceptable"),
+    or rates identity higher. Litestar's own choice looks for the names in the field, so it
+    sent br to ``br;q=0``. An element that is not a coding with a valid qvalue is ignored.
+    Clients send few distinct fields: each is read once."""
+    rated: dict[str, float] = {}
+    for element in accept_encoding.lower().split(","):
+        if accepted := ACCEPTED_CODING.fullmatch(element):
+            coding, qvalue = accepted.groups()
+            rated.setdefault("gzip" if coding == "x-gzip" else coding, 1.0 if qvalue is None else float(qvalue))
+    anything = rated.get("*", 0.0)
+    best = max(CONTENT_CODINGS, key=lambda coding: rated.get(coding, anything))
+    best_rating = rated.get(best, anything)
+    return best if best_rating > 0 and best_rating >= rated.get("identity", 0.0) else None
+
+
+class NegotiatedCompression(CompressionMiddleware):
+    """Litestar's compression, in the coding that ``preferred_coding`` picks."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        accept_encoding = Headers.from_scope(scope).get("accept-encoding")
+        if accept_encoding and (coding := preferred_coding(accept_encoding)):
+            send = self.create_compression_send_wrapper(send=send, compression_encoding=coding, scope=scope)
+        await self.app(scope, receive, send)
+
+
+CONDITIONAL_FIELDS = frozenset({b"if-match", b"if-none-match"})
+QUOTED_TAG = re.compile(rb'"[^"]*"')
+CODED_TAG = re.compile(rb'-(?:br|gzip)"')
+"""The end of the ETag of a compressed response: its coding, inside the quotes."""
+
+
+def without_codings(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+    """The request's headers with the coding taken off each ETag in If-Match and If-None-Match
+    (``"ID.2-gzip"`` is version 2 of the post, compressed): the handlers compare the tags of
+    the post, page or comment itself. Also the coded tags as the client sent them, for a 304
+    to send back the one it holds (RFC 9110 15.4.5). Usually none has a coding, and the same
+    list comes back."""
+    for name, value in headers:
+        if (b'-gzip"' in value or b'-br"' in value) and name.lower() in CONDITIONAL_FIELDS:
+            break
+    else:
+        return headers, []
+    coded: list[bytes] = []
+    read: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name.lower() in CONDITIONAL_FIELDS:
+            coded += [tag for tag in QUOTED_TAG.findall(value) if CODED_TAG.search(tag)]
+            value = CODED_TAG.sub(b'"', value)
+        read.append((name, value))
+    return read, coded
+
+
+def with_coded_etag_and_vary(
+    headers: list[tuple[bytes, bytes]], status: int, coded_tags: Sequence[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """The response's headers with its ETag made its representation's (RFC 9110 8.8.3.3): a
+    compressed body is another representation, so its strong ETag gets the coding (``"ID.2"``
+    becomes ``"ID.2-gzip"``). A 304 sends back the coded form of its ETag that the client
+    named. And every response says it varies with Accept-Encoding, compressed or not."""
+    names = [name for name, _ in headers]
+    if b"etag" in names:
+        etag = names.index(b"etag")
+        tag = headers[etag][1]
+        if b"content-encoding" in names:
+            coding = headers[names.index(b"content-encoding")][1]
+            headers[etag] = (b"etag", tag[:-1] + b"-" + coding + b'"')
+        elif status == HTTP_304_NOT_MODIFIED and coded_tags:
+            named = [sent for sent in coded_tags if CODED_TAG.sub(b'"', sent) == tag]
+            if named:
+                headers[etag] = (b"etag", named[0])
+    if b"vary" not in names or not any(
+        name == b"vary" and b"accept-encoding" in value.lower() for name, value in headers
+    ):
+        headers.append((b"vary", b"Accept-Encoding"))
+    return headers
 
 
 def to_the_second(microseconds: int) -> datetime:
@@ -3583,7 +3684,10 @@ class BlogAPI(Litestar):
       from routing (404, 405) included;
     - HEAD is answered as GET without the body (RFC 9110 9.3.2) on every GET route: Litestar
       routes HEAD only to handlers declared for it, and this keeps HEAD out of the OpenAPI
-      document, where it would only repeat GET.
+      document, where it would only repeat GET;
+    - a compressed answer's ETag names its coding, and If-Match and If-None-Match are read
+      without it (``with_coded_etag_and_vary``, ``without_codings``); every answer says
+      ``Vary: Accept-Encoding``.
     """
 
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
@@ -3595,14 +3699,17 @@ class BlogAPI(Litestar):
         started = time.perf_counter()
         status = 500
         head = scope["method"] == "HEAD"
-        if (request_headers := combined_field_lines(scope["headers"])) is not scope["headers"]:
+        request_headers, coded_tags = headers_as_read(scope["headers"])
+        if request_headers is not scope["headers"]:
             scope = {**scope, "headers": request_headers}
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode()), NOSNIFF]
+                headers = with_coded_etag_and_vary(
+                    [*message.get("headers", ()), (b"x-request-id", request_id.encode()), NOSNIFF], status, coded_tags
+                )
                 if status == 405 or scope["method"] == "OPTIONS":  # the answers that carry Allow
                     headers = self.with_full_allow_header(headers, scope["path"])
                 message = {**message, "headers": headers}
@@ -3797,7 +3904,9 @@ def create_app(config: Config | None = None) -> Litestar:
         state=state,
         middleware=middleware,
         cors_config=cors_config,
-        compression_config=CompressionConfig(backend="brotli", brotli_gzip_fallback=True, minimum_size=1024),
+        compression_config=CompressionConfig(
+            backend="brotli", brotli_gzip_fallback=True, minimum_size=1024, middleware_class=NegotiatedCompression
+        ),
         exception_handlers={
             sqlite3.OperationalError: database_unavailable,
             ValidationException: clearer_validation_errors,

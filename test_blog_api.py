@@ -3108,7 +3108,30 @@ def test_a_bad_idempotency_key_is_a_400_naming_the_header(client: TestClient, db
     assert_validation_error(comment, key="Idempotency-Key", source="header")
 
 
-@pytest.mark.parametrize(("accept", "encoding"), [("br", "br"), ("gzip", "gzip"), ("br, gzip", "br"), ("", None)])
+ACCEPTED_CODINGS = [
+    ("br", "br"),
+    ("gzip", "gzip"),
+    ("br, gzip", "br"),
+    ("gzip, deflate, br, zstd", "br"),
+    ("", None),
+    ("GZIP", "gzip"),  # coding names are case-blind
+    ("x-gzip", "gzip"),
+    ("*", "br"),
+    ("br;q=0.5, gzip", "gzip"),  # the client's preference
+    ("gzip;q=0.8, br;q=0.8", "br"),  # ours, on a tie
+    ("br;q=0, gzip", "gzip"),  # q=0: not acceptable (RFC 9110 12.5.3)
+    ("br;q=0", None),
+    ("gzip;q=0, identity", None),
+    ("*;q=0, identity", None),
+    ("*, br;q=0", "gzip"),
+    ("identity, gzip;q=0.5", None),
+    ("br;q=2, gzip", "gzip"),  # not a qvalue: that element is ignored
+    ("br;level=9", None),
+    ("deflate", None),
+]
+
+
+@pytest.mark.parametrize(("accept", "encoding"), ACCEPTED_CODINGS)
 def test_large_answers_are_compressed_when_the_client_accepts_it(client, accept: str, encoding: str | None) -> None:
     create(client, content="long content " * 200)
     response = client.get("/api/posts", headers={"Accept-Encoding": accept})
@@ -3116,6 +3139,42 @@ def test_large_answers_are_compressed_when_the_client_accepts_it(client, accept:
     assert response.json()[0]["content"] == "long content " * 200  # decoded by the client
     small = client.get("/", headers={"Accept-Encoding": accept})
     assert "content-encoding" not in small.headers
+
+
+@pytest.mark.parametrize("accept", ["br", "gzip", "identity"])
+def test_answers_say_they_vary_with_accept_encoding_compressed_or_not(client, accept: str) -> None:
+    post = create(client, content="long content " * 200)
+    for url in ("/api/posts", f"/api/posts/{post['id']}", "/"):
+        vary = client.get(url, headers={"Accept-Encoding": accept}).headers.get_list("vary")
+        assert [value.strip().lower() for line in vary for value in line.split(",")] == ["accept-encoding"], url
+
+
+def test_a_compressed_answer_has_its_own_etag_that_conditions_still_accept(client) -> None:
+    """RFC 9110 8.8.3.3: a content coding makes another representation, with another strong
+    ETag; blog_api takes any of a post's codings as the post's own in If-Match and If-None-Match."""
+    post = create(client, content="long content " * 200)
+    url = f"/api/posts/{post['id']}"
+    plain = client.get(url, headers={"Accept-Encoding": "identity"}).headers["etag"]
+    assert plain == f'"{post["id"]}.1"'
+    for coding in ("gzip", "br"):
+        coded = client.get(url, headers={"Accept-Encoding": coding})
+        assert coded.headers["content-encoding"] == coding and coded.headers["etag"] == f'"{post["id"]}.1-{coding}"'
+        head = client.head(url, headers={"Accept-Encoding": coding})
+        assert head.headers["etag"] == coded.headers["etag"]
+        revalidated = client.get(url, headers={"Accept-Encoding": coding, "If-None-Match": coded.headers["etag"]})
+        assert revalidated.status_code == 304 and revalidated.headers["etag"] == coded.headers["etag"]
+        unchanged = client.get(url, headers={"Accept-Encoding": "identity", "If-None-Match": plain})
+        assert unchanged.status_code == 304 and unchanged.headers["etag"] == plain
+    gzip_etag = f'"{post["id"]}.1-gzip"'
+    updated = client.put(url, json={"title": "Updated"}, headers={"If-Match": gzip_etag, "Accept-Encoding": "gzip"})
+    assert updated.status_code == 200 and updated.headers["etag"] == f'"{post["id"]}.2-gzip"'
+    stale = client.put(url, json={"title": "Again"}, headers={"If-Match": gzip_etag})
+    assert stale.status_code == 412 and stale.json()["detail"] == "The post has changed since that ETag; fetch it again"
+    assert client.get(url).json()["title"] == "Updated"
+    pages = client.get("/api/posts", headers={"Accept-Encoding": "gzip"})
+    assert pages.headers["etag"].endswith('-gzip"')
+    again = client.get("/api/posts", headers={"Accept-Encoding": "identity", "If-None-Match": pages.headers["etag"]})
+    assert again.status_code == 304
 
 
 # --------------------------------------------------------------------------------------
