@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import unicodedata
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -31,6 +32,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
+import jsonschema_rs
 import msgspec
 import pytest
 from litestar import Litestar, Response, get
@@ -2116,7 +2118,10 @@ def test_get_accepts_the_slug(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     "slug",
-    ["With Spaces", "UPPER", "a--b", "-a", "a-", "a_b", "a/b", "692381d2-9397-4eac-9b97-32598d648475", "", "x" * 101],
+    [
+        *("With Spaces", "UPPER", "Élan", "Привет", "a--b", "-a", "a-", "a_b", "a/b", "a·b", "🦀", "", "x" * 101),
+        "692381d2-9397-4eac-9b97-32598d648475",
+    ],
 )
 def test_bad_slugs_are_refused_and_nothing_written(client: TestClient, db_path: Path, slug: str) -> None:
     assert_validation_error(client.post("/api/posts", json={**SEED_POST, "slug": slug}), key="slug")
@@ -2124,6 +2129,33 @@ def test_bad_slugs_are_refused_and_nothing_written(client: TestClient, db_path: 
     post = create(client)
     assert_validation_error(client.patch(f"/api/posts/{post['id']}", json={"slug": slug}), key="slug")
     assert client.get(f"/api/posts/{post['id']}").json() == post
+
+
+@pytest.mark.parametrize("slug", ["привет-мир", "日本語-2", "コーヒー", "ǆemal", "x²", "ⅻ-chapter", "café"])
+def test_slugs_of_any_script_are_taken_as_sent_and_sent_back(client: TestClient, slug: str) -> None:
+    post = create(client, slug=slug)
+    assert post["slug"] == slug and client.get(f"/api/posts/{slug}").json() == post
+    assert client.put(f"/api/posts/{post['id']}", json={"slug": slug, "title": "Again"}).status_code == 200
+
+
+def test_a_slug_made_from_a_title_can_be_sent_back(client: TestClient) -> None:
+    post = create(client, title="コーヒー: 日本 Straße")
+    assert post["slug"] == "コーヒー-日本-strasse"  # ー is a modifier letter (Lm)
+    assert client.put(f"/api/posts/{post['id']}", json={"slug": post["slug"]}).json()["slug"] == post["slug"]
+
+
+def test_the_documented_slug_pattern_is_what_the_server_checks(client: TestClient) -> None:
+    """Read as JSON Schema reads it (ECMA-262, here by the validator schemathesis uses), the
+    OpenAPI document's pattern takes the characters the server takes, in every script."""
+    schema = client.get("/schema/openapi.json").json()["components"]["schemas"]["PostCreate"]
+    documented = jsonschema_rs.validator_for(schema["properties"]["slug"]["oneOf"][0])
+    checked = [chr(point) for point in range(0x110000) if unicodedata.category(chr(point)) not in ("Cn", "Cs")]
+    taken_by_server = {char for char in checked if blog_api.slug_words(char) == [char]}
+    assert {char for char in checked if documented.is_valid(char)} == taken_by_server
+    assert {"a", "é", "я", "日", "ー", "²", "ǅ"} <= taken_by_server and not {"A", "É", "Я", "_", "-"} & taken_by_server
+    for slug in ("a-b", "日本-2", "a--b", "-a", "a-", "0d5e1f2a-1b2c-4d3e-8f9a-0b1c2d3e4f5a"):
+        taken = client.post("/api/posts", json={**SEED_POST, "slug": slug}).status_code == 201
+        assert documented.is_valid(slug) == taken == (slug in ("a-b", "日本-2")), slug
 
 
 def test_a_slug_another_post_has_is_a_409(client: TestClient, db_path: Path) -> None:
