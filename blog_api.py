@@ -65,6 +65,7 @@ from urllib.parse import quote, urlencode
 from wsgiref.handlers import format_date_time
 
 import aiosqlite
+import httptools
 import msgspec
 import uvicorn
 from litestar import Controller, Litestar, Request, Response, delete, get, patch, post, put
@@ -4400,6 +4401,14 @@ class HeadWithBodyTransport:
         return getattr(self._transport, name)
 
 
+def error_response_bytes(status: int, reason: str, rule: str) -> bytes:
+    """A whole response in blog_api's error shape, for the protocol to send before (or
+    instead of) the app, on a connection that closes after it."""
+    body = msgspec.json.encode({"status_code": status, "detail": f"{reason}: {rule}"})
+    head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+    return head.encode() + b"connection: close\r\n\r\n" + body
+
+
 class BlogHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol as ``python blog_api.py`` serves with it; to use it from
     Python, ``uvicorn.run(app, http=BlogHttpProtocol)`` (the uvicorn command only takes names).
@@ -4415,6 +4424,9 @@ class BlogHttpProtocol(HttpToolsProtocol):
       the request's first byte, else 408. uvicorn waits for them for ever, so clients that
       send a head slowly (or nothing at all) could hold every connection the process may open.
       A connection that has sent nothing is closed without an answer, as nginx does.
+    - **A request httptools cannot parse** gets a 400 that says what is wrong (``Invalid
+      header value char``), or a 501 for a method it does not know, where uvicorn answers
+      ``Invalid HTTP request received.`` in plain text.
 
     Refusals are in blog_api's error shape, and the connection closes. Most requests arrive
     in one read: they set no timer of their own.
@@ -4473,13 +4485,23 @@ class BlogHttpProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
 
+    def send_400_response(self, msg: str) -> None:
+        """A request httptools cannot parse: uvicorn answers a plain-text 400 that says only
+        ``Invalid HTTP request received.``, and has logged that. This one is in blog_api's
+        error shape and says what httptools found wrong (in the exception being handled),
+        or is a 501 for a method it does not know (RFC 9110 9.1). The connection closes."""
+        problem = sys.exception()
+        if isinstance(problem, httptools.HttpParserInvalidMethodError):
+            status, reason, rule = 501, "Not Implemented", "the request's method is not one this server knows"
+        else:
+            status, reason, rule = 400, "Bad Request", f"not a valid HTTP/1.1 request ({problem or msg})"
+        self.transport.write(error_response_bytes(status, reason, rule))
+        self.transport.close()
+
     def _refuse_head(self, status: int, reason: str, rule: str) -> None:
         self._stop_head_timer()
-        detail = f"{reason}: {rule}"
-        self.logger.warning("%s from %s", detail, self.client[0] if self.client else "a client")
-        body = msgspec.json.encode({"status_code": status, "detail": detail})
-        head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-        self.transport.write(head.encode() + b"connection: close\r\n\r\n" + body)
+        self.logger.warning("%s: %s from %s", reason, rule, self.client[0] if self.client else "a client")
+        self.transport.write(error_response_bytes(status, reason, rule))
         # Closing now, with the client's bytes unread, would answer them with a TCP reset,
         # which may discard the answer before the client reads it. So: end the sending side,
         # and drop what still comes, for a second at most (as nginx's lingering close does).

@@ -4387,6 +4387,42 @@ def test_a_request_head_must_arrive_within_its_time(db_path: Path, monkeypatch) 
     run(check())
 
 
+NOT_HTTP = "Bad Request: not a valid HTTP/1.1 request"
+UNKNOWN_METHOD = "Not Implemented: the request's method is not one this server knows"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "detail"),
+    [
+        (b"BREW /api/posts HTTP/1.1\r\nHost: blog\r\n\r\n", "501 Not Implemented", UNKNOWN_METHOD),
+        (
+            b"GET /api/posts HTTP/1.1\r\nHost: bl\x01og\r\n\r\n",
+            "400 Bad Request",
+            f"{NOT_HTTP} (Invalid header value char)",
+        ),
+        (
+            b"GET /api/posts HTTP/1.1\r\nHost: blog\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "400 Bad Request",
+            f"{NOT_HTTP} (Duplicate Content-Length)",
+        ),
+    ],
+)
+def test_a_request_that_is_not_http_gets_a_json_error_naming_the_problem(
+    db_path: Path, request_bytes: bytes, status: str, detail: str
+) -> None:
+    async def check() -> None:
+        async with serving(blog_api.BlogHttpProtocol, db_path) as address:
+            reader, writer = await asyncio.open_connection(*address)
+            writer.write(request_bytes)
+            answer = await asyncio.wait_for(reader.read(), 5)  # and the connection closes
+            writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {status}\r\n".encode()) and b"content-type: application/json" in head
+        assert msgspec.json.decode(body) == {"status_code": int(status[:3]), "detail": detail}
+
+    run(check())
+
+
 def test_python_blog_api_py_serves_with_one_send_per_response(monkeypatch) -> None:
     started: list[dict] = []
     monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: started.append(options))
