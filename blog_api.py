@@ -4401,6 +4401,10 @@ class HeadWithBodyTransport:
         return getattr(self._transport, name)
 
 
+HTTPTOOLS_MAX_URL_BYTES = 65_535
+"""The longest URL that ``httptools.parse_url`` takes."""
+
+
 def error_response_bytes(status: int, reason: str, rule: str) -> bytes:
     """A whole response in blog_api's error shape, for the protocol to send before (or
     instead of) the app, on a connection that closes after it."""
@@ -4491,8 +4495,14 @@ class BlogHttpProtocol(HttpToolsProtocol):
         error shape and says what httptools found wrong (in the exception being handled),
         or is a 501 for a method it does not know (RFC 9110 9.1). The connection closes."""
         problem = sys.exception()
+        if isinstance(problem, httptools.HttpParserCallbackError) and isinstance(
+            problem.__context__, httptools.HttpParserError
+        ):  # uvicorn's callbacks parse the URL, and httptools reports their error as its own
+            problem = problem.__context__
         if isinstance(problem, httptools.HttpParserInvalidMethodError):
             status, reason, rule = 501, "Not Implemented", "the request's method is not one this server knows"
+        elif isinstance(problem, httptools.HttpParserInvalidURLError) and len(self.url) > HTTPTOOLS_MAX_URL_BYTES:
+            status, reason, rule = 414, "URI Too Long", HEAD_TOO_LARGE  # in one read, before data_received counts it
         else:
             status, reason, rule = 400, "Bad Request", f"not a valid HTTP/1.1 request ({problem or msg})"
         self.transport.write(error_response_bytes(status, reason, rule))

@@ -4401,6 +4401,16 @@ UNKNOWN_METHOD = "Not Implemented: the request's method is not one this server k
             f"{NOT_HTTP} (Invalid header value char)",
         ),
         (
+            b"GET http://[::1 HTTP/1.1\r\nHost: blog\r\n\r\n",
+            "400 Bad Request",
+            f"{NOT_HTTP} (invalid url b'http://[::1')",
+        ),
+        (
+            b"GET /api/posts?q=" + b"a" * 65_536 + b" HTTP/1.1\r\nHost: blog\r\n\r\n",
+            "414 URI Too Long",
+            "URI Too Long: a request's line and headers may take 64 KiB",
+        ),
+        (
             b"GET /api/posts HTTP/1.1\r\nHost: blog\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             "400 Bad Request",
             f"{NOT_HTTP} (Duplicate Content-Length)",
