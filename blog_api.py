@@ -758,16 +758,20 @@ def validation_detail(request: Request) -> str:
 
 TOO_DEEP = "JSON is malformed: arrays or objects nested too deep"
 BYTE_ORDER_MARK = "JSON is malformed: it begins with a byte order mark (BOM), which JSON text must not (RFC 8259)"
+UTF16 = "JSON is malformed: it begins with a UTF-16 byte order mark; JSON text must be UTF-8 (RFC 8259)"
 LONE_SURROGATE = "JSON is malformed: a \\ud800 to \\udbff escape must be followed by a \\udc00 to \\udfff one"
 
 
 def json_error(body: bytes, error: msgspec.DecodeError) -> str:
-    """msgspec's message for a body that is not JSON, except two: a byte order mark, which
-    it calls an invalid character, and a high surrogate escape that no low one follows
-    (``"\\ud800"``), which it calls truncated input. Python's json module reads such a
-    string, so a "truncated" body that it reads is said to be that."""
+    """msgspec's message for a body that is not JSON, except two: a byte order mark (UTF-8's,
+    or UTF-16's, which tells a body in UTF-16), which it calls an invalid character, and a
+    high surrogate escape that no low one follows (``"\\ud800"``), which it calls truncated
+    input. Python's json module reads such a string, so a "truncated" body that it reads is
+    said to be that."""
     if body.startswith(codecs.BOM_UTF8):
         return BYTE_ORDER_MARK
+    if body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return UTF16
     message = str(error)
     if message == "Input data was truncated":
         try:
