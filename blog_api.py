@@ -1250,6 +1250,8 @@ MAX_SEARCH_TERMS = 16
 LINKED_PARAMS = ("sort", "order", "published", "created_after", "created_before", "q", "tag")
 """The query parameters that every Link repeats, besides limit."""
 PAGE_PARAMS = ("limit", "offset", "cursor")
+NO_SEARCH_WORDS = "Expected at least one word to search for"
+NOT_OUR_CURSOR = "Not a cursor this server made; follow the Link header"
 SINGLE_VALUED_LISTING_PARAMS = frozenset(PAGE_PARAMS + LINKED_PARAMS) - {"tag"}
 
 
@@ -1543,7 +1545,7 @@ def listing_from_query(
     if q is not None:
         terms = SEARCH_TERM.findall(q)
         if not terms:
-            raise query_error(request, "q", "Expected at least one word to search for")
+            raise query_error(request, "q", NO_SEARCH_WORDS)
         if len(terms) > MAX_SEARCH_TERMS:
             raise query_error(request, "q", f"Expected at most {MAX_SEARCH_TERMS} words")
         search = search_sql(terms)
@@ -1577,7 +1579,7 @@ def cursor_for(request: Request, token: str | None, secret: bytes, fingerprint: 
     try:
         cursor = decode_cursor(token, secret)
     except (CursorError, msgspec.DecodeError):
-        raise query_error(request, "cursor", "Not a cursor this server made; follow the Link header") from None
+        raise query_error(request, "cursor", NOT_OUR_CURSOR) from None
     if cursor.fingerprint != fingerprint:
         raise query_error(
             request, "cursor", "The cursor belongs to another query (sort, order or filters changed) or is stale"
@@ -3645,6 +3647,9 @@ def whole_number_range(parameter: Any) -> str:
 
 
 QUERY_RANGES = {"limit": whole_number_range(PageSize), "offset": whole_number_range(PageOffset)}
+EMPTY_VALUE = "Expected `str` of length >= 1"
+EMPTY_QUERY_VALUES = {"q": NO_SEARCH_WORDS, "cursor": NOT_OUR_CURSOR}
+"""What ``?q=`` and ``?cursor=`` (given, but empty) are told: what a value of theirs with nothing in it is."""
 OUT_OF_RANGE = re.compile(r"Expected `int` [<>]=")
 
 
@@ -3664,6 +3669,8 @@ def clearer_validation_errors(request: Request, exc: ValidationException) -> Res
                 message = f"Expected {QUERY_CHOICES[error['key']]}"
             elif OUT_OF_RANGE.match(message) and error["key"] in QUERY_RANGES:
                 message = f"Expected a whole number from {QUERY_RANGES[error['key']]}"
+            elif message == EMPTY_VALUE and error["key"] in EMPTY_QUERY_VALUES:
+                message = EMPTY_QUERY_VALUES[error["key"]]
             error["message"] = QUERY_TYPE_ERRORS.get(message, message)
     return create_exception_response(request, exc)
 

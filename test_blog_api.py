@@ -2007,6 +2007,8 @@ def test_list_refuses_bad_parameters_naming_them(client: TestClient, params: dic
         ({"published": "yes"}, "Expected true, false, 1 or 0"),
         ({"sort": "password"}, "Expected created_at, updated_at or title"),
         ({"order": "sideways"}, "Expected asc or desc"),
+        ({"q": ""}, "Expected at least one word to search for"),  # as for "q= "
+        ({"cursor": ""}, "Not a cursor this server made; follow the Link header"),
     ],
 )
 def test_a_bad_query_value_is_named_in_the_clients_terms(client: TestClient, params: dict, message: str) -> None:
