@@ -154,6 +154,7 @@ MAX_BODY_BYTES = 1024 * 1024
 GRACEFUL_SHUTDOWN_SECONDS = 3
 MAX_REQUEST_HEAD_BYTES = 64 * 1024  # a request's line and headers: nginx takes 32 KiB, Node.js 16 KiB
 REQUEST_HEAD_SECONDS = 20  # for them to arrive: nginx waits 60 s, Node.js 60 s, Apache 20 to 40 s
+REQUEST_BODY_PAUSE_SECONDS = 20  # the longest a body may stop arriving: nginx's client_body_timeout is 60 s
 HEAD_TOO_LARGE = f"a request's line and headers may take {MAX_REQUEST_HEAD_BYTES // 1024} KiB"
 ENV_PREFIX = "BLOG_API_"
 TOKEN_FILE_VARIABLE = "BLOG_API_TOKEN_FILE"
@@ -4439,6 +4440,10 @@ class BlogHttpProtocol(HttpToolsProtocol):
       the request's first byte, else 408. uvicorn waits for them for ever, so clients that
       send a head slowly (or nothing at all) could hold every connection the process may open.
       A connection that has sent nothing is closed without an answer, as nginx does.
+    - **A request's body must keep arriving**, with no pause over ``REQUEST_BODY_PAUSE_SECONDS``
+      (as nginx's ``client_body_timeout``), else 408 and the connection closes: uvicorn waits
+      for ever, and a client that stops mid-body held its connection and its request's task.
+      A pause while the app has not taken what came (uvicorn stops reading) does not count.
     - **A request httptools cannot parse** gets a 400 that says what is wrong (``Invalid
       header value char``), or a 501 for a method it does not know, where uvicorn answers
       ``Invalid HTTP request received.`` in plain text.
@@ -4452,6 +4457,8 @@ class BlogHttpProtocol(HttpToolsProtocol):
     _head_began = False
     _head_refused = False
     _head_timer: asyncio.TimerHandle | None = None
+    _in_body = False
+    _body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(HeadWithBodyTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -4459,6 +4466,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self._stop_body_timer()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -4469,13 +4477,24 @@ class BlogHttpProtocol(HttpToolsProtocol):
         self._in_head = False
         self._stop_head_timer()
         super().on_headers_complete()
+        self._in_body = True  # until the message completes, at once if it has no body
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._stop_body_timer()
+        super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
         if self._head_refused:  # the rest of what the client sent before it read the answer
             return
         self._head_began = False
         super().data_received(data)
-        if not self._in_head or self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if self._in_body:  # a body that goes on past this read: the pause starts now
+            self._stop_body_timer()
+            self._body_timer = self.loop.call_later(REQUEST_BODY_PAUSE_SECONDS, self._body_timed_out)
+        if not self._in_head:
             return
         self._head_bytes += 0 if self._head_began else len(data)
         if self._head_bytes > MAX_REQUEST_HEAD_BYTES:
@@ -4494,6 +4513,24 @@ class BlogHttpProtocol(HttpToolsProtocol):
             return
         rule = f"a request's line and headers must arrive within {REQUEST_HEAD_SECONDS:g} s"
         self._refuse_head(408, "Request Timeout", rule)
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing() or not self._in_body:
+            return
+        if self.flow.read_paused:  # the app is the one behind: wait for it
+            self._body_timer = self.loop.call_later(REQUEST_BODY_PAUSE_SECONDS, self._body_timed_out)
+            return
+        rule = f"a request's body must keep arriving, with no pause over {REQUEST_BODY_PAUSE_SECONDS:g} s"
+        self.logger.warning("Request Timeout: %s from %s", rule, self.client[0] if self.client else "a client")
+        if not self.cycle.response_started:  # the app may have answered before it read the body
+            self.transport.write(error_response_bytes(408, "Request Timeout", rule))
+        self.transport.close()  # the app's request sees the client leave: 499 in its access line
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:

@@ -4394,6 +4394,36 @@ def test_a_request_head_must_arrive_within_its_time(db_path: Path, monkeypatch) 
     run(check())
 
 
+def test_a_request_body_that_stops_arriving_is_cut_off_with_a_408(db_path: Path, monkeypatch) -> None:
+    """uvicorn waits for a body for ever: a client that stops mid-body held its connection and
+    its request's task. Here a pause over the limit is a 408 and nothing is written; a body
+    that arrives slowly but steadily is taken."""
+    monkeypatch.setattr(blog_api, "REQUEST_BODY_PAUSE_SECONDS", 0.5)
+    body = msgspec.json.encode({"title": "Slow", "content": "x" * 100})
+    head = "POST /api/posts HTTP/1.1\r\nHost: blog\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {len(body)}\r\n\r\n"
+
+    async def check() -> None:
+        async with serving(blog_api.BlogHttpProtocol, db_path) as address:
+            stalled = await asyncio.open_connection(*address)
+            stalled[1].write(head.encode() + body[:40])
+            steady = await asyncio.open_connection(*address)
+            steady[1].write(head.encode())
+            for start in range(0, len(body), 40):  # over 1.2 s, no pause of 0.5 s
+                await asyncio.sleep(0.3)
+                steady[1].write(body[start : start + 40])
+            assert (await read_response(steady[0])).startswith(b"HTTP/1.1 201 Created\r\n")
+            timed_out = await asyncio.wait_for(stalled[0].read(), 5)  # and the connection closes
+            assert timed_out.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+            detail = "Request Timeout: a request's body must keep arriving, with no pause over 0.5 s"
+            assert timed_out.endswith(msgspec.json.encode({"status_code": 408, "detail": detail}))
+            for _, writer in (stalled, steady):
+                writer.close()
+
+    run(check())
+    assert [post["title"] for post in stored_posts(db_path)] == ["Slow"]
+
+
 NOT_HTTP = "Bad Request: not a valid HTTP/1.1 request"
 UNKNOWN_METHOD = "Not Implemented: the request's method is not one this server knows"
 
