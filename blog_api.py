@@ -4304,6 +4304,26 @@ def backup(argv: list[str]) -> None:
     print(f"Backed up {args.db_path} to {args.path} (integrity check: ok); serve it with --db {args.path}")
 
 
+OPEN_FILES_WHEN_UNLIMITED = 1 << 16
+"""The soft limit on open files to take where the hard one is unlimited (macOS refuses that)."""
+
+
+def raise_open_file_limit() -> None:
+    """Raise the process's soft limit on open files to its hard limit, as Go's runtime does at
+    start. Every connection is an open file: at the common soft limit of 1,024, a thousand
+    clients that are idle or slow (each may hold its connection 20 s) left no room, and new
+    connections were reset. The hard limit is the administrator's; it is left as it is."""
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_WHEN_UNLIMITED if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def serve(argv: list[str]) -> None:
     config = parse_args(argv)
     if config.token is None and not config.allow_anonymous_writes and not is_loopback_host(config.host):
@@ -4319,6 +4339,7 @@ def serve(argv: list[str]) -> None:
             asyncio.run(check_database(config))
         except DatabaseError as exc:
             sys.exit(f"blog_api: {exc}")
+    raise_open_file_limit()
     blog = create_app(config)  # also sets up logging, in the format asked for
     skip_unused_log_record_fields()
     write_access_lines_directly(blog)

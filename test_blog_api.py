@@ -14,6 +14,8 @@ import logging
 import os
 import random
 import re
+import resource
+import shlex
 import signal
 import socket
 import sqlite3
@@ -4468,6 +4470,24 @@ def test_a_request_that_is_not_http_gets_a_json_error_naming_the_problem(
         assert msgspec.json.decode(body) == {"status_code": int(status[:3]), "detail": detail}
 
     run(check())
+
+
+def test_the_service_takes_its_open_file_limit_up_to_the_hard_one(start_server) -> None:
+    """Every connection is an open file. Started with a soft limit of 256, as a shell may
+    give, the service still answers with 300 idle connections open (it reset new ones)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard > 1024  # else this machine cannot show it
+    port = free_port()
+    command = f"ulimit -Sn 256 && exec {shlex.quote(sys.executable)} blog_api.py --port {port} --log-level warning"
+    server = start_server(["bash", "-c", command], port)
+    assert resource.prlimit(server.process.pid, resource.RLIMIT_NOFILE) == (hard, hard)
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(300)]
+    try:
+        time.sleep(0.5)  # for the server to accept them all
+        assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+    finally:
+        for connection in idle:
+            connection.close()
 
 
 def test_python_blog_api_py_serves_with_one_send_per_response(monkeypatch) -> None:
