@@ -3169,6 +3169,8 @@ ACCEPTED_CODINGS = [
     ("br;q=2, gzip", "gzip"),  # not a qvalue: that element is ignored
     ("br;level=9", None),
     ("deflate", None),
+    (", ".join([*(f"x-{n}" for n in range(31)), "gzip"]), "gzip"),
+    (", ".join([*(f"x-{n}" for n in range(32)), "gzip"]), None),  # past the 32 elements read
 ]
 
 
