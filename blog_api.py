@@ -4565,12 +4565,17 @@ class BlogHttpProtocol(HttpToolsProtocol):
         """A request httptools cannot parse: uvicorn answers a plain-text 400 that says only
         ``Invalid HTTP request received.``, and has logged that. This one is in blog_api's
         error shape and says what httptools found wrong (in the exception being handled),
-        or is a 501 for a method it does not know (RFC 9110 9.1). The connection closes."""
+        or is a 501 for a method it does not know (RFC 9110 9.1); uvicorn's callbacks parse
+        the URL, and httptools reports what they raise as a callback error. Anything else a
+        callback raises is a bug: a 500, logged with its traceback. The connection closes."""
         problem = sys.exception()
-        if isinstance(problem, httptools.HttpParserCallbackError) and isinstance(
-            problem.__context__, httptools.HttpParserError
-        ):  # uvicorn's callbacks parse the URL, and httptools reports their error as its own
+        if isinstance(problem, httptools.HttpParserCallbackError):  # raised in a callback of uvicorn's or ours
             problem = problem.__context__
+            if not isinstance(problem, httptools.HttpParserError):  # a bug, not the client's request
+                self.logger.error("Error while reading a request", exc_info=problem)
+                self.transport.write(error_response_bytes(500, "Internal Server Error", "see the server's log"))
+                self.transport.close()
+                return
         if isinstance(problem, httptools.HttpParserInvalidMethodError):
             status, reason, rule = 501, "Not Implemented", "the request's method is not one this server knows"
         elif isinstance(problem, httptools.HttpParserInvalidURLError) and len(self.url) > HTTPTOOLS_MAX_URL_BYTES:

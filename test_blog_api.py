@@ -4492,6 +4492,28 @@ def test_the_service_takes_its_open_file_limit_up_to_the_hard_one(start_server) 
             connection.close()
 
 
+def test_a_bug_while_reading_a_request_is_a_logged_500(db_path: Path) -> None:
+    class Failing(blog_api.BlogHttpProtocol):
+        def on_header(self, name: bytes, value: bytes) -> None:
+            raise KeyError("a bug")
+
+    async def check() -> tuple[bytes, list[logging.LogRecord]]:
+        async with serving(Failing, db_path) as address:
+            with log_records("uvicorn.error") as records:  # once uvicorn has set up its logging
+                reader, writer = await asyncio.open_connection(*address)
+                writer.write(b"GET /api/posts HTTP/1.1\r\nHost: blog\r\n\r\n")
+                answer = await asyncio.wait_for(reader.read(), 5)
+                writer.close()
+            return answer, records
+
+    answer, records = run(check())
+    assert answer.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    detail = "Internal Server Error: see the server's log"
+    assert answer.endswith(msgspec.json.encode({"status_code": 500, "detail": detail}))
+    errors = [record for record in records if record.levelno == logging.ERROR]
+    assert [record.exc_info[1].args for record in errors] == [("a bug",)]
+
+
 def test_python_blog_api_py_serves_with_one_send_per_response(monkeypatch) -> None:
     started: list[dict] = []
     monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: started.append(options))
