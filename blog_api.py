@@ -88,6 +88,7 @@ from litestar.exceptions import (
     TooManyRequestsException,
     ValidationException,
 )
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.exceptions.responses import create_exception_response
 from litestar.logging import LoggingConfig
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
@@ -656,11 +657,12 @@ class SlugTaken(ClientException):
     detail = "The slug is already used by another post"
 
 
-class RequestEntityTooLarge(ClientException):
-    """Documents the 413 that Litestar answers for bodies over ``MAX_BODY_BYTES``."""
+class BodyTooLarge(ClientException):
+    """413 (RFC 9110 15.5.14, Content Too Large): a body over ``MAX_BODY_BYTES``, which Litestar
+    refuses as ``Request Entity Too Large``, not saying how large a body may be."""
 
     status_code = 413
-    detail = "Request Entity Too Large"
+    detail = f"The body is over {MAX_BODY_BYTES // (1024 * 1024)} MiB, the most a request may send"
 
 
 class UnsupportedContentEncoding(ClientException):
@@ -671,7 +673,7 @@ class UnsupportedContentEncoding(ClientException):
     detail = "The body has a Content-Encoding (gzip, br, ...); send it as plain JSON, without one"
 
 
-BODY_ERRORS = [RequestEntityTooLarge, UnsupportedContentEncoding]
+BODY_ERRORS = [BodyTooLarge, UnsupportedContentEncoding]
 """What any request with a JSON body can answer besides 400: too large, or compressed."""
 
 
@@ -742,6 +744,8 @@ async def require_json_body(request: Request) -> None:
         body = await request.body()
     except InternalServerException as exc:  # Litestar's only one here: "client disconnected prematurely"
         raise ClientClosedRequest from exc
+    except RequestEntityTooLarge:
+        raise BodyTooLarge from None
     if not body:
         raise validation_failed(request, {"message": "The body is empty; expected a JSON object"})
 
