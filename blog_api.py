@@ -4454,8 +4454,9 @@ def error_response_bytes(status: int, reason: str, rule: str) -> bytes:
 
 
 class BlogHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol as ``python blog_api.py`` serves with it; to use it from
-    Python, ``uvicorn.run(app, http=BlogHttpProtocol)`` (the uvicorn command only takes names).
+    """uvicorn's httptools protocol as ``python blog_api.py`` serves with it. Elsewhere:
+    ``uvicorn blog_api:app --http blog_api:BlogHttpProtocol``, or from Python,
+    ``uvicorn.run(app, http=BlogHttpProtocol)``.
 
     - **One send per response:** head and body go together (``HeadWithBodyTransport``).
     - **A request's line and headers take at most ``MAX_REQUEST_HEAD_BYTES``.** httptools has

@@ -1564,6 +1564,17 @@ def test_other_launchers_serve_the_app_configured_from_the_environment(start_ser
     assert [row["id"] for row in stored_posts(tmp_path / "env.db")] == [post["id"]]
 
 
+def test_the_uvicorn_launcher_takes_blog_apis_protocol_by_name(start_server, tmp_path) -> None:
+    """``uvicorn blog_api:app --http blog_api:BlogHttpProtocol``: the limits and error answers
+    of ``python blog_api.py``, here a 501 in the error shape for an unknown method."""
+    port = free_port()
+    launcher = ["-m", "uvicorn", "blog_api:app", "--http", "blog_api:BlogHttpProtocol", "--port", str(port)]
+    server = start_server([sys.executable, *launcher], port, BLOG_API_DB=str(tmp_path / "env.db"))
+    response = httpx.request("BREW", f"{server.url}/api/posts", timeout=10)
+    assert response.status_code == 501
+    assert response.json() == {"status_code": 501, "detail": UNKNOWN_METHOD}
+
+
 def test_startup_on_a_foreign_database_fails_with_a_clear_message(tmp_path: Path) -> None:
     foreign = tmp_path / "foreign.db"
     with sqlite3.connect(foreign) as connection:
