@@ -1005,10 +1005,11 @@ FROM posts
 WHERE id = :id
 """
 
+# The routes of a post's comments take its ID or its slug (a slug is never shaped like an ID).
 SELECT_POST_PK = """
-SELECT pk, published
+SELECT pk, published, id
 FROM posts
-WHERE id = :post_id AND (published OR :drafts)
+WHERE (id = :post_id OR slug = :post_id) AND (published OR :drafts)
 """
 
 SELECT_IDEMPOTENT_RESPONSE = """
@@ -1034,19 +1035,19 @@ INSERT_COMMENT = """
 INSERT INTO comments (id, post_pk, created_at, author, body)
 SELECT :id, pk, :now, :author, :body
 FROM posts
-WHERE id = :post_id AND (published OR :drafts)
-RETURNING pk
+WHERE (id = :post_id OR slug = :post_id) AND (published OR :drafts)
+RETURNING (SELECT id FROM posts WHERE pk = post_pk)
 """
 
-SELECT_COMMENT = f"""
-SELECT {COMMENT_FIELDS}, posts.published
+SELECT_COMMENT = """
+SELECT comments.id, posts.id, comments.author, comments.body, comments.created_at, posts.published
 FROM comments JOIN posts ON posts.pk = comments.post_pk
-WHERE comments.id = :comment_id AND posts.id = :post_id AND (posts.published OR :drafts)
+WHERE comments.id = :comment_id AND (posts.id = :post_id OR posts.slug = :post_id) AND (posts.published OR :drafts)
 """
 
 DELETE_COMMENT = """
 DELETE FROM comments
-WHERE id = :comment_id AND post_pk = (SELECT pk FROM posts WHERE id = :post_id)
+WHERE id = :comment_id AND post_pk = (SELECT pk FROM posts WHERE id = :post_id OR slug = :post_id)
 RETURNING id
 """
 
@@ -3278,7 +3279,7 @@ class CommentController(Controller):
     async def create_comment(
         self,
         request: Request,
-        post_id: PostId,
+        post_id: PostIdOrSlug,
         data: JSONBody[CommentCreate],
         blog: NamedDependency[Blog],
         idempotency_key: IdempotencyKey = None,
@@ -3287,7 +3288,6 @@ class CommentController(Controller):
         draft the caller may not see). Anyone may comment: no token is needed."""
         now = utc_now_us()
         comment_id = str(uuid.uuid4())
-        location = f"/api/posts/{post_id}/comments/{comment_id}"
         parameters = {"id": comment_id, "post_id": post_id, "now": now, "author": data.author, "body": data.body}
         parameters["drafts"] = drafts_visible(request)
         idempotent = IdempotentRequest.of(request, idempotency_key, data)
@@ -3295,9 +3295,11 @@ class CommentController(Controller):
         def insert(connection: sqlite3.Connection) -> Response:
             if idempotent and (replay := idempotent.replay(connection)):
                 return replay
-            if not connection.execute(INSERT_COMMENT, parameters).fetchall():
+            if not (inserted := connection.execute(INSERT_COMMENT, parameters).fetchall()):
                 raise post_not_found(post_id)
-            body = msgspec.json.encode(comment_from_row((comment_id, post_id, data.author, data.body, now)))
+            [(found_id,)] = inserted  # the post's ID, where the path named its slug
+            location = f"/api/posts/{found_id}/comments/{comment_id}"
+            body = msgspec.json.encode(comment_from_row((comment_id, found_id, data.author, data.body, now)))
             if idempotent:
                 idempotent.remember(connection, 201, location, body, now)
             return json_response(body, {"Location": location}, status_code=201)
@@ -3314,7 +3316,7 @@ class CommentController(Controller):
     async def list_comments(
         self,
         request: Request,
-        post_id: PostId,
+        post_id: PostIdOrSlug,
         blog: NamedDependency[Blog],
         limit: PageSize = 20,
         offset: PageOffset = 0,
@@ -3328,7 +3330,7 @@ class CommentController(Controller):
             raise post_not_found(post_id)
         if cursor is not None and offset:
             raise query_error(request, "offset", "Use either offset or cursor, not both")
-        listing = CommentListing(post_id=post_id, post_pk=row[0], limit=limit, offset=offset)
+        listing = CommentListing(post_id=row[2], post_pk=row[0], limit=limit, offset=offset)
         listing = replace(
             listing,
             cursor=cursor_for(request, cursor, blog.db.cursor_secret, listing.fingerprint),
@@ -3351,7 +3353,7 @@ class CommentController(Controller):
     async def get_comment(
         self,
         request: Request,
-        post_id: PostId,
+        post_id: PostIdOrSlug,
         comment_id: CommentId,
         blog: NamedDependency[Blog],
         if_none_match: IfNoneMatch = None,
@@ -3376,7 +3378,7 @@ class CommentController(Controller):
     )
     async def delete_comment(
         self,
-        post_id: PostId,
+        post_id: PostIdOrSlug,
         comment_id: CommentId,
         blog: NamedDependency[Blog],
         if_match: IfMatch = None,

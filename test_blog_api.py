@@ -2339,6 +2339,25 @@ def test_a_comment_is_created_with_201_and_its_url(client: TestClient, db_path: 
     assert (row["id"], row["author"], row["body"]) == (comment["id"], "Ada", "Nice post!")
 
 
+def test_a_posts_comments_are_reached_by_its_slug_as_by_its_id(client: TestClient, db_path: Path) -> None:
+    """As ``GET /api/posts/{slug}`` is: a post's comments, by its slug, answer as by its ID,
+    and what they send back names the post by its ID."""
+    post, other = create(client, slug="my-post"), create(client, title="Other")
+    by_slug, by_id = "/api/posts/my-post/comments", f"/api/posts/{post['id']}/comments"
+    created = client.post(by_slug, json=COMMENT)
+    comment = created.json()
+    assert created.status_code == 201 and comment["post_id"] == post["id"]
+    assert created.headers["location"] == f"{by_id}/{comment['id']}"
+    assert client.get(by_slug).json() == client.get(by_id).json() == [comment]
+    assert client.get(f"{by_slug}/{comment['id']}").json() == comment
+    assert client.get(f"/api/posts/{other['slug']}/comments/{comment['id']}").status_code == 404
+    assert client.delete(f"/api/posts/{other['slug']}/comments/{comment['id']}").status_code == 404
+    assert client.delete(f"{by_slug}/{comment['id']}").status_code == 204
+    assert stored_comments(db_path) == []
+    missing = client.post("/api/posts/no-such-post/comments", json=COMMENT)
+    assert missing.json() == {"status_code": 404, "detail": "Post with ID no-such-post not found"}
+
+
 def test_comments_are_listed_oldest_first_and_counted_on_the_post(client: TestClient, monkeypatch) -> None:
     post, other = create(client), create(client, title="Other")
     fixed_clock(monkeypatch, *range(1_000_000, 1_010_000, 1_000))
