@@ -1514,7 +1514,7 @@ def page_links(path: str, listing: Listing | CommentListing, page: Page, secret:
         params = list(listing.link_params)
         if cursor is not None:
             params.append(("cursor", encode_cursor(cursor, secret)))
-        return f'<{path}?{urlencode(params)}>; rel="{relation}"'
+        return f'<{quote(path)}?{urlencode(params)}>; rel="{relation}"'  # a URI: ASCII, percent-encoded
 
     fingerprint = listing.fingerprint
     links = []

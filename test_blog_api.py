@@ -2358,6 +2358,20 @@ def test_a_posts_comments_are_reached_by_its_slug_as_by_its_id(client: TestClien
     assert missing.json() == {"status_code": 404, "detail": "Post with ID no-such-post not found"}
 
 
+def test_comment_pages_by_a_slug_in_any_script_link_to_each_other(client: TestClient) -> None:
+    """The Link header is ASCII (RFC 8288 links are URIs): a slug in Cyrillic is percent-encoded
+    in it, and following next from the first page reaches the second."""
+    post = create(client, title="Привет мир")
+    for n in range(2):
+        client.post("/api/posts/привет-мир/comments", json={**COMMENT, "body": f"comment {n}"})
+    first = client.get("/api/posts/привет-мир/comments", params={"limit": 1})
+    assert first.status_code == 200 and first.headers["link"].isascii()
+    assert page_links(first)["next"].startswith("/api/posts/%D0%BF%D1%80%D0%B8%D0%B2%D0%B5%D1%82-%D0%BC%D0%B8%D1%80/")
+    second = client.get(page_links(first)["next"])
+    assert [comment["body"] for comment in first.json() + second.json()] == ["comment 0", "comment 1"]
+    assert {comment["post_id"] for comment in first.json() + second.json()} == {post["id"]}
+
+
 def test_comments_are_listed_oldest_first_and_counted_on_the_post(client: TestClient, monkeypatch) -> None:
     post, other = create(client), create(client, title="Other")
     fixed_clock(monkeypatch, *range(1_000_000, 1_010_000, 1_000))
