@@ -10,12 +10,14 @@ Read top to bottom, one section per concern:
                               lock file through which --workers' writers take turns
     Logs and request IDs      access lines, JSON logs, X-Request-ID
     Security                  bearer token, private drafts, safe defaults
-    HTTP caching              ETags, 304, conditional writes (412), Idempotency-Key
+    HTTP caching              ETags, 304, conditional writes (412), Idempotency-Key, and
+                              compression by Accept-Encoding (coded ETags, Vary)
     Route handlers            posts, comments, tags, health
     The app factory           create_app(config)
     Demo data and backups     python blog_api.py seed | backup
-    main()                    python blog_api.py [serve]: uvicorn with one send per response and
-                              bounded request heads (BlogHttpProtocol), and --workers (TcpServerConfig)
+    main()                    python blog_api.py [serve]: uvicorn with one send per response,
+                              bounded request heads and bodies, errors in our shape for requests
+                              that are not HTTP (BlogHttpProtocol), and --workers (TcpServerConfig)
 
     python blog_api.py                   # serve on http://127.0.0.1:8000
     uvicorn blog_api:app                 # the same app, configured from BLOG_API_* variables
@@ -4523,8 +4525,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self._in_body:  # a body that goes on past this read: the pause starts now
-            self._stop_body_timer()
-            self._body_timer = self.loop.call_later(REQUEST_BODY_PAUSE_SECONDS, self._body_timed_out)
+            self._restart_body_timer()
         if not self._in_head:
             return
         self._head_bytes += 0 if self._head_began else len(data)
@@ -4550,13 +4551,17 @@ class BlogHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or not self._in_body:
             return
         if self.flow.read_paused:  # the app is the one behind: wait for it
-            self._body_timer = self.loop.call_later(REQUEST_BODY_PAUSE_SECONDS, self._body_timed_out)
+            self._restart_body_timer()
             return
         rule = f"a request's body must keep arriving, with no pause over {REQUEST_BODY_PAUSE_SECONDS:g} s"
         self.logger.warning("Request Timeout: %s from %s", rule, self.client[0] if self.client else "a client")
         if not self.cycle.response_started:  # the app may have answered before it read the body
             self.transport.write(error_response_bytes(408, "Request Timeout", rule))
         self.transport.close()  # the app's request sees the client leave: 499 in its access line
+
+    def _restart_body_timer(self) -> None:
+        self._stop_body_timer()
+        self._body_timer = self.loop.call_later(REQUEST_BODY_PAUSE_SECONDS, self._body_timed_out)
 
     def _stop_body_timer(self) -> None:
         if self._body_timer is not None:
@@ -4578,12 +4583,10 @@ class BlogHttpProtocol(HttpToolsProtocol):
         problem = sys.exception()
         if isinstance(problem, httptools.HttpParserCallbackError):  # raised in a callback of uvicorn's or ours
             problem = problem.__context__
-            if not isinstance(problem, httptools.HttpParserError):  # a bug, not the client's request
-                self.logger.error("Error while reading a request", exc_info=problem)
-                self.transport.write(error_response_bytes(500, "Internal Server Error", "see the server's log"))
-                self.transport.close()
-                return
-        if isinstance(problem, httptools.HttpParserInvalidMethodError):
+        if problem is not None and not isinstance(problem, httptools.HttpParserError):  # a bug, not the client's
+            self.logger.error("Error while reading a request", exc_info=problem)
+            status, reason, rule = 500, "Internal Server Error", "see the server's log"
+        elif isinstance(problem, httptools.HttpParserInvalidMethodError):
             status, reason, rule = 501, "Not Implemented", "the request's method is not one this server knows"
         elif isinstance(problem, httptools.HttpParserInvalidURLError) and len(self.url) > HTTPTOOLS_MAX_URL_BYTES:
             status, reason, rule = 414, "URI Too Long", HEAD_TOO_LARGE  # in one read, before data_received counts it
