@@ -4457,6 +4457,10 @@ def error_response_bytes(status: int, reason: str, rule: str) -> bytes:
     return head.encode() + b"connection: close\r\n\r\n" + body
 
 
+class HeadTooLarge(Exception):
+    """Raised in httptools' callback to stop it parsing: the status and reason to refuse with."""
+
+
 class BlogHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol as ``python blog_api.py`` serves with it. Elsewhere:
     ``uvicorn blog_api:app --http blog_api:BlogHttpProtocol``, or from Python,
@@ -4465,10 +4469,11 @@ class BlogHttpProtocol(HttpToolsProtocol):
     - **One send per response:** head and body go together (``HeadWithBodyTransport``).
     - **A request's line and headers take at most ``MAX_REQUEST_HEAD_BYTES``.** httptools has
       no limit of its own: it keeps every byte of them until they end, so one client sending a
-      200 MiB header took 450 MB of memory (h11, uvicorn's other parser, stops at 16 KiB). The
-      bytes of a head that has not ended are counted as they come; past the limit, the client
-      gets a 414 (a request line that long) or a 431 (headers). A read that begins a request
-      is not counted, as it may end another one, so a head may hold one read more.
+      200 MiB header took 450 MB of memory (h11, uvicorn's other parser, stops at 16 KiB). Past
+      the limit, the client gets a 414 (a request line that long) or a 431 (headers). The bytes
+      of a head that has not ended are counted as they come, but for the read that began it,
+      which may end another request; so while it arrives, a head may hold one read more
+      (uvloop reads up to 256 KiB). A head that ends is measured whole before the app sees it.
     - **And they must arrive within ``REQUEST_HEAD_SECONDS``**, from the connection's start or
       the request's first byte, else 408. uvicorn waits for them for ever, so clients that
       send a head slowly (or nothing at all) could hold every connection the process may open.
@@ -4485,9 +4490,10 @@ class BlogHttpProtocol(HttpToolsProtocol):
     in one read: they set no timer of their own.
     """
 
+    _read_length = 0
     _head_bytes = 0
+    _first_read_length = 0
     _in_head = False
-    _head_began = False
     _head_refused = False
     _head_timer: asyncio.TimerHandle | None = None
     _in_body = False
@@ -4504,11 +4510,13 @@ class BlogHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_bytes, self._in_head, self._head_began = 0, True, True
+        self._head_bytes, self._first_read_length, self._in_head = 0, self._read_length, True
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._stop_head_timer()
+        if self._first_read_length + self._head_bytes > MAX_REQUEST_HEAD_BYTES:  # it may be too large
+            self._refuse_a_head_too_large()
         super().on_headers_complete()
         self._in_body = True  # until the message completes, at once if it has no body
 
@@ -4520,7 +4528,9 @@ class BlogHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._head_refused:  # the rest of what the client sent before it read the answer
             return
-        self._head_began = False
+        self._read_length = len(data)
+        if self._in_head:  # a head that goes on: all of this read may be its
+            self._head_bytes += len(data)
         super().data_received(data)
         if self.transport.is_closing():
             return
@@ -4528,13 +4538,23 @@ class BlogHttpProtocol(HttpToolsProtocol):
             self._restart_body_timer()
         if not self._in_head:
             return
-        self._head_bytes += 0 if self._head_began else len(data)
         if self._head_bytes > MAX_REQUEST_HEAD_BYTES:
-            url_is_most = len(self.url) > MAX_REQUEST_HEAD_BYTES // 2
-            status, reason = (414, "URI Too Long") if url_is_most else (431, "Request Header Fields Too Large")
-            self._refuse_head(status, reason, HEAD_TOO_LARGE)
+            self._refuse_head(*self._head_too_large_status(), HEAD_TOO_LARGE)
         elif self._head_timer is None:
             self._head_timer = self.loop.call_later(REQUEST_HEAD_SECONDS, self._head_timed_out)
+
+    def _refuse_a_head_too_large(self) -> None:
+        """Measure the head just parsed (as sent, but for spaces around header values); over
+        the limit, stop the parser before the app sees the request, and refuse it."""
+        line = len(self.parser.get_method()) + len(self.url) + len(b"  HTTP/1.1\r\n")
+        head_bytes = line + sum(len(name) + len(value) + len(b": \r\n") for name, value in self.headers) + 2
+        if head_bytes > MAX_REQUEST_HEAD_BYTES:
+            raise HeadTooLarge(*self._head_too_large_status())
+
+    def _head_too_large_status(self) -> tuple[int, str]:
+        if len(self.url) > MAX_REQUEST_HEAD_BYTES // 2:  # a request line that long
+            return 414, "URI Too Long"
+        return 431, "Request Header Fields Too Large"
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -4583,13 +4603,16 @@ class BlogHttpProtocol(HttpToolsProtocol):
         problem = sys.exception()
         if isinstance(problem, httptools.HttpParserCallbackError):  # raised in a callback of uvicorn's or ours
             problem = problem.__context__
+        if isinstance(problem, HeadTooLarge):
+            self._refuse_head(*problem.args, HEAD_TOO_LARGE)
+            return
         if problem is not None and not isinstance(problem, httptools.HttpParserError):  # a bug, not the client's
             self.logger.error("Error while reading a request", exc_info=problem)
             status, reason, rule = 500, "Internal Server Error", "see the server's log"
         elif isinstance(problem, httptools.HttpParserInvalidMethodError):
             status, reason, rule = 501, "Not Implemented", "the request's method is not one this server knows"
         elif isinstance(problem, httptools.HttpParserInvalidURLError) and len(self.url) > HTTPTOOLS_MAX_URL_BYTES:
-            status, reason, rule = 414, "URI Too Long", HEAD_TOO_LARGE  # in one read, before data_received counts it
+            status, reason, rule = 414, "URI Too Long", HEAD_TOO_LARGE  # too long for httptools: never measured
         else:
             status, reason, rule = 400, "Bad Request", f"not a valid HTTP/1.1 request ({problem or msg})"
         self.transport.write(error_response_bytes(status, reason, rule))

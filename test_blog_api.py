@@ -4475,6 +4475,37 @@ def test_a_request_body_that_stops_arriving_is_cut_off_with_a_408(db_path: Path,
     assert [post["title"] for post in stored_posts(db_path)] == ["Slow"]
 
 
+@pytest.mark.parametrize(
+    ("parts", "status"),
+    [
+        ([b"GET /api/posts HTTP/1.1\r\nHost: blog\r\nX-Long: " + b"a" * 100_000 + b"\r\n\r\n"], "431"),
+        ([b"GET /api/posts HTTP/1.1\r\nX-A: " + b"a" * 40_000, b"\r\nX-B: " + b"b" * 40_000 + b"\r\n\r\n"], "431"),
+        ([b"GET /api/posts?q=" + b"a" * 50_000 + b" HTTP/1.1\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n"], "414"),
+    ],
+    ids=["in-one-send", "in-two-sends", "mostly-its-url"],
+)
+def test_a_request_head_over_64_kib_is_refused_however_it_arrives(db_path: Path, parts, status) -> None:
+    """The limit is on the head, not on each read of it: one read may hold 256 KiB, and a
+    head that ended in the read after its first was not counted."""
+    reason = {"431": "Request Header Fields Too Large", "414": "URI Too Long"}[status]
+
+    async def check() -> None:
+        async with serving(blog_api.BlogHttpProtocol, db_path) as address:
+            reader, writer = await asyncio.open_connection(*address)
+            for part in parts:
+                writer.write(part)
+                await writer.drain()
+                await asyncio.sleep(0.1)  # each part its own read
+            answer = await asyncio.wait_for(reader.read(), 5)  # and the connection closes
+            writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {status} {reason}\r\n".encode())
+        detail = f"{reason}: {blog_api.HEAD_TOO_LARGE}"
+        assert msgspec.json.decode(body) == {"status_code": int(status), "detail": detail}
+
+    run(check())
+
+
 NOT_HTTP = "Bad Request: not a valid HTTP/1.1 request"
 UNKNOWN_METHOD = "Not Implemented: the request's method is not one this server knows"
 
