@@ -558,7 +558,7 @@ IfModifiedSince = Annotated[
 ]
 IfMatch = Annotated[
     str | None,
-    HeaderParameter(name="If-Match", description="Only if the post's ETag is one of these (or `*`); else 412."),
+    HeaderParameter(name="If-Match", description="Only if its current ETag is one of these (or `*`); else 412."),
 ]
 IfUnmodifiedSince = Annotated[
     str | None,
@@ -630,7 +630,8 @@ SearchText = Annotated[
 
 class PreconditionFailed(ClientException):
     """412: If-Match named an ETag that is no longer current, or the post changed after the
-    date of If-Unmodified-Since; a write changed nothing, a GET answers nothing else."""
+    date of If-Unmodified-Since; a write changed nothing, a GET (of a post, a comment or a
+    page) answers nothing else."""
 
     status_code = 412
     detail = "The post has changed since that ETag; fetch it again"
@@ -643,6 +644,10 @@ NOT_ITS_ETAG = (
     "If-Match names no ETag of this post: send the value of its ETag header, quotes included (a W/ one never matches)"
 )
 UNWANTED_ETAG = "The post is at an ETag that If-None-Match names (or * for any); nothing was changed"
+NOT_THE_LISTS_ETAG = (
+    "If-Match names no ETag of this list: it has changed since, or that is not its ETag (send the value "
+    "of its ETag header, quotes included; a W/ one never matches)"
+)
 
 
 class IdempotencyKeyReused(ClientException):
@@ -2819,7 +2824,7 @@ def if_match_failed(versions: str) -> PreconditionFailed:
 def failed_comment_precondition(
     if_match: str | None, if_none_match: str | None, etag: str
 ) -> PreconditionFailed | None:
-    """RFC 9110 13.2.2 for a comment's DELETE. A comment never changes, so its ETag (its ID)
+    """RFC 9110 13.2.2 for a comment's GET or DELETE. A comment never changes, so its ETag (its ID)
     alone decides: If-Match must name it (or be ``*``), If-None-Match must not (nor be ``*``).
     It has no Last-Modified, so If-Unmodified-Since does not apply."""
     if if_match is not None and not matches_strongly(if_match, etag):
@@ -3116,7 +3121,7 @@ class PostController(Controller):
     @get(
         operation_id="listPosts",
         summary="List posts",
-        raises=[ServiceUnavailableException],
+        raises=[PreconditionFailed, ServiceUnavailableException],
         response_headers=documented("X-Total-Count", "Link", "ETag", "Cache-Control"),
         responses={304: NOT_MODIFIED},
     )
@@ -3134,6 +3139,7 @@ class PostController(Controller):
         created_before: CreatedBefore = None,
         q: SearchText = None,
         tag: TagFilter = (),  # type: ignore[assignment]
+        if_match: IfMatch = None,
         if_none_match: IfNoneMatch = None,
     ) -> Response[list[Post]]:
         """A page of posts, newest first unless asked otherwise, with the total count in
@@ -3155,7 +3161,8 @@ class PostController(Controller):
             tag=tag,
         )
         page = await blog.pages.load(listing)
-        return page_response(request, render_posts_page(request.url.path, listing, page, secret), if_none_match)
+        rendered = render_posts_page(request.url.path, listing, page, secret)
+        return page_response(request, rendered, if_match, if_none_match)
 
     @get(
         "/{post_id:str}",
@@ -3246,8 +3253,11 @@ class PostController(Controller):
         await blog.db.write(remove)
 
 
-def page_response(request: Request, page: RenderedPage, if_none_match: str | None) -> Response:
-    """A rendered page with its Cache-Control for this request; 304 if the client's copy is current."""
+def page_response(request: Request, page: RenderedPage, if_match: str | None, if_none_match: str | None) -> Response:
+    """A rendered page (or list) with its Cache-Control for this request; 412 if If-Match names
+    another version of it (RFC 9110 13.2.2), 304 if the client's copy is current."""
+    if if_match is not None and not matches_strongly(if_match, page.headers["ETag"]):
+        raise PreconditionFailed(detail=NOT_THE_LISTS_ETAG)
     headers = {**page.headers, "Cache-Control": cache_control(request, page.includes_drafts)}
     if is_not_modified(if_none_match, None, headers["ETag"], 0):
         return not_modified(headers)
@@ -3311,7 +3321,7 @@ class CommentController(Controller):
     @get(
         operation_id="listComments",
         summary="List a post's comments",
-        raises=[NotFoundException, ServiceUnavailableException],
+        raises=[NotFoundException, PreconditionFailed, ServiceUnavailableException],
         response_headers=documented("X-Total-Count", "Link", "ETag", "Cache-Control"),
         responses={304: NOT_MODIFIED},
     )
@@ -3323,6 +3333,7 @@ class CommentController(Controller):
         limit: PageSize = 20,
         offset: PageOffset = 0,
         cursor: PageCursorToken = None,
+        if_match: IfMatch = None,
         if_none_match: IfNoneMatch = None,
     ) -> Response[list[Comment]]:
         """A page of the post's comments, oldest first, paged like posts."""
@@ -3342,13 +3353,13 @@ class CommentController(Controller):
         body = msgspec.json.encode([comment_from_row(comment) for comment in page.rows])
         post_is_draft = not row[1]
         rendered = render_page(request.url.path, listing, page, blog.db.cursor_secret, body, post_is_draft)
-        return page_response(request, rendered, if_none_match)
+        return page_response(request, rendered, if_match, if_none_match)
 
     @get(
         "/{comment_id:str}",
         operation_id="getComment",
         summary="Get a comment",
-        raises=[NotFoundException, ServiceUnavailableException],
+        raises=[NotFoundException, PreconditionFailed, ServiceUnavailableException],
         response_headers=documented("ETag", "Cache-Control"),
         responses={304: NOT_MODIFIED},
     )
@@ -3358,6 +3369,7 @@ class CommentController(Controller):
         post_id: PostIdOrSlug,
         comment_id: CommentId,
         blog: NamedDependency[Blog],
+        if_match: IfMatch = None,
         if_none_match: IfNoneMatch = None,
     ) -> Response[Comment]:
         """One comment of the post. Comments never change, so their ETag is their ID."""
@@ -3367,6 +3379,8 @@ class CommentController(Controller):
             raise comment_not_found(post_id, comment_id)
         post_is_draft = not row[-1]
         headers = {"ETag": f'"{comment_id}"', "Cache-Control": cache_control(request, post_is_draft)}
+        if failed := failed_comment_precondition(if_match, None, headers["ETag"]):
+            raise failed
         if is_not_modified(if_none_match, None, headers["ETag"], 0):
             return not_modified(headers)
         return Response(comment_from_row(row[:-1]), headers=headers)
@@ -3594,21 +3608,19 @@ async def health(blog: NamedDependency[Blog]) -> Response[Health]:
     operation_id="listTags",
     summary="List tags",
     tags=["tags"],
-    raises=[ServiceUnavailableException],
+    raises=[PreconditionFailed, ServiceUnavailableException],
     response_headers=documented("ETag", "Cache-Control"),
     responses={304: NOT_MODIFIED},
 )
 async def list_tags(
-    request: Request, blog: NamedDependency[Blog], if_none_match: IfNoneMatch = None
+    request: Request, blog: NamedDependency[Blog], if_match: IfMatch = None, if_none_match: IfNoneMatch = None
 ) -> Response[list[TagCount]]:
     """Every tag some post has, by name, with how many posts have it (of those the caller may
     see: the counts may include drafts, so then they are private)."""
     rows = await blog.db.fetch_all(SELECT_TAG_COUNTS, {"drafts": drafts_visible(request)})
     body = msgspec.json.encode([TagCount(name=name, post_count=count) for name, count in rows])
-    headers = {"ETag": page_etag(body, {}), "Cache-Control": cache_control(request, drafts_visible(request))}
-    if is_not_modified(if_none_match, None, headers["ETag"], 0):
-        return not_modified(headers)
-    return json_response(body, headers)
+    tags = RenderedPage(body, {"ETag": page_etag(body, {})}, includes_drafts=drafts_visible(request))
+    return page_response(request, tags, if_match, if_none_match)
 
 
 def unavailable_reason(exc: BaseException) -> str | None:

@@ -661,7 +661,7 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
     expected = {
         ("GET", "/"): ("welcome", {"200"}),
         ("GET", "/health"): ("health", {"200", "503"}),
-        ("GET", "/api/posts"): ("listPosts", {"200", "304", "400", "503"}),
+        ("GET", "/api/posts"): ("listPosts", {"200", "304", "400", "412", "503"}),
         ("POST", "/api/posts"): ("createPost", {"201", "400", "409", "413", "415", "422", *WRITE_ERRORS}),
         ("GET", "/api/posts/{post_id}"): ("getPost", {"200", "304", "400", "404", "412", "503"}),
         ("PUT", "/api/posts/{post_id}"): (
@@ -673,13 +673,16 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
             {"200", "400", "404", "409", "412", "413", "415", *WRITE_ERRORS},
         ),
         ("DELETE", "/api/posts/{post_id}"): ("deletePost", {"204", "400", "404", "412", *WRITE_ERRORS}),
-        ("GET", "/api/tags"): ("listTags", {"200", "304", "400", "503"}),
+        ("GET", "/api/tags"): ("listTags", {"200", "304", "400", "412", "503"}),
         ("POST", "/api/posts/{post_id}/comments"): (
             "createComment",
             {"201", "400", "404", "405", "413", "415", "422", "429", "503"},
         ),
-        ("GET", "/api/posts/{post_id}/comments"): ("listComments", {"200", "304", "400", "404", "503"}),
-        ("GET", "/api/posts/{post_id}/comments/{comment_id}"): ("getComment", {"200", "304", "400", "404", "503"}),
+        ("GET", "/api/posts/{post_id}/comments"): ("listComments", {"200", "304", "400", "404", "412", "503"}),
+        ("GET", "/api/posts/{post_id}/comments/{comment_id}"): (
+            "getComment",
+            {"200", "304", "400", "404", "412", "503"},
+        ),
         ("DELETE", "/api/posts/{post_id}/comments/{comment_id}"): (
             "deleteComment",
             {"204", "400", "404", "412", *WRITE_ERRORS},
@@ -702,6 +705,7 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
         "created_before",
         "q",
         "tag",
+        "If-Match",
         "If-None-Match",
     ]
     for key, names in [
@@ -3016,6 +3020,38 @@ def test_if_unmodified_since_counts_a_new_comment_as_a_change(client: TestClient
     assert client.get(url).json()["title"] == SEED_POST["title"]
     missing = client.put("/api/posts/missing", json={"title": "x"}, headers=stale)
     assert missing.status_code == 404
+
+
+@pytest.mark.parametrize("resource", ["posts", "tags", "comments", "a comment"])
+def test_a_get_of_a_list_or_a_comment_honours_if_match(client: TestClient, resource: str) -> None:
+    """RFC 9110 13.1.1: a server MUST evaluate If-Match before the method, a GET's too. A list
+    (a page of posts or comments, the tags) is at its ETag until it changes; a comment, at its
+    ID in quotes for ever."""
+    post = create(client, tags=["python"])
+    comment = comment_on(client, post)
+    url = {
+        "posts": "/api/posts?limit=5",
+        "tags": "/api/tags",
+        "comments": f"/api/posts/{post['slug']}/comments",
+        "a comment": f"/api/posts/{post['id']}/comments/{comment['id']}",
+    }[resource]
+    etag = client.get(url).headers["etag"]
+    current = client.get(url).json()
+    for if_match in [etag, f'"x", {etag}', "*"]:
+        assert client.get(url, headers={"If-Match": if_match}).json() == current, if_match
+    assert client.get(url, headers={"If-Match": etag, "If-None-Match": etag}).status_code == 304
+    comment_on(client, post)  # a change for every list here; a comment never changes
+    create(client, title="Another", tags=["litestar"])
+    now = client.get(url).headers["etag"]
+    if resource == "a comment":
+        detail, refused = blog_api.NOT_THE_COMMENTS_ETAG, ['"another"', f"W/{now}", comment["id"]]  # no quotes
+    else:
+        detail, refused = blog_api.NOT_THE_LISTS_ETAG, [etag, f"W/{now}", now.strip('"')]
+    for if_match in refused:
+        response = client.get(url, headers={"If-Match": if_match, "If-None-Match": if_match})  # If-Match first
+        assert (response.status_code, response.json()["detail"]) == (412, detail), if_match
+        assert client.head(url, headers={"If-Match": if_match}).status_code == 412
+    assert client.get(url, headers={"If-Match": now}).status_code == 200
 
 
 def test_a_get_of_a_post_honours_if_match_and_if_unmodified_since(client: TestClient, monkeypatch) -> None:
