@@ -3675,6 +3675,8 @@ EMPTY_VALUE = "Expected `str` of length >= 1"
 EMPTY_QUERY_VALUES = {"q": NO_SEARCH_WORDS, "cursor": NOT_OUR_CURSOR}
 """What ``?q=`` and ``?cursor=`` (given, but empty) are told: what a value of theirs with nothing in it is."""
 OUT_OF_RANGE = re.compile(r"Expected `int` [<>]=")
+LEADING_ZEROS = re.compile(r"0[0-9]+")
+"""A whole number that msgspec does not read as one (it reads numbers as JSON writes them)."""
 
 
 def clearer_validation_errors(request: Request, exc: ValidationException) -> Response:
@@ -3695,6 +3697,8 @@ def clearer_validation_errors(request: Request, exc: ValidationException) -> Res
                 message = f"Expected a whole number from {QUERY_RANGES[error['key']]}"
             elif message == EMPTY_VALUE and error["key"] in EMPTY_QUERY_VALUES:
                 message = EMPTY_QUERY_VALUES[error["key"]]
+            elif error["key"] in QUERY_RANGES and LEADING_ZEROS.fullmatch(request.query_params.get(error["key"], "")):
+                message = "Expected a whole number without leading zeros (5, not 05)"
             error["message"] = QUERY_TYPE_ERRORS.get(message, message)
     return create_exception_response(request, exc)
 

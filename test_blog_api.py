@@ -2020,11 +2020,13 @@ def test_list_refuses_bad_parameters_naming_them(client: TestClient, params: dic
     ("params", "message"),
     [
         ({"limit": "ten"}, "Expected a whole number"),
-        ({"offset": "05"}, "Expected a whole number"),
+        ({"offset": "05"}, "Expected a whole number without leading zeros (5, not 05)"),
+        ({"limit": "1.5"}, "Expected a whole number"),
         ({"limit": "0"}, "Expected a whole number from 1 to 100"),
         ({"limit": "101"}, "Expected a whole number from 1 to 100"),
         ({"offset": "-1"}, "Expected a whole number from 0 to 1,000,000,000"),
         ({"published": "yes"}, "Expected true, false, 1 or 0"),
+        ({"published": "01"}, "Expected true, false, 1 or 0"),
         ({"sort": "password"}, "Expected created_at, updated_at or title"),
         ({"order": "sideways"}, "Expected asc or desc"),
         ({"q": ""}, "Expected at least one word to search for"),  # as for "q= "
