@@ -631,7 +631,7 @@ SearchText = Annotated[
 class PreconditionFailed(ClientException):
     """412: If-Match named an ETag that is no longer current, or the post changed after the
     date of If-Unmodified-Since; a write changed nothing, a GET (of a post, a comment or a
-    page) answers nothing else."""
+    list) answers nothing else."""
 
     status_code = 412
     detail = "The post has changed since that ETag; fetch it again"
@@ -4532,7 +4532,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
         self._in_head = False
         self._stop_head_timer()
         if self._first_read_length + self._head_bytes > MAX_REQUEST_HEAD_BYTES:  # it may be too large
-            self._refuse_a_head_too_large()
+            self._refuse_the_head_if_too_large()
         super().on_headers_complete()
         self._in_body = True  # until the message completes, at once if it has no body
 
@@ -4559,7 +4559,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
         elif self._head_timer is None:
             self._head_timer = self.loop.call_later(REQUEST_HEAD_SECONDS, self._head_timed_out)
 
-    def _refuse_a_head_too_large(self) -> None:
+    def _refuse_the_head_if_too_large(self) -> None:
         """Measure the head just parsed (as sent, but for spaces around header values); over
         the limit, stop the parser before the app sees the request, and refuse it."""
         line = len(self.parser.get_method()) + len(self.url) + len(b"  HTTP/1.1\r\n")
