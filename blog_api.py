@@ -875,14 +875,11 @@ FROM posts
 WHERE id = ?
 """
 
-# The slug itself and the ones numbered after it (my-post-2, my-post-3, ...): which are taken.
-# The range (every text that starts with "slug-" sorts between "slug-" and "slug.") lets
-# SQLite search the slug index; a GLOB alone would scan all of it, on every create.
-SELECT_TAKEN_SLUGS = """
-SELECT slug
+# Whether a post has this slug: one lookup in the slug index (numbering a slug asks a few).
+SELECT_SLUG_TAKEN = """
+SELECT 1
 FROM posts
-WHERE slug = :slug
-   OR (slug > :slug || '-' AND slug < :slug || '.' AND slug GLOB :slug || '-[0-9]*')
+WHERE slug = ?
 """
 
 # A new post; with executemany, any number in one call. A post whose slug another post has
@@ -3548,13 +3545,28 @@ def insert_new_post(post: NewPost, connection: sqlite3.Connection) -> str:
 
 
 def free_slug(connection: sqlite3.Connection, slug: str) -> str:
-    """``slug``, or the first of ``slug-2``, ``slug-3``, ... that no post has."""
-    taken = {row[0] for row in connection.execute(SELECT_TAKEN_SLUGS, {"slug": slug})}
-    number = 2
-    candidate = slug
-    while candidate in taken:
-        candidate, number = f"{slug}-{number}", number + 1
-    return candidate
+    """``slug`` if no post has it, else ``slug-N`` for a number N no post has: ``slug-2``
+    if free, else one whose number N-1 is taken (the next number while none has been
+    freed), found by doubling N, then halving the gap.
+
+    That is a few index lookups however many posts share the title. Reading every taken
+    ``slug-N``, as this did, made each create cost more than the one before: under wrk,
+    posting one title ran at 474, 213, then 160 a second in three rounds of 4 s (see the
+    README's Throughput)."""
+
+    def taken(number: int) -> bool:
+        candidate = slug if number == 1 else f"{slug}-{number}"
+        return connection.execute(SELECT_SLUG_TAKEN, (candidate,)).fetchone() is not None
+
+    if not taken(1):
+        return slug
+    below, above = 1, 2  # a number known taken (the slug itself is number 1), and one to try
+    while taken(above):
+        below, above = above, above * 2
+    while above - below > 1:  # below is taken, above is free: close in on where that changes
+        middle = (below + above) // 2
+        below, above = (middle, above) if taken(middle) else (below, middle)
+    return f"{slug}-{above}"
 
 
 @contextmanager
