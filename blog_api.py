@@ -340,16 +340,19 @@ Content = written_text(100_000, "Litestar makes API development easy.")
 Author = written_text(100, "Ada")
 CommentBody = written_text(10_000, "Nice post!")
 POST_ID_SHAPE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-SLUG_CHARACTER = r"(?:(?!\p{Uppercase_Letter})[\p{Letter}\p{Number}])"
+SLUG_CHARACTER = r"(?:(?!\p{Uppercase_Letter})[\p{Letter}\p{Number}]\p{Mark}*)"
 SLUG_PATTERN = rf"^(?!{POST_ID_SHAPE}$){SLUG_CHARACTER}+(?:-{SLUG_CHARACTER}+)*$"
-r"""Letters of any script but capitals, and digits, in words joined by single hyphens, and not
-shaped like a post's ID, as the OpenAPI document says it: in ECMA-262's dialect, which JSON
-Schema's ``pattern`` is read in. There ``\w`` is ASCII alone: ``[^\W_A-Z]``, what it said
-before, refused ``привет``, which the server took. The categories are spelled out in full
-because schemathesis reads ``\p{L}`` as Latin letters alone. Python's ``re`` has no ``\p``:
-``slug_words`` reads it with ``SLUG_CATEGORIES``."""
+r"""Letters of any script but capitals, and digits, each with the marks that follow it (the
+vowel signs of हिन्दी, the dakuten of が written apart), in words joined by single hyphens,
+and not shaped like a post's ID, as the OpenAPI document says it: in ECMA-262's dialect,
+which JSON Schema's ``pattern`` is read in. There ``\w`` is ASCII alone: ``[^\W_A-Z]``,
+what it said before, refused ``привет``, which the server took. The categories are spelled
+out in full because schemathesis reads ``\p{L}`` as Latin letters alone. Python's ``re``
+has no ``\p``: ``slug_words`` reads it with ``SLUG_CATEGORIES`` and ``MARKS``."""
 SLUG_CATEGORIES = frozenset({"Ll", "Lt", "Lm", "Lo", "Nd", "Nl", "No"})
 """The Unicode general categories of a slug's characters: letters and numbers, but ``Lu``."""
+MARKS = frozenset({"Mn", "Mc", "Me"})
+"""Unicode's marks: in a slug, only after a letter, a number or another mark."""
 
 Slug = Annotated[
     str,
@@ -459,11 +462,16 @@ def normalized_tags(tags: list[str]) -> list[str]:
 
 
 def slug_words(text: str) -> list[str]:
-    """The runs of slug characters (``SLUG_CATEGORIES``) in ``text``; every other character
-    separates them."""
+    """The runs of slug characters (``SLUG_CATEGORIES``, and ``MARKS`` after one) in
+    ``text``; every other character separates them."""
     if text.isascii():
         return ASCII_SLUG_WORD.findall(text)
-    return "".join(char if unicodedata.category(char) in SLUG_CATEGORIES else " " for char in text).split()
+    kept, after_kept = [], False
+    for char in text:
+        category = unicodedata.category(char)
+        after_kept = category in SLUG_CATEGORIES or (after_kept and category in MARKS)
+        kept.append(char if after_kept else " ")
+    return "".join(kept).split()
 
 
 def check_slug(slug: str) -> None:
@@ -482,15 +490,29 @@ TRANSLITERATIONS = str.maketrans(
 
 def slugify(title: str) -> str:
     """A slug made from a title: Latin letters lose their accents (Café → cafe), letters of
-    other scripts stay as they are, lowercase; every other character separates words."""
+    other scripts stay as they are, marks included (Йод → йод, が → が, हिन्दी → हिन्दी),
+    lowercase; every other character separates words."""
     plain = title
     if not title.isascii():  # ASCII has nothing to transliterate or decompose
-        decomposed = unicodedata.normalize("NFKD", title.translate(TRANSLITERATIONS))
-        plain = unicodedata.normalize("NFC", "".join(c for c in decomposed if not unicodedata.combining(c)))
+        plain = unicodedata.normalize("NFC", without_latin_accents(title.translate(TRANSLITERATIONS)))
     slug = "-".join(slug_words(plain.lower()))[:100].strip("-")
     if not slug or UUID_SHAPE.match(slug):
         return f"post-{slug}".strip("-")
     return slug
+
+
+def without_latin_accents(text: str) -> str:
+    """``text`` decomposed (NFKD: also ﬁ → fi, full-width letters → ASCII), without the marks that
+    follow a Latin letter. Others keep theirs: й is not и, nor が か, and हिन्दी's vowel signs
+    are the word."""
+    kept, base = [], ""
+    for char in unicodedata.normalize("NFKD", text):
+        if unicodedata.category(char) not in MARKS:
+            base = char
+        elif unicodedata.name(base, "").startswith("LATIN "):
+            continue
+        kept.append(char)
+    return "".join(kept)
 
 
 TIMESTAMP_FORMAT = "UTC, RFC 3339, always with six fractional digits, so that text order is time order."
