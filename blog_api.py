@@ -466,11 +466,11 @@ def slug_words(text: str) -> list[str]:
     ``text``; every other character separates them."""
     if text.isascii():
         return ASCII_SLUG_WORD.findall(text)
-    kept, after_kept = [], False
+    kept, in_word = [], False
     for char in text:
         category = unicodedata.category(char)
-        after_kept = category in SLUG_CATEGORIES or (after_kept and category in MARKS)
-        kept.append(char if after_kept else " ")
+        in_word = category in SLUG_CATEGORIES or (in_word and category in MARKS)
+        kept.append(char if in_word else " ")
     return "".join(kept).split()
 
 
@@ -4601,6 +4601,10 @@ class BlogHttpProtocol(HttpToolsProtocol):
         if head_bytes > MAX_REQUEST_HEAD_BYTES:
             raise HeadTooLarge(*self._head_too_large_status())
 
+    def _peer(self) -> str:
+        """The client's address, for a log line."""
+        return self.client[0] if self.client else "a client"
+
     def _head_too_large_status(self) -> tuple[int, str]:
         if len(self.url) > MAX_REQUEST_HEAD_BYTES // 2:  # a request line that long
             return 414, "URI Too Long"
@@ -4624,7 +4628,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
             self._restart_body_timer()
             return
         rule = f"a request's body must keep arriving, with no pause over {REQUEST_BODY_PAUSE_SECONDS:g} s"
-        self.logger.warning("Request Timeout: %s from %s", rule, self.client[0] if self.client else "a client")
+        self.logger.warning("Request Timeout: %s from %s", rule, self._peer())
         if not self.cycle.response_started:  # the app may have answered before it read the body
             self.transport.write(error_response_bytes(408, "Request Timeout", rule))
         self.transport.close()  # the app's request sees the client leave: 499 in its access line
@@ -4670,7 +4674,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
 
     def _refuse_head(self, status: int, reason: str, rule: str) -> None:
         self._stop_head_timer()
-        self.logger.warning("%s: %s from %s", reason, rule, self.client[0] if self.client else "a client")
+        self.logger.warning("%s: %s from %s", reason, rule, self._peer())
         self.transport.write(error_response_bytes(status, reason, rule))
         # Closing now, with the client's bytes unread, would answer them with a TCP reset,
         # which may discard the answer before the client reads it. So: end the sending side,
