@@ -354,11 +354,12 @@ SLUG_CATEGORIES = frozenset({"Ll", "Lt", "Lm", "Lo", "Nd", "Nl", "No"})
 MARKS = frozenset({"Mn", "Mc", "Me"})
 """Unicode's marks: in a slug, only after a letter, a number or another mark."""
 
+MAX_SLUG_LENGTH = 100
 Slug = Annotated[
     str,
     Meta(
         min_length=1,
-        max_length=100,
+        max_length=MAX_SLUG_LENGTH,
         description=(
             "Letters of any script but capitals, digits and single hyphens; unique. Made from the title if not given."
         ),
@@ -495,7 +496,7 @@ def slugify(title: str) -> str:
     plain = title
     if not title.isascii():  # ASCII has nothing to transliterate or decompose
         plain = unicodedata.normalize("NFC", without_latin_accents(title.translate(TRANSLITERATIONS)))
-    slug = "-".join(slug_words(plain.lower()))[:100].strip("-")
+    slug = "-".join(slug_words(plain.lower()))[:MAX_SLUG_LENGTH].strip("-")
     if not slug or UUID_SHAPE.match(slug):
         return f"post-{slug}".strip("-")
     return slug
@@ -3569,16 +3570,20 @@ def insert_new_post(post: NewPost, connection: sqlite3.Connection) -> str:
 def free_slug(connection: sqlite3.Connection, slug: str) -> str:
     """``slug`` if no post has it, else ``slug-N`` for a number N no post has: ``slug-2``
     if free, else one whose number N-1 is taken (the next number while none has been
-    freed), found by doubling N, then halving the gap.
+    freed), found by doubling N, then halving the gap. ``slug`` is cut to make room for
+    ``-N`` within ``MAX_SLUG_LENGTH``, as WordPress does, so that the post can be sent back.
 
     That is a few index lookups however many posts share the title. Reading every taken
     ``slug-N``, as this did, made each create cost more than the one before: under wrk,
     posting one title ran at 474, 213, then 160 a second in three rounds of 4 s (see the
     README's Throughput)."""
 
+    def numbered(number: int) -> str:
+        suffix = f"-{number}"
+        return slug if number == 1 else slug[: MAX_SLUG_LENGTH - len(suffix)].rstrip("-") + suffix
+
     def taken(number: int) -> bool:
-        candidate = slug if number == 1 else f"{slug}-{number}"
-        return connection.execute(SELECT_SLUG_TAKEN, (candidate,)).fetchone() is not None
+        return connection.execute(SELECT_SLUG_TAKEN, (numbered(number),)).fetchone() is not None
 
     if not taken(1):
         return slug
@@ -3588,7 +3593,7 @@ def free_slug(connection: sqlite3.Connection, slug: str) -> str:
     while above - below > 1:  # below is taken, above is free: close in on where that changes
         middle = (below + above) // 2
         below, above = (middle, above) if taken(middle) else (below, middle)
-    return f"{slug}-{above}"
+    return numbered(above)
 
 
 @contextmanager

@@ -2145,6 +2145,22 @@ def test_slug_clashes_are_numbered_and_freed_numbers_reused(client: TestClient) 
     assert create(client, title="Same title")["slug"] == "same-title-2"
 
 
+def test_a_numbered_slug_stays_within_100_characters_and_can_be_sent_back(client: TestClient) -> None:
+    """The number went after a slug of 100 characters, so a post could not be PUT back as read.
+    Now the slug is cut to make room for it, as WordPress does, and never ends in a hyphen."""
+    words, split = "word " * 19 + "word", "a" * 97 + " bc"  # 99 and 100 characters
+    posts = [create(client, title=title) for title in (words, words, words, split, split)]
+    posts += [create(client, title="x" * 100) for _ in range(11)]
+    assert [post["slug"] for post in posts[:5]] == [
+        *("word-" * 19 + "word", "word-" * 19 + "wor-2", "word-" * 19 + "wor-3"),
+        *("a" * 97 + "-bc", "a" * 97 + "-2"),
+    ]
+    assert [post["slug"] for post in posts[-3:]] == ["x" * 98 + "-9", "x" * 97 + "-10", "x" * 97 + "-11"]
+    for post in posts:
+        assert len(post["slug"]) <= 100
+        assert client.put(f"/api/posts/{post['id']}", json=post).json()["slug"] == post["slug"]
+
+
 def test_numbering_a_slug_takes_a_few_lookups_however_many_posts_share_the_title(
     client: TestClient, db_path: Path
 ) -> None:
