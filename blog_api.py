@@ -4504,12 +4504,15 @@ HTTPTOOLS_MAX_URL_BYTES = 65_535
 """The longest URL that ``httptools.parse_url`` takes."""
 
 
-def error_response_bytes(status: int, reason: str, rule: str) -> bytes:
+def error_response_bytes(status: int, reason: str, rule: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:
     """A whole response in blog_api's error shape, for the protocol to send before (or
-    instead of) the app, on a connection that closes after it."""
+    instead of) the app, on a connection that closes after it. ``default_headers`` are the
+    server's (Date, Server), as every response has them."""
     body = msgspec.json.encode({"status_code": status, "detail": f"{reason}: {rule}"})
-    head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-    return head.encode() + b"connection: close\r\n\r\n" + body
+    head = [f"HTTP/1.1 {status} {reason}\r\n".encode()]
+    head += [name + b": " + value + b"\r\n" for name, value in default_headers]
+    head.append(f"content-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n".encode())
+    return b"".join(head) + body
 
 
 class HeadTooLarge(Exception):
@@ -4541,8 +4544,13 @@ class BlogHttpProtocol(HttpToolsProtocol):
       header value char``), or a 501 for a method it does not know, where uvicorn answers
       ``Invalid HTTP request received.`` in plain text.
 
-    Refusals are in blog_api's error shape, and the connection closes. Most requests arrive
-    in one read: they set no timer of their own.
+    - **A response is dated when its request arrives.** uvicorn moves the Date of every
+      response once a second, from a timer of its server loop: it ran 0.3 to 2 s behind the
+      clock, so the Last-Modified of a post just changed was later than the Date of its GET
+      (RFC 9110 8.8.2.1: it MUST NOT be). Here each read sets it, if its second has passed.
+
+    Refusals are in blog_api's error shape, with the Date, and the connection closes. Most
+    requests arrive in one read: they set no timer of their own.
     """
 
     _read_length = 0
@@ -4553,6 +4561,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
     _head_timer: asyncio.TimerHandle | None = None
     _in_body = False
     _body_timer: asyncio.TimerHandle | None = None
+    _dated_second = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(HeadWithBodyTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -4583,6 +4592,8 @@ class BlogHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._head_refused:  # the rest of what the client sent before it read the answer
             return
+        if (second := int(time.time())) != self._dated_second and self.config.date_header:
+            self._date_responses(second)
         self._read_length = len(data)
         if self._in_head:  # a head that goes on: all of this read may be its
             self._head_bytes += len(data)
@@ -4597,6 +4608,13 @@ class BlogHttpProtocol(HttpToolsProtocol):
             self._refuse_head(*self._head_too_large_status(), HEAD_TOO_LARGE)
         elif self._head_timer is None:
             self._head_timer = self.loop.call_later(REQUEST_HEAD_SECONDS, self._head_timed_out)
+
+    def _date_responses(self, second: int) -> None:
+        """Date the server's responses from now on with ``second``, as uvicorn's server loop
+        does once a second (the server's other headers come after it)."""
+        self._dated_second = second
+        date = (b"date", format_date_time(second).encode())
+        self.server_state.default_headers = [date, *self.config.encoded_headers]
 
     def _refuse_the_head_if_too_large(self) -> None:
         """Measure the head just parsed (as sent, but for spaces around header values); over
@@ -4635,7 +4653,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
         rule = f"a request's body must keep arriving, with no pause over {REQUEST_BODY_PAUSE_SECONDS:g} s"
         self.logger.warning("Request Timeout: %s from %s", rule, self._peer())
         if not self.cycle.response_started:  # the app may have answered before it read the body
-            self.transport.write(error_response_bytes(408, "Request Timeout", rule))
+            self.transport.write(error_response_bytes(408, "Request Timeout", rule, self.server_state.default_headers))
         self.transport.close()  # the app's request sees the client leave: 499 in its access line
 
     def _restart_body_timer(self) -> None:
@@ -4674,13 +4692,13 @@ class BlogHttpProtocol(HttpToolsProtocol):
             status, reason, rule = 414, "URI Too Long", HEAD_TOO_LARGE  # too long for httptools: never measured
         else:
             status, reason, rule = 400, "Bad Request", f"not a valid HTTP/1.1 request ({problem or msg})"
-        self.transport.write(error_response_bytes(status, reason, rule))
+        self.transport.write(error_response_bytes(status, reason, rule, self.server_state.default_headers))
         self.transport.close()
 
     def _refuse_head(self, status: int, reason: str, rule: str) -> None:
         self._stop_head_timer()
         self.logger.warning("%s: %s from %s", reason, rule, self._peer())
-        self.transport.write(error_response_bytes(status, reason, rule))
+        self.transport.write(error_response_bytes(status, reason, rule, self.server_state.default_headers))
         # Closing now, with the client's bytes unread, would answer them with a TCP reset,
         # which may discard the answer before the client reads it. So: end the sending side,
         # and drop what still comes, for a second at most (as nginx's lingering close does).

@@ -4380,13 +4380,15 @@ class RecordingTransport:
 
 
 @asynccontextmanager
-async def serving(protocol_class, db_path: Path) -> AsyncIterator[tuple[str, int]]:
+async def serving(protocol_class, db_path: Path, default_headers=()) -> AsyncIterator[tuple[str, int]]:
     """The app on ``db_path``, served over a real socket on 127.0.0.1 by uvicorn's
-    ``protocol_class`` in this event loop: its address."""
+    ``protocol_class`` in this event loop: its address. uvicorn's server loop, which sets the
+    ``default_headers`` of every response once a second, does not run: they stay as given."""
     app = create_app(Config(db_path=str(db_path)))
     config = blog_api.uvicorn.Config(app, http=protocol_class, lifespan="off", log_level="warning")
     config.load()
     state = blog_api.uvicorn.server.ServerState()
+    state.default_headers = list(default_headers)
     async with app.lifespan():
         server = await asyncio.get_running_loop().create_server(
             lambda: protocol_class(config=config, server_state=state, app_state={}), "127.0.0.1", 0
@@ -4398,6 +4400,22 @@ async def serving(protocol_class, db_path: Path) -> AsyncIterator[tuple[str, int
             for connection in list(state.connections):
                 connection.shutdown()
             await server.wait_closed()
+
+
+# What uvicorn's server loop leaves in ServerState.default_headers between its updates.
+DATED_LONG_AGO = [(b"date", b"Thu, 01 Jan 2026 00:00:00 GMT"), (b"server", b"uvicorn")]
+
+
+def header_values(head: bytes, name: bytes) -> list[bytes]:
+    return re.findall(rb"\r\n" + name + rb": ([^\r]*)", head, flags=re.IGNORECASE)
+
+
+def assert_dated_between(head: bytes, earliest: float, latest: float) -> float:
+    """The one Date of a response's ``head``, checked to lie between two times (to the second)."""
+    [value] = header_values(head, b"date")
+    date = email.utils.parsedate_to_datetime(value.decode()).timestamp()
+    assert int(earliest) <= date <= latest, (value, earliest, latest)
+    return date
 
 
 async def read_response(reader: asyncio.StreamReader) -> bytes:
@@ -4629,14 +4647,45 @@ def test_a_request_that_is_not_http_gets_a_json_error_naming_the_problem(
     db_path: Path, request_bytes: bytes, status: str, detail: str
 ) -> None:
     async def check() -> None:
-        async with serving(blog_api.BlogHttpProtocol, db_path) as address:
+        async with serving(blog_api.BlogHttpProtocol, db_path, DATED_LONG_AGO) as address:
             reader, writer = await asyncio.open_connection(*address)
+            sent_at = time.time()
             writer.write(request_bytes)
             answer = await asyncio.wait_for(reader.read(), 5)  # and the connection closes
             writer.close()
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(f"HTTP/1.1 {status}\r\n".encode()) and b"content-type: application/json" in head
         assert msgspec.json.decode(body) == {"status_code": int(status[:3]), "detail": detail}
+        assert_dated_between(head, sent_at, time.time())  # RFC 9110 6.6.1: a 4xx MUST have a Date
+        assert header_values(head, b"server") == [b"uvicorn"]
+
+    run(check())
+
+
+def test_a_response_is_dated_when_its_request_arrives_never_before_its_last_modified(db_path: Path) -> None:
+    """uvicorn's Date moves once a second, from a timer of its server loop: it ran 0.3 to 2 s
+    behind the clock, so a post just changed had a Last-Modified later than the Date of its
+    GET (RFC 9110 8.8.2.1: it MUST NOT be). Here the loop never moves it."""
+    body = msgspec.json.encode({"title": "Dated", "content": "x"})
+    create = f"POST /api/posts HTTP/1.1\r\nHost: blog\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+    async def check() -> None:
+        async with serving(blog_api.BlogHttpProtocol, db_path, DATED_LONG_AGO) as address:
+            reader, writer = await asyncio.open_connection(*address)
+            sent_at = time.time()
+            writer.write(create)
+            created = await read_response(reader)
+            assert_dated_between(created, sent_at, time.time())
+            [location] = header_values(created, b"location")
+            await asyncio.sleep(1.0 - time.time() % 1.0)  # a second later, on the same connection
+            sent_at = time.time()
+            writer.write(b"GET " + location + b" HTTP/1.1\r\nHost: blog\r\n\r\n")
+            read = await read_response(reader)
+            date = assert_dated_between(read, sent_at, time.time())
+            [last_modified] = header_values(read, b"last-modified")
+            assert email.utils.parsedate_to_datetime(last_modified.decode()).timestamp() <= date
+            assert header_values(read, b"server") == [b"uvicorn"]
+            writer.close()
 
     run(check())
 
