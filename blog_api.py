@@ -2687,6 +2687,16 @@ def post_etag(post_id: str, version: int) -> str:
     return f'"{post_id}.{version}"'
 
 
+def created_post_etag(post_id: str) -> str:
+    """A new post's: every post starts at version 1."""
+    return post_etag(post_id, 1)
+
+
+def comment_etag(comment_id: str) -> str:
+    """Strong: a comment never changes, so its ID will do."""
+    return f'"{comment_id}"'
+
+
 def post_id_of(etag: str) -> str:
     """The post ID in a ``post_etag``."""
     return etag.strip('"').rpartition(".")[0]
@@ -2983,15 +2993,16 @@ class IdempotentRequest:
         request_hash = hashlib.sha256(msgspec.json.encode(data)).hexdigest()
         return cls(route=f"{request.method} {request.url.path}", key=key, request_hash=request_hash)
 
-    def replay(self, connection: sqlite3.Connection) -> Response | None:
-        """The response this key already got, or None; 422 if it came with another body."""
+    def replay(self, connection: sqlite3.Connection, etag_of: Callable[[str], str]) -> Response | None:
+        """The response this key already got, or None; 422 if it came with another body. Its
+        ETag is ``etag_of`` the ID at the end of its Location, as the first answer's was."""
         rows = connection.execute(SELECT_IDEMPOTENT_RESPONSE, {"route": self.route, "key": self.key}).fetchall()
         if not rows:
             return None
         request_hash, status, location, body = rows[0]
         if request_hash != self.request_hash:
             raise IdempotencyKeyReused()
-        headers = {"Idempotent-Replayed": "true", **({"Location": location} if location else {})}
+        headers = {"Idempotent-Replayed": "true", "Location": location, "ETag": etag_of(location.rpartition("/")[2])}
         return json_response(body, headers, status_code=status)
 
     def remember(self, connection: sqlite3.Connection, status: int, location: str, body: bytes, now: int) -> None:
@@ -3123,14 +3134,14 @@ class PostController(Controller):
             now=now,
         )
         location = f"{self.path}/{post_id}"
-        headers = {"Location": location, "ETag": post_etag(post_id, 1)}
+        headers = {"Location": location, "ETag": created_post_etag(post_id)}
         idempotent = IdempotentRequest.of(request, idempotency_key, data)
         if idempotent is None:
             slug = await blog.db.write(partial(insert_new_post, new_post), together=insert_new_posts, row=new_post)
             return json_response(new_post.response_body(slug), headers, status_code=201)
 
         def insert_once(connection: sqlite3.Connection) -> Response:
-            if replay := idempotent.replay(connection):
+            if replay := idempotent.replay(connection, created_post_etag):
                 return replay
             body = new_post.response_body(insert_new_post(new_post, connection))
             idempotent.remember(connection, 201, location, body, now)
@@ -3306,7 +3317,7 @@ class CommentController(Controller):
             TooManyRequestsException,
             ServiceUnavailableException,
         ],
-        response_headers=documented("Location", "Idempotent-Replayed"),
+        response_headers=documented("Location", "ETag", "Idempotent-Replayed"),
     )
     async def create_comment(
         self,
@@ -3325,7 +3336,7 @@ class CommentController(Controller):
         idempotent = IdempotentRequest.of(request, idempotency_key, data)
 
         def insert(connection: sqlite3.Connection) -> Response:
-            if idempotent and (replay := idempotent.replay(connection)):
+            if idempotent and (replay := idempotent.replay(connection, comment_etag)):
                 return replay
             if not (inserted := connection.execute(INSERT_COMMENT, parameters).fetchall()):
                 raise post_not_found(post_id)
@@ -3334,7 +3345,7 @@ class CommentController(Controller):
             body = msgspec.json.encode(comment_from_row((comment_id, found_id, data.author, data.body, now)))
             if idempotent:
                 idempotent.remember(connection, 201, location, body, now)
-            return json_response(body, {"Location": location}, status_code=201)
+            return json_response(body, {"Location": location, "ETag": comment_etag(comment_id)}, status_code=201)
 
         return await blog.db.write(insert)
 
@@ -3398,7 +3409,7 @@ class CommentController(Controller):
         if row is None:
             raise comment_not_found(post_id, comment_id)
         post_is_draft = not row[-1]
-        headers = {"ETag": f'"{comment_id}"', "Cache-Control": cache_control(request, post_is_draft)}
+        headers = {"ETag": comment_etag(comment_id), "Cache-Control": cache_control(request, post_is_draft)}
         if failed := failed_comment_precondition(if_match, None, headers["ETag"]):
             raise failed
         if is_not_modified(if_none_match, None, headers["ETag"], 0):
@@ -3423,7 +3434,7 @@ class CommentController(Controller):
         """Delete a comment of the post; answers 204 with no body, or 412 if If-Match or
         If-None-Match holds it back (a comment never changes: its ETag is its ID)."""
         parameters = {"post_id": post_id, "comment_id": comment_id}
-        if failed := failed_comment_precondition(if_match, if_none_match, f'"{comment_id}"'):
+        if failed := failed_comment_precondition(if_match, if_none_match, comment_etag(comment_id)):
             if await blog.db.fetch_one(SELECT_COMMENT, {**parameters, "drafts": True}) is None:
                 raise comment_not_found(post_id, comment_id)
             raise failed

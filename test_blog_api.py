@@ -3206,13 +3206,23 @@ def test_cache_control_of_public_draft_and_authenticated_answers(db_path: Path) 
             assert secured.get(url, headers=EDITOR).headers["cache-control"] == "private, no-store"
 
 
+def headers_but(response: httpx.Response, *names: str) -> dict[str, str]:
+    return {name: value for name, value in response.headers.items() if name not in names}
+
+
+def assert_replays(retry: httpx.Response, first: httpx.Response) -> None:
+    """``retry`` is ``first`` again, headers (ETag, Location) included, marked as a replay."""
+    assert (retry.status_code, retry.json()) == (first.status_code, first.json())
+    assert headers_but(retry, "x-request-id", "idempotent-replayed") == headers_but(first, "x-request-id")
+    assert retry.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
+
+
 def test_a_retried_post_with_the_same_idempotency_key_creates_one_post(client: TestClient, db_path: Path) -> None:
     headers = {"Idempotency-Key": "retry-1"}
     first = client.post("/api/posts", json=SEED_POST, headers=headers)
     retry = client.post("/api/posts", json=SEED_POST, headers=headers)
-    assert (first.status_code, retry.status_code) == (201, 201)
-    assert retry.json() == first.json() and retry.headers["location"] == first.headers["location"]
-    assert retry.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
+    assert first.status_code == 201 and first.headers["etag"] == f'"{first.json()["id"]}.1"'
+    assert_replays(retry, first)
     assert len(stored_posts(db_path)) == 1
     other = client.post("/api/posts", json=SEED_POST, headers={"Idempotency-Key": "retry-2"})
     assert other.json()["id"] != first.json()["id"] and len(stored_posts(db_path)) == 2
@@ -3227,8 +3237,7 @@ def test_a_retry_after_the_post_was_deleted_gets_the_first_answer_and_creates_no
     first = client.post("/api/posts", json=SEED_POST, headers=headers)
     assert client.delete(first.headers["location"]).status_code == 204
     retry = client.post("/api/posts", json=SEED_POST, headers=headers)
-    assert retry.status_code == 201 and retry.headers["idempotent-replayed"] == "true"
-    assert retry.json() == first.json() and retry.headers["location"] == first.headers["location"]
+    assert_replays(retry, first)
     assert client.get(retry.headers["location"]).status_code == 404
     assert stored_posts(db_path) == []
 
@@ -3273,7 +3282,9 @@ def test_comments_honour_idempotency_keys_too(client: TestClient, db_path: Path)
     url = f"/api/posts/{post['id']}/comments"
     first = client.post(url, json=COMMENT, headers={"Idempotency-Key": "c1"})
     retry = client.post(url, json=COMMENT, headers={"Idempotency-Key": "c1"})
-    assert retry.json() == first.json() and len(stored_comments(db_path)) == 1
+    assert first.headers["etag"] == f'"{first.json()["id"]}"' == client.get(first.headers["location"]).headers["etag"]
+    assert_replays(retry, first)
+    assert len(stored_comments(db_path)) == 1
     assert client.post(url, json={**COMMENT, "body": "other"}, headers={"Idempotency-Key": "c1"}).status_code == 422
 
 
