@@ -129,7 +129,7 @@ __version__ = "1.0.0"
 # --------------------------------------------------------------------------------------
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The ``PRAGMA user_version`` that schema.sql sets; a database at any other version is
 upgraded or refused."""
 SCHEMA_UPGRADES = {
@@ -148,6 +148,20 @@ SCHEMA_UPGRADES = {
         "UPDATE posts SET comments_changed_at = CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)",
         "DROP TRIGGER IF EXISTS comments_bump_post_version_after_insert",
         "DROP TRIGGER IF EXISTS comments_bump_post_version_after_delete",
+    ],
+    # 3 to 4: tags.post_count and tags.published_post_count, counted once here, then kept
+    # by triggers, so that GET /api/tags no longer reads every tagged post.
+    3: [
+        "ALTER TABLE tags ADD COLUMN post_count INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE tags ADD COLUMN published_post_count INTEGER NOT NULL DEFAULT 0",
+        """
+        UPDATE tags
+        SET (post_count, published_post_count) = (
+            SELECT count(*), coalesce(sum(posts.published), 0)
+            FROM post_tags JOIN posts ON posts.pk = post_tags.post_pk
+            WHERE post_tags.tag_pk = tags.pk
+        )
+        """,
     ],
 }
 """What takes a database from each version to the next, before schema.sql is applied."""
@@ -1010,13 +1024,13 @@ DELETE FROM posts_fts_pending
 """
 
 SELECT_TAG_COUNTS = """
-SELECT tags.name, count(*) AS post_count
-FROM tags
-JOIN post_tags ON post_tags.tag_pk = tags.pk
-JOIN posts ON posts.pk = post_tags.post_pk
-WHERE posts.published OR :drafts
-GROUP BY tags.pk
-ORDER BY tags.name
+SELECT name, post_count
+FROM (
+    SELECT name, CASE WHEN :drafts THEN post_count ELSE published_post_count END AS post_count
+    FROM tags
+)
+WHERE post_count > 0
+ORDER BY name
 """
 
 DELETE_POST = f"""
