@@ -2599,7 +2599,7 @@ class BearerTokenMiddleware(AbstractAuthenticationMiddleware):
     """Recognises ``Authorization: Bearer <token>``, compared in constant time.
 
     No header: an anonymous reader. A wrong token, or another scheme: 401 on any route, so
-    that a client learns at once that its token is wrong rather than seeing fewer posts.
+    that a client learns at once that its credentials are wrong rather than seeing fewer posts.
     """
 
     def __init__(self, app: ASGIApp, token: str, exclude: str | None = None) -> None:
@@ -2611,7 +2611,9 @@ class BearerTokenMiddleware(AbstractAuthenticationMiddleware):
         if header is None:
             return AuthenticationResult(user=None, auth=None)
         scheme, _, credentials = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode(), self._token):
+        if scheme.lower() != "bearer":  # no bearer token at all: no error code (RFC 6750 3.1)
+            raise unauthorized("Expected Authorization: Bearer <token>, the only scheme this server takes")
+        if not hmac.compare_digest(credentials.strip().encode(), self._token):
             raise unauthorized("The bearer token is not valid", error="invalid_token")
         return AuthenticationResult(user=EDITOR, auth=None)
 

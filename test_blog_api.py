@@ -2706,6 +2706,15 @@ def test_anything_but_the_exact_bearer_token_is_refused(secured: TestClient, aut
     assert TOKEN not in response.text and TOKEN not in str(response.headers)
 
 
+@pytest.mark.parametrize("authorization", [f"Basic {TOKEN}", f"Token {TOKEN}", "Digest username=editor"])
+def test_another_scheme_is_told_to_use_bearer_without_an_error_code(secured: TestClient, authorization: str) -> None:
+    """RFC 6750 3.1: a request with no bearer token (here, another scheme's credentials)
+    gets a challenge without an error code; invalid_token is for a token that is wrong."""
+    response = secured.get("/api/posts", headers={"Authorization": authorization})
+    assert response.status_code == 401 and response.headers["www-authenticate"] == 'Bearer realm="blog_api"'
+    assert response.json()["detail"] == "Expected Authorization: Bearer <token>, the only scheme this server takes"
+
+
 def test_the_scheme_name_is_case_insensitive(secured: TestClient) -> None:
     response = secured.post("/api/posts", json=SEED_POST, headers={"Authorization": f"bearer {TOKEN}"})
     assert response.status_code == 201
