@@ -2814,13 +2814,21 @@ def without_codings(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[byte
     return read, coded
 
 
+VARIES_WITH = (b"Accept-Encoding",)
+VARIES_WITH_ORIGIN = (b"Accept-Encoding", b"Origin")
+"""With CORS on: Access-Control-Allow-Origin depends on Origin, so every answer says so (the
+Fetch standard, "CORS protocol and HTTP caches"), those without it included: else a shared
+cache could give the answer to a request without Origin to the blog's own browser code."""
+
+
 def with_coded_etag_and_vary(
-    headers: list[tuple[bytes, bytes]], status: int, coded_tags: Sequence[bytes]
+    headers: list[tuple[bytes, bytes]], status: int, coded_tags: Sequence[bytes], varies_with: Sequence[bytes]
 ) -> list[tuple[bytes, bytes]]:
     """The response's headers with its ETag made its representation's (RFC 9110 8.8.3.3): a
     compressed body is another representation, so its strong ETag gets the coding (``"ID.2"``
     becomes ``"ID.2-gzip"``). A 304 sends back the coded form of its ETag that the client
-    named. And every response says it varies with Accept-Encoding, compressed or not."""
+    named. And every response names ``varies_with`` in Vary (Accept-Encoding: compressed or
+    not), where it does not already."""
     names = [name for name, _ in headers]
     if b"etag" in names:
         etag = names.index(b"etag")
@@ -2832,10 +2840,12 @@ def with_coded_etag_and_vary(
             named = [sent for sent in coded_tags if CODED_TAG.sub(b'"', sent) == tag]
             if named:
                 headers[etag] = (b"etag", named[0])
-    if b"vary" not in names or not any(
-        name == b"vary" and b"accept-encoding" in value.lower() for name, value in headers
-    ):
-        headers.append((b"vary", b"Accept-Encoding"))
+    if b"vary" not in names:
+        headers.append((b"vary", b", ".join(varies_with)))
+        return headers
+    named = {field.strip().lower() for name, value in headers if name == b"vary" for field in value.split(b",")}
+    if missing := [field for field in varies_with if field.lower() not in named]:
+        headers.append((b"vary", b", ".join(missing)))
     return headers
 
 
@@ -3811,7 +3821,7 @@ class BlogAPI(Litestar):
       document, where it would only repeat GET;
     - a compressed answer's ETag names its coding, and If-Match and If-None-Match are read
       without it (``with_coded_etag_and_vary``, ``without_codings``); every answer says
-      ``Vary: Accept-Encoding``.
+      ``Vary: Accept-Encoding``, and ``Origin`` too with CORS on.
     """
 
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
@@ -3832,7 +3842,10 @@ class BlogAPI(Litestar):
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = with_coded_etag_and_vary(
-                    [*message.get("headers", ()), (b"x-request-id", request_id.encode()), NOSNIFF], status, coded_tags
+                    [*message.get("headers", ()), (b"x-request-id", request_id.encode()), NOSNIFF],
+                    status,
+                    coded_tags,
+                    VARIES_WITH if self.cors_config is None else VARIES_WITH_ORIGIN,
                 )
                 if status == 405 or scope["method"] == "OPTIONS":  # the answers that carry Allow
                     headers = self.with_full_allow_header(headers, scope["path"])

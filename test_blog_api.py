@@ -2865,6 +2865,24 @@ def test_cors_lets_browser_code_send_every_header_the_api_reads(browser_facing: 
     assert response.status_code == 204, response.text
 
 
+def varies_with(response: httpx.Response) -> list[str]:
+    return [value.strip().lower() for line in response.headers.get_list("vary") for value in line.split(",")]
+
+
+@pytest.mark.parametrize("origin", [None, "https://blog.example", "https://evil.example"])
+def test_with_cors_every_answer_says_it_varies_with_origin(browser_facing: TestClient, origin: str | None) -> None:
+    """Access-Control-Allow-Origin depends on Origin: a shared cache that kept an answer
+    without it (a request with no Origin, or another) gave it to the blog's own browser code,
+    which could then not read it. The Fetch standard asks for Vary: Origin on every answer."""
+    post = create(browser_facing, content="long content " * 200)
+    headers = {"Origin": origin} if origin else {}
+    for url in ("/api/posts", f"/api/posts/{post['id']}", "/nowhere"):
+        response = browser_facing.get(url, headers=headers)
+        assert sorted(varies_with(response)) == ["accept-encoding", "origin"], (url, response.headers)
+    preflight = {"Access-Control-Request-Method": "POST", **headers}
+    assert sorted(varies_with(browser_facing.options("/api/posts", headers=preflight))) == ["accept-encoding", "origin"]
+
+
 def test_no_cors_unless_asked(client: TestClient) -> None:
     response = client.get("/api/posts", headers={"Origin": "https://blog.example"})
     assert "access-control-allow-origin" not in response.headers
@@ -3434,8 +3452,7 @@ def test_large_answers_are_compressed_when_the_client_accepts_it(client, accept:
 def test_answers_say_they_vary_with_accept_encoding_compressed_or_not(client, accept: str) -> None:
     post = create(client, content="long content " * 200)
     for url in ("/api/posts", f"/api/posts/{post['id']}", "/"):
-        vary = client.get(url, headers={"Accept-Encoding": accept}).headers.get_list("vary")
-        assert [value.strip().lower() for line in vary for value in line.split(",")] == ["accept-encoding"], url
+        assert varies_with(client.get(url, headers={"Accept-Encoding": accept})) == ["accept-encoding"], url
 
 
 def test_a_compressed_answer_has_its_own_etag_that_conditions_still_accept(client) -> None:
