@@ -464,10 +464,12 @@ UUID_SHAPE = re.compile(rf"^{POST_ID_SHAPE}$")
 
 
 def normalized_tag(tag: str) -> str:
-    """A tag as stored: no control characters, trimmed, inner spaces collapsed, lowercase."""
+    """A tag as stored: no control characters, trimmed, inner spaces collapsed, lowercase,
+    composed (NFC: café typed as cafe and U+0301 is café)."""
     if not tag.isprintable():  # else it holds no control character (Cc): the usual case, at C speed
         tag = "".join(c for c in tag if unicodedata.category(c) != "Cc" or c.isspace())
-    return " ".join(tag.split()).lower()
+    tag = " ".join(tag.split()).lower()
+    return tag if tag.isascii() else unicodedata.normalize("NFC", tag)
 
 
 def normalized_tags(tags: list[str]) -> list[str]:
@@ -1262,6 +1264,9 @@ def search_sql(terms: list[str]) -> str:
 
 
 SEARCH_TERM = re.compile(r"\w+\*?")
+"""A word of a search, in text composed first (NFC): a word character takes no combining
+accent, so "cre" and U+0300 then "me", decomposed, was two words, where SQLite's tokenizer
+sees one (creme)."""
 
 
 def comment_from_row(row: Sequence[Any]) -> Comment:
@@ -1590,7 +1595,7 @@ def listing_from_query(
     refuse_repeated_parameters(request, SINGLE_VALUED_LISTING_PARAMS)
     search = None
     if q is not None:
-        terms = SEARCH_TERM.findall(q)
+        terms = SEARCH_TERM.findall(q if q.isascii() else unicodedata.normalize("NFC", q))
         if not terms:
             raise query_error(request, "q", NO_SEARCH_WORDS)
         if len(terms) > MAX_SEARCH_TERMS:

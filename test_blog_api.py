@@ -1753,6 +1753,14 @@ def test_search_matches_prefixes_and_ignores_accents(client: TestClient) -> None
     assert client.get("/api/posts", params={"q": "lite"}).json() == []  # a whole word, without *
 
 
+@pytest.mark.parametrize("typed", ["cre\u0300me", "CRE\u0300ME", "Tie\u0302\u0301ng", "ελληνικα\u0301"])
+def test_search_finds_words_typed_with_combining_accents(client: TestClient, typed: str) -> None:
+    """A decomposed accent (e then U+0300, as macOS and some keyboards send it) split the
+    word in two: cre\u0300me looked for "cre" and "me", and found nothing."""
+    post = create(client, title="Crème of Tiếng Việt", content="Ελληνικά")
+    assert ids(client.get("/api/posts", params={"q": typed}).json()) == [post["id"]]
+
+
 def test_search_ranks_a_title_match_above_content_matches(client: TestClient, monkeypatch) -> None:
     fixed_clock(monkeypatch, 1_000, 2_000, 3_000)
     in_content = create(client, title="First", content="python python and more python")
@@ -2313,6 +2321,16 @@ def test_up_to_ten_tags_are_accepted_and_duplicates_collapse(client: TestClient)
 def test_bad_tags_are_refused_and_nothing_written(client: TestClient, db_path: Path, tags) -> None:
     assert_validation_error(client.post("/api/posts", json={**SEED_POST, "tags": tags}), key="tags")
     assert stored_posts(db_path) == []
+
+
+def test_a_tag_typed_with_a_combining_accent_is_the_same_tag(client: TestClient) -> None:
+    """Tags are compared composed (NFC): café typed as cafe and U+0301 was a second tag
+    that looked the same, and ?tag=café did not find its posts."""
+    composed, decomposed = create(client, tags=["café"]), create(client, tags=["cafe\u0301", "CAFÉ"])
+    assert composed["tags"] == decomposed["tags"] == ["café"]
+    assert client.get("/api/tags").json() == [{"name": "café", "post_count": 2}]
+    for typed in ("café", "cafe\u0301"):
+        assert ids(client.get("/api/posts", params={"tag": typed}).json()) == [decomposed["id"], composed["id"]]
 
 
 def test_blank_tags_and_control_characters_are_dropped(client: TestClient) -> None:
