@@ -433,6 +433,7 @@ class PostCreate(msgspec.Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if self.slug is not None:
+            self.slug = composed(self.slug)
             check_slug(self.slug)
         self.tags = normalized_tags(self.tags)
 
@@ -454,6 +455,7 @@ class PostUpdate(msgspec.Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if isinstance(self.slug, str):
+            self.slug = composed(self.slug)
             check_slug(self.slug)
         if isinstance(self.tags, list):
             self.tags = normalized_tags(self.tags)
@@ -463,13 +465,18 @@ ASCII_SLUG_WORD = re.compile(r"[a-z0-9]+")
 UUID_SHAPE = re.compile(rf"^{POST_ID_SHAPE}$")
 
 
+def composed(text: str) -> str:
+    """``text`` in Unicode's composed form (NFC), in which tags, slugs, the paths that name
+    them and searches are compared: café typed as cafe and a combining U+0301 is café."""
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
 def normalized_tag(tag: str) -> str:
     """A tag as stored: no control characters, trimmed, inner spaces collapsed, lowercase,
     composed (NFC: café typed as cafe and U+0301 is café)."""
     if not tag.isprintable():  # else it holds no control character (Cc): the usual case, at C speed
         tag = "".join(c for c in tag if unicodedata.category(c) != "Cc" or c.isspace())
-    tag = " ".join(tag.split()).lower()
-    return tag if tag.isascii() else unicodedata.normalize("NFC", tag)
+    return composed(" ".join(tag.split()).lower())
 
 
 def normalized_tags(tags: list[str]) -> list[str]:
@@ -1595,7 +1602,7 @@ def listing_from_query(
     refuse_repeated_parameters(request, SINGLE_VALUED_LISTING_PARAMS)
     search = None
     if q is not None:
-        terms = SEARCH_TERM.findall(q if q.isascii() else unicodedata.normalize("NFC", q))
+        terms = SEARCH_TERM.findall(composed(q))
         if not terms:
             raise query_error(request, "q", NO_SEARCH_WORDS)
         if len(terms) > MAX_SEARCH_TERMS:
@@ -3821,6 +3828,7 @@ class BlogAPI(Litestar):
       must not guess other content types;
     - one access line per request (method, path, status, milliseconds, request ID), errors
       from routing (404, 405) included;
+    - a path is read composed (NFC), as slugs are stored;
     - HEAD is answered as GET without the body (RFC 9110 9.3.2) on every GET route: Litestar
       routes HEAD only to handlers declared for it, and this keeps HEAD out of the OpenAPI
       document, where it would only repeat GET;
@@ -3841,6 +3849,8 @@ class BlogAPI(Litestar):
         request_headers, coded_tags = headers_as_read(scope["headers"])
         if request_headers is not scope["headers"]:
             scope = {**scope, "headers": request_headers}
+        if not scope["path"].isascii():  # the slug it may name is composed
+            scope = {**scope, "path": composed(scope["path"])}
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status
