@@ -4570,8 +4570,14 @@ def error_response_bytes(status: int, reason: str, rule: str, default_headers: l
     return b"".join(head) + body
 
 
-class HeadTooLarge(Exception):
-    """Raised in httptools' callback to stop it parsing: the status and reason to refuse with."""
+class RefusedHead(Exception):
+    """Raised in httptools' callback to stop it parsing: the status, reason and rule to refuse with."""
+
+
+ONE_HOST = "a request must have one Host header (RFC 9112 3.2; one in HTTP/1.0 may have none)"
+NOT_A_HOST = "the Host header must be a host name or address, and a port if any"
+HOST = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
+"""RFC 3986's host (a name, an IPv4 address or an IPv6 one in brackets) and optional port."""
 
 
 class BlogHttpProtocol(HttpToolsProtocol):
@@ -4597,7 +4603,9 @@ class BlogHttpProtocol(HttpToolsProtocol):
       A pause while the app has not taken what came (uvicorn stops reading) does not count.
     - **A request httptools cannot parse** gets a 400 that says what is wrong (``Invalid
       header value char``), or a 501 for a method it does not know, where uvicorn answers
-      ``Invalid HTTP request received.`` in plain text.
+      ``Invalid HTTP request received.`` in plain text. And one that HTTP/1.1 says to refuse,
+      which uvicorn serves: without a Host header (or with two, or one that is not a host),
+      400; with HTTP/2's version, 505.
 
     - **A response is dated when its request arrives.** uvicorn moves the Date of every
       response once a second, from a timer of its server loop: it ran 0.3 to 2 s behind the
@@ -4636,6 +4644,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
         self._stop_head_timer()
         if self._first_read_length + self._head_bytes > MAX_REQUEST_HEAD_BYTES:  # it may be too large
             self._refuse_the_head_if_too_large()
+        self._refuse_a_head_http_1_does_not_allow()
         super().on_headers_complete()
         self._in_body = True  # until the message completes, at once if it has no body
 
@@ -4677,7 +4686,20 @@ class BlogHttpProtocol(HttpToolsProtocol):
         line = len(self.parser.get_method()) + len(self.url) + len(b"  HTTP/1.1\r\n")
         head_bytes = line + sum(len(name) + len(value) + len(b": \r\n") for name, value in self.headers) + 2
         if head_bytes > MAX_REQUEST_HEAD_BYTES:
-            raise HeadTooLarge(*self._head_too_large_status())
+            raise RefusedHead(*self._head_too_large_status(), HEAD_TOO_LARGE)
+
+    def _refuse_a_head_http_1_does_not_allow(self) -> None:
+        """RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without a Host header,
+        and to one with two, or one that is not a host; and HTTP/2's version on a line of
+        HTTP/1 text is not HTTP/2 (505). uvicorn served them all."""
+        hosts = [value for name, value in self.headers if name == b"host"]
+        version = self.parser.get_http_version()
+        if len(hosts) > 1 or (not hosts and version != "1.0"):
+            raise RefusedHead(400, "Bad Request", ONE_HOST)
+        if hosts and not HOST.fullmatch(hosts[0]):
+            raise RefusedHead(400, "Bad Request", NOT_A_HOST)
+        if not version.startswith("1."):
+            raise RefusedHead(505, "HTTP Version Not Supported", "this server speaks HTTP/1.1 (and 1.0)")
 
     def _peer(self) -> str:
         """The client's address, for a log line."""
@@ -4735,8 +4757,8 @@ class BlogHttpProtocol(HttpToolsProtocol):
         problem = sys.exception()
         if isinstance(problem, httptools.HttpParserCallbackError):  # raised in a callback of uvicorn's or ours
             problem = problem.__context__
-        if isinstance(problem, HeadTooLarge):
-            self._refuse_head(*problem.args, HEAD_TOO_LARGE)
+        if isinstance(problem, RefusedHead):
+            self._refuse_head(*problem.args)
             return
         if problem is not None and not isinstance(problem, httptools.HttpParserError):  # a bug, not the client's
             self.logger.error("Error while reading a request", exc_info=problem)

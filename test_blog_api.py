@@ -4777,6 +4777,9 @@ def test_a_request_head_over_64_kib_is_refused_however_it_arrives(db_path: Path,
 
 
 NOT_HTTP = "Bad Request: not a valid HTTP/1.1 request"
+ONE_HOST = "Bad Request: a request must have one Host header (RFC 9112 3.2; one in HTTP/1.0 may have none)"
+NOT_A_HOST = "Bad Request: the Host header must be a host name or address, and a port if any"
+ONLY_HTTP_1 = "HTTP Version Not Supported: this server speaks HTTP/1.1 (and 1.0)"
 UNKNOWN_METHOD = "Not Implemented: the request's method is not one this server knows"
 
 
@@ -4804,6 +4807,13 @@ UNKNOWN_METHOD = "Not Implemented: the request's method is not one this server k
             "400 Bad Request",
             f"{NOT_HTTP} (Duplicate Content-Length)",
         ),
+        # RFC 9112 3.2: a server MUST answer 400 to these, which uvicorn served.
+        (b"GET /api/posts HTTP/1.1\r\n\r\n", "400 Bad Request", ONE_HOST),
+        (b"GET /api/posts HTTP/1.1\r\nHost: blog\r\nHost: other\r\n\r\n", "400 Bad Request", ONE_HOST),
+        (b"GET /api/posts HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", "400 Bad Request", ONE_HOST),
+        (b"GET /api/posts HTTP/1.1\r\nHost: blog/x\r\n\r\n", "400 Bad Request", NOT_A_HOST),
+        (b"GET /api/posts HTTP/1.1\r\nHost: a b\r\n\r\n", "400 Bad Request", NOT_A_HOST),
+        (b"GET /api/posts HTTP/2.0\r\nHost: blog\r\n\r\n", "505 HTTP Version Not Supported", ONLY_HTTP_1),
     ],
 )
 def test_a_request_that_is_not_http_gets_a_json_error_naming_the_problem(
@@ -4821,6 +4831,26 @@ def test_a_request_that_is_not_http_gets_a_json_error_naming_the_problem(
         assert msgspec.json.decode(body) == {"status_code": int(status[:3]), "detail": detail}
         assert_dated_between(head, sent_at, time.time())  # RFC 9110 6.6.1: a 4xx MUST have a Date
         assert header_values(head, b"server") == [b"uvicorn"]
+
+    run(check())
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /api/posts HTTP/1.0\r\n\r\n",
+        *(b"GET /api/posts HTTP/1.1\r\nHost: " + host + b"\r\n\r\n" for host in (b"blog.example", b"[::1]:8000")),
+        b"GET /api/posts HTTP/1.1\r\nHost: 127.0.0.1:80\r\n\r\n",
+        b"GET /api/posts HTTP/1.1\r\nHost:\r\n\r\n",  # empty: a target without an authority (RFC 9112 3.2)
+    ],
+)
+def test_requests_with_a_host_as_http_allows_are_served(db_path: Path, head: bytes) -> None:
+    async def check() -> None:
+        async with serving(blog_api.BlogHttpProtocol, db_path) as address:
+            reader, writer = await asyncio.open_connection(*address)
+            writer.write(head)
+            assert (await read_response(reader)).startswith(b"HTTP/1.1 200 OK\r\n")
+            writer.close()
 
     run(check())
 
