@@ -4855,6 +4855,46 @@ def test_requests_with_a_host_as_http_allows_are_served(db_path: Path, head: byt
     run(check())
 
 
+def test_pipelined_requests_are_read_only_as_fast_as_they_are_answered(db_path: Path) -> None:
+    """uvicorn parses every request a read brings, and reads again whenever a response ends,
+    however many wait: one client sending 4 MB of pipelined GETs without reading its
+    answers grew the server by 235 MB. Here at most ``MAX_PIPELINED_REQUESTS`` wait, give or
+    take what one slice of ``PIPELINE_SLICE_BYTES`` holds, and every request is answered."""
+    request = b"GET / HTTP/1.1\r\nHost: blog\r\n\r\n"
+    count = 256 * 1024 // len(request)
+    protocols, longest = [], [0]
+
+    class Watched(blog_api.BlogHttpProtocol):
+        def connection_made(self, transport) -> None:
+            protocols.append(self)
+            super().connection_made(transport)
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            longest[0] = max(longest[0], len(self.pipeline))
+
+    async def check() -> None:
+        async with serving(Watched, db_path) as address:
+            reader, writer = await asyncio.open_connection(*address, limit=2**20)
+            writer.write(request * count)
+            await asyncio.sleep(0.5)  # while the client reads nothing
+            assert longest[0] <= blog_api.MAX_PIPELINED_REQUESTS + blog_api.PIPELINE_SLICE_BYTES // len(request)
+            answers = b""
+            while answers.count(b"HTTP/1.1 200 OK\r\n") < count:
+                answers += await asyncio.wait_for(reader.read(2**20), 10)
+            assert answers.count(b"HTTP/1.1 ") == count and answers.endswith(b'{"message":"Welcome to the Blog API"}')
+            body = msgspec.json.encode({"title": "Pipelined", "content": "x" * 3000})  # bodies across slices
+            create = f"POST /api/posts HTTP/1.1\r\nHost: blog\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            writer.write((create + body) * 100)
+            created = b""
+            while created.count(b"HTTP/1.1 201 Created\r\n") < 100:
+                created += await asyncio.wait_for(reader.read(2**20), 10)
+            writer.close()
+
+    run(check())
+    assert len(stored_posts(db_path)) == 100
+
+
 def test_a_response_is_dated_when_its_request_arrives_never_before_its_last_modified(db_path: Path) -> None:
     """uvicorn's Date moves once a second, from a timer of its server loop: it ran 0.3 to 2 s
     behind the clock, so a post just changed had a Last-Modified later than the Date of its
