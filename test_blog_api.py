@@ -1877,9 +1877,28 @@ DROP TRIGGER posts_count_tags_after_publishing;
 DROP TRIGGER posts_untag_before_delete;
 ALTER TABLE tags DROP COLUMN post_count;
 ALTER TABLE tags DROP COLUMN published_post_count;
+DROP TRIGGER comments_bump_post_version_after_insert;
+DROP TRIGGER comments_bump_post_version_after_delete;
+ALTER TABLE posts DROP COLUMN comment_count;
+CREATE TRIGGER comments_bump_post_version_after_insert AFTER INSERT ON comments BEGIN
+    UPDATE posts
+    SET version = version + 1,
+        comments_changed_at = max(comments_changed_at, new.created_at)
+    WHERE pk = new.post_pk;
+END;
+CREATE TRIGGER comments_bump_post_version_after_delete AFTER DELETE ON comments BEGIN
+    UPDATE posts
+    SET version = version + 1,
+        comments_changed_at = max(
+            comments_changed_at,
+            CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)
+        )
+    WHERE pk = old.post_pk;
+END;
 PRAGMA user_version = 3;
 """
-"""What schema version 3 had instead of tags.post_count: GET /api/tags counted the links."""
+"""What schema version 3 had instead of tags.post_count and posts.comment_count: both were
+counted at each read."""
 
 VERSION_2_COMMENT_TRIGGERS = """
 DROP TRIGGER comments_bump_post_version_after_insert;
@@ -1954,23 +1973,27 @@ def test_a_version_2_database_is_upgraded_and_its_comments_move_last_modified(db
     assert changed_at >= upgrade_began.timestamp() * 1_000_000
 
 
-def test_a_version_3_database_is_upgraded_with_its_tags_counted(db_path: Path) -> None:
+def test_a_version_3_database_is_upgraded_with_its_tags_and_comments_counted(db_path: Path) -> None:
     with TestClient(create_app(Config(db_path=str(db_path)))) as client:
-        create(client, tags=["python", "sqlite"])
+        commented = create(client, tags=["python", "sqlite"])
         create(client, tags=["python"], published=False)
+        comment_on(client, commented)
+        comment_on(client, commented)
     with closing(sqlite3.connect(db_path, isolation_level=None)) as connection:
         connection.executescript(VERSION_3_TAG_COUNTS)
     with TestClient(create_app(Config(db_path=str(db_path), token=TOKEN))) as secured:
+        assert secured.get(f"/api/posts/{commented['id']}").json()["comment_count"] == 2
         assert secured.get("/api/tags").json() == [
             {"name": "python", "post_count": 1},
             {"name": "sqlite", "post_count": 1},
         ]
         assert secured.get("/api/tags", headers=EDITOR).json()[0] == {"name": "python", "post_count": 2}
-        create_as_editor(secured, tags=["python"])
+        comment_on(secured, create_as_editor(secured, tags=["python"]))
         assert secured.get("/api/tags").json()[0] == {"name": "python", "post_count": 2}
     with closing(sqlite3.connect(db_path)) as connection:
         assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (4,)
     assert stored_tag_counts(db_path) == tag_counts_from_links(db_path)
+    assert [(count, counted) for _, count, counted in stored_comment_counts(db_path)] == [(2, 2), (0, 0), (1, 1)]
 
 
 def test_a_post_another_program_wrote_is_searchable_once_blog_api_starts(db_path: Path) -> None:
@@ -2647,6 +2670,38 @@ def test_deleting_a_post_deletes_its_comments(client: TestClient, db_path: Path)
     kept = comment_on(client, other)
     assert client.delete(f"/api/posts/{post['id']}").status_code == 204
     assert [row["id"] for row in stored_comments(db_path)] == [kept["id"]]
+
+
+def stored_comment_counts(db_path: Path) -> list[tuple[str, int, int]]:
+    """Each post's comment_count as stored, and as counted from its comments."""
+    with closing(sqlite3.connect(db_path)) as connection:
+        return connection.execute(
+            "SELECT id, comment_count, (SELECT count(*) FROM comments WHERE post_pk = posts.pk) FROM posts ORDER BY pk"
+        ).fetchall()
+
+
+def test_a_posts_comment_count_is_kept_and_read_without_counting(client: TestClient, db_path: Path) -> None:
+    """comment_count was counted at every read of a post: 6 ms for one with 100,000 comments,
+    on every GET and list page after each new comment. Counted in SQLite's steps."""
+    post = create(client)
+    create(client, title="Uncommented")
+    comments = [comment_on(client, post) for _ in range(3)]
+    client.delete(f"/api/posts/{post['id']}/comments/{comments[0]['id']}")
+    assert client.get(f"/api/posts/{post['id']}").json()["comment_count"] == 2
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as other_program:
+        other_program.executemany(
+            "INSERT INTO comments (id, post_pk, created_at, author, body) "
+            "SELECT ?, pk, 1, 'a', 'b' FROM posts WHERE id = ?",
+            [(str(uuid.uuid4()), post["id"]) for _ in range(2_000)],
+        )
+    assert [(count, counted) for _, count, counted in stored_comment_counts(db_path)] == [(2_002, 2_002), (0, 0)]
+    with closing(sqlite3.connect(db_path)) as connection:
+        steps_by_ten = []
+        connection.set_progress_handler(lambda: steps_by_ten.append(1), 10)
+        [row] = connection.execute(blog_api.SELECT_POST, (post["id"],)).fetchall()
+    assert msgspec.json.decode(row[-1])["comment_count"] == 2_002
+    assert len(steps_by_ten) < 50  # counting 2,002 comments took 614
+    assert client.get("/api/posts").json()[1]["comment_count"] == 2_002
 
 
 BAD_COMMENTS = {
