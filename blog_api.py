@@ -254,8 +254,11 @@ class Config:
         if self.rate_limit is not None and not RATE_LIMIT.match(self.rate_limit):
             raise ValueError(f"rate limit must look like 30/minute (or /second, /hour, /day), got {self.rate_limit!r}")
         for origin in self.cors_origins:
-            if not re.match(r"^https?://[^/\s]+$", origin):
-                raise ValueError(f"a CORS origin is a scheme and host, like https://blog.example, got {origin!r}")
+            if not (match := ORIGIN.fullmatch(origin)) or match.group("port") == DEFAULT_PORTS[match.group("scheme")]:
+                raise ValueError(
+                    "a CORS origin is a scheme and host as a browser sends them in Origin: lowercase, no path, no "
+                    f"default port (an international name in its xn-- form), like https://blog.example; got {origin!r}"
+                )
 
     @property
     def writes_per(self) -> tuple[Literal["second", "minute", "hour", "day"], int] | None:
@@ -322,6 +325,9 @@ class Config:
 
 
 RATE_LIMIT = re.compile(r"^[1-9][0-9]*/(second|minute|hour|day)$")
+ORIGIN = re.compile(r"(?P<scheme>https?)://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
+"""An origin as browsers serialise it in Origin; another form (Blog.example, :443) never matches."""
+DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 
 def read_token_file(path: str) -> str:

@@ -3017,9 +3017,9 @@ def test_token_settings_from_flags_files_and_environment(tmp_path: Path) -> None
     assert blog_api.parse_args(["--token-file", str(token_file)], {}).token == TOKEN
     assert Config.from_env({"BLOG_API_TOKEN_FILE": str(token_file)}).token == TOKEN
     assert Config.from_env({"BLOG_API_TOKEN": TOKEN}).token == TOKEN
-    env = {"BLOG_API_CORS_ORIGINS": "https://a.example, https://b.example", "BLOG_API_RATE_LIMIT": "5/second"}
+    env = {"BLOG_API_CORS_ORIGINS": "https://a.example, http://[::1]:8080", "BLOG_API_RATE_LIMIT": "5/second"}
     config = Config.from_env(env)
-    assert config.cors_origins == ("https://a.example", "https://b.example") and config.writes_per == ("second", 5)
+    assert config.cors_origins == ("https://a.example", "http://[::1]:8080") and config.writes_per == ("second", 5)
     assert Config.from_env(config.to_env()) == config
 
 
@@ -3029,6 +3029,11 @@ def test_token_settings_from_flags_files_and_environment(tmp_path: Path) -> None
         (["--rate-limit", "lots"], "rate limit must look like 30/minute"),
         (["--rate-limit", "0/minute"], "rate limit must look like 30/minute"),
         (["--cors-origin", "blog.example"], "a CORS origin is a scheme and host"),
+        # Never what a browser sends in Origin, so it never matched, and said nothing.
+        (["--cors-origin", "https://Blog.example"], "a CORS origin is a scheme and host"),
+        (["--cors-origin", "https://blog.example:443"], "a CORS origin is a scheme and host"),
+        (["--cors-origin", "http://blog.example:80"], "a CORS origin is a scheme and host"),
+        (["--cors-origin", "https://bücher.example"], "a CORS origin is a scheme and host"),
         (["--token", "has space"], "the token must be letters, digits and - . _ ~ + /"),
         (["--token", "tokén-in-utf-8"], "the token must be letters, digits and - . _ ~ + /"),  # never matches
         (["--token", "not-utf-8-\udce9"], "the token must be letters, digits and - . _ ~ + /"),  # was a traceback
