@@ -4639,6 +4639,9 @@ class BlogHttpProtocol(HttpToolsProtocol):
       client sending 4 MB of pipelined GETs, reading none of its answers, grew the server by
       235 MB. Here what comes is parsed a slice at a time, and once that many wait, the rest
       waits unparsed, and reading pauses, until they have been answered.
+    - **A client may shut its side once it has sent its requests** (a half-close), and still
+      read their answers: uvicorn closed at once, and a POST sent that way was written
+      without its 201 ever being sent.
     - **A response is dated when its request arrives.** uvicorn moves the Date of every
       response once a second, from a timer of its server loop: it ran 0.3 to 2 s behind the
       clock, so the Last-Modified of a post just changed was later than the Date of its GET
@@ -4658,6 +4661,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
     _body_timer: asyncio.TimerHandle | None = None
     _dated_second = 0
     _unparsed = b""
+    _client_done = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(HeadWithBodyTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -4700,6 +4704,19 @@ class BlogHttpProtocol(HttpToolsProtocol):
             self._parse_while_few_requests_wait(unparsed)
             if not self._unparsed:
                 self.flow.resume_reading()
+        if self._client_done and self.cycle.response_complete and not self.pipeline:
+            self.transport.close()  # every request the client sent is answered
+
+    def eof_received(self) -> bool | None:
+        """The client has sent all it will (it shut its side, as ``printf ... | nc`` does):
+        answer what it sent, then close. uvicorn closed at once, so a POST sent that way
+        created its post and its 201 was never sent. A body that will never end, or nothing
+        left to answer: close now. (Reading pauses while bytes wait unparsed, so by the time
+        the end is seen, everything before it has been parsed.)"""
+        if self._in_body or self.cycle is None or (self.cycle.response_complete and not self.pipeline):
+            return None
+        self._client_done = True
+        return True  # the transport stays open for the answers
 
     def _parse_while_few_requests_wait(self, data: bytes) -> None:
         """Parse ``data`` a slice at a time; once ``MAX_PIPELINED_REQUESTS`` wait, keep the rest

@@ -4955,6 +4955,34 @@ def test_pipelined_requests_are_read_only_as_fast_as_they_are_answered(db_path: 
     assert len(stored_posts(db_path)) == 100
 
 
+def test_requests_sent_before_a_half_close_are_all_answered(db_path: Path) -> None:
+    """A client that sends its requests, then shuts its side (as ``printf ... | nc`` does),
+    still reads the answers: uvicorn closed at once, so such a POST created its post, and its
+    201 was never sent. A request left incomplete, which can never be answered, is not waited for."""
+    body = msgspec.json.encode({"title": "Half-closed", "content": "x"})
+    create = f"POST /api/posts HTTP/1.1\r\nHost: blog\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+    async def answers_after_half_close(address, sent: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(sent)
+        writer.write_eof()
+        answers = await asyncio.wait_for(reader.read(), 5)  # until the server closes
+        writer.close()
+        return answers
+
+    async def check() -> None:
+        async with serving(blog_api.BlogHttpProtocol, db_path) as address:
+            alone = await answers_after_half_close(address, create)
+            assert alone.startswith(b"HTTP/1.1 201 Created\r\n")
+            pipelined = await answers_after_half_close(address, create + b"GET / HTTP/1.1\r\nHost: blog\r\n\r\n" * 3)
+            assert pipelined.count(b"HTTP/1.1 201 Created\r\n") == 1 and pipelined.count(b"HTTP/1.1 200 OK\r\n") == 3
+            cut_short = create[: -len(body) // 2]  # a body that will never end
+            assert await answers_after_half_close(address, cut_short) == b""
+
+    run(check())
+    assert len(stored_posts(db_path)) == 2
+
+
 def test_a_response_is_dated_when_its_request_arrives_never_before_its_last_modified(db_path: Path) -> None:
     """uvicorn's Date moves once a second, from a timer of its server loop: it ran 0.3 to 2 s
     behind the clock, so a post just changed had a Last-Modified later than the Date of its
