@@ -4603,6 +4603,7 @@ class RefusedHead(Exception):
 
 ONE_HOST = "a request must have one Host header (RFC 9112 3.2; one in HTTP/1.0 may have none)"
 NOT_A_HOST = "the Host header must be a host name or address, and a port if any"
+TRANSFER_CODING_IN_HTTP_1_0 = "HTTP/1.0 has no Transfer-Encoding, so the body's length is not known (RFC 9112 6.1)"
 HOST = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 """RFC 3986's host (a name, an IPv4 address or an IPv6 one in brackets) and optional port."""
 
@@ -4632,7 +4633,8 @@ class BlogHttpProtocol(HttpToolsProtocol):
       header value char``), or a 501 for a method it does not know, where uvicorn answers
       ``Invalid HTTP request received.`` in plain text. And one that HTTP/1.1 says to refuse,
       which uvicorn serves: without a Host header (or with two, or one that is not a host),
-      400; with HTTP/2's version, 505.
+      400; a transfer coding but chunked, 501; Transfer-Encoding in HTTP/1.0, 400; with
+      HTTP/2's version, 505.
 
     - **At most ``MAX_PIPELINED_REQUESTS`` wait, parsed.** uvicorn parses every request a read
       brings, and reads again each time a response ends, however many are waiting: one
@@ -4766,10 +4768,17 @@ class BlogHttpProtocol(HttpToolsProtocol):
             raise RefusedHead(*self._head_too_large_status(), HEAD_TOO_LARGE)
 
     def _refuse_a_head_http_1_does_not_allow(self) -> None:
-        """RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without a Host header,
-        and to one with two, or one that is not a host; and HTTP/2's version on a line of
-        HTTP/1 text is not HTTP/2 (505). uvicorn served them all."""
-        hosts = [value for name, value in self.headers if name == b"host"]
+        """What RFC 9112 says to refuse, which uvicorn served: an HTTP/1.1 request without a
+        Host header, or with two, or one that is not a host (3.2: 400); a transfer coding
+        other than chunked, which it ignored, reading the body as if plain (6.1: 501);
+        Transfer-Encoding in HTTP/1.0, which has none, a way to smuggle a request past a proxy
+        (6.1: 400). And HTTP/2's version on a line of HTTP/1 text is not HTTP/2 (505)."""
+        hosts, codings = [], []
+        for name, value in self.headers:
+            if name == b"host":
+                hosts.append(value)
+            elif name == b"transfer-encoding":
+                codings += value.lower().split(b",")
         version = self.parser.get_http_version()
         if len(hosts) > 1 or (not hosts and version != "1.0"):
             raise RefusedHead(400, "Bad Request", ONE_HOST)
@@ -4777,6 +4786,10 @@ class BlogHttpProtocol(HttpToolsProtocol):
             raise RefusedHead(400, "Bad Request", NOT_A_HOST)
         if not version.startswith("1."):
             raise RefusedHead(505, "HTTP Version Not Supported", "this server speaks HTTP/1.1 (and 1.0)")
+        if codings and version == "1.0":
+            raise RefusedHead(400, "Bad Request", TRANSFER_CODING_IN_HTTP_1_0)
+        if any(coding.strip() != b"chunked" for coding in codings):
+            raise RefusedHead(501, "Not Implemented", "the only transfer coding this server takes is chunked")
 
     def _peer(self) -> str:
         """The client's address, for a log line."""

@@ -4874,6 +4874,18 @@ UNKNOWN_METHOD = "Not Implemented: the request's method is not one this server k
         (b"GET /api/posts HTTP/1.1\r\nHost: blog/x\r\n\r\n", "400 Bad Request", NOT_A_HOST),
         (b"GET /api/posts HTTP/1.1\r\nHost: a b\r\n\r\n", "400 Bad Request", NOT_A_HOST),
         (b"GET /api/posts HTTP/2.0\r\nHost: blog\r\n\r\n", "505 HTTP Version Not Supported", ONLY_HTTP_1),
+        # RFC 9112 6.1: a coding it does not know is a 501 (it was ignored, the body read as if
+        # plain); Transfer-Encoding in HTTP/1.0 is faulty framing (a way to smuggle requests).
+        (
+            b"POST /api/posts HTTP/1.1\r\nHost: blog\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            "501 Not Implemented",
+            "Not Implemented: the only transfer coding this server takes is chunked",
+        ),
+        (
+            b"POST /api/posts HTTP/1.0\r\nHost: blog\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "400 Bad Request",
+            "Bad Request: HTTP/1.0 has no Transfer-Encoding, so the body's length is not known (RFC 9112 6.1)",
+        ),
     ],
 )
 def test_a_request_that_is_not_http_gets_a_json_error_naming_the_problem(
