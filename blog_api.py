@@ -4649,8 +4649,9 @@ class BlogHttpProtocol(HttpToolsProtocol):
       clock, so the Last-Modified of a post just changed was later than the Date of its GET
       (RFC 9110 8.8.2.1: it MUST NOT be). Here each read sets it, if its second has passed.
 
-    Refusals are in blog_api's error shape, with the Date, and the connection closes. Most
-    requests arrive in one read: they set no timer of their own.
+    Refusals are in blog_api's error shape, with the Date, after the answers to the requests
+    pipelined before them, and the connection closes. Most requests arrive in one read: they
+    set no timer of their own.
     """
 
     _read_length = 0
@@ -4664,6 +4665,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
     _dated_second = 0
     _unparsed = b""
     _client_done = False
+    _refusal: tuple[int, str, str] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(HeadWithBodyTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -4706,8 +4708,11 @@ class BlogHttpProtocol(HttpToolsProtocol):
             self._parse_while_few_requests_wait(unparsed)
             if not self._unparsed:
                 self.flow.resume_reading()
-        if self._client_done and self.cycle.response_complete and not self.pipeline:
-            self.transport.close()  # every request the client sent is answered
+        if self.cycle.response_complete and not self.pipeline:  # every request read is answered
+            if self._refusal is not None:
+                self._send_refusal(self._refusal)
+            elif self._client_done:
+                self.transport.close()
 
     def eof_received(self) -> bool | None:
         """The client has sent all it will (it shut its side, as ``printf ... | nc`` does):
@@ -4862,17 +4867,29 @@ class BlogHttpProtocol(HttpToolsProtocol):
             status, reason, rule = 414, "URI Too Long", HEAD_TOO_LARGE  # too long for httptools: never measured
         else:
             status, reason, rule = 400, "Bad Request", f"not a valid HTTP/1.1 request ({problem or msg})"
-        self.transport.write(error_response_bytes(status, reason, rule, self.server_state.default_headers))
-        self.transport.close()
+        self._refuse(status, reason, rule)
 
     def _refuse_head(self, status: int, reason: str, rule: str) -> None:
-        self._stop_head_timer()
         self.logger.warning("%s: %s from %s", reason, rule, self._peer())
-        self.transport.write(error_response_bytes(status, reason, rule, self.server_state.default_headers))
+        self._refuse(status, reason, rule)
+
+    def _refuse(self, status: int, reason: str, rule: str) -> None:
+        """Answer the request being read with an error, and end the connection: at once, or
+        once the requests pipelined before it are answered, in their order (sent at once, the
+        refusal read as the answer to the first of them). What the client sends after it is
+        dropped."""
+        self._stop_head_timer()
+        self._head_refused = True
+        self._refusal = (status, reason, rule)
+        self.flow.pause_reading()
+        if self.cycle is None or self.cycle.response_complete:  # nothing before it waits for its answer
+            self._send_refusal(self._refusal)
+
+    def _send_refusal(self, refusal: tuple[int, str, str]) -> None:
+        self.transport.write(error_response_bytes(*refusal, self.server_state.default_headers))
         # Closing now, with the client's bytes unread, would answer them with a TCP reset,
         # which may discard the answer before the client reads it. So: end the sending side,
         # and drop what still comes, for a second at most (as nginx's lingering close does).
-        self._head_refused = True
         self.transport.write_eof()
         self.loop.call_later(1.0, self.transport.close)
 

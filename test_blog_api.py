@@ -4967,6 +4967,36 @@ def test_pipelined_requests_are_read_only_as_fast_as_they_are_answered(db_path: 
     assert len(stored_posts(db_path)) == 100
 
 
+@pytest.mark.parametrize(
+    ("refused", "status"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", b"400 Bad Request"),  # no Host
+        (b"GET / HTTP/1.1\r\nHost: bl\x01og\r\n\r\n", b"400 Bad Request"),  # not HTTP
+        (b"BREW / HTTP/1.1\r\nHost: blog\r\n\r\n", b"501 Not Implemented"),
+        (
+            b"GET / HTTP/1.1\r\nHost: blog\r\nX-Big: " + b"x" * 70_000 + b"\r\n\r\n",
+            b"431 Request Header Fields Too Large",
+        ),
+    ],
+)
+def test_a_refused_request_is_answered_after_the_requests_pipelined_before_it(
+    db_path: Path, refused: bytes, status: bytes
+) -> None:
+    """The refusal went out at once, before the answers to the requests sent ahead of it, so
+    a client read it as the answer to its first request, and never got the others."""
+    good = b"GET /api/posts?limit=1 HTTP/1.1\r\nHost: blog\r\n\r\n"
+
+    async def check() -> None:
+        async with serving(blog_api.BlogHttpProtocol, db_path) as address:
+            reader, writer = await asyncio.open_connection(*address)
+            writer.write(good * 3 + refused)
+            answers = await asyncio.wait_for(reader.read(), 5)  # and the connection closes
+            writer.close()
+        assert re.findall(rb"HTTP/1.1 (\d{3} [A-Za-z ]+)\r\n", answers) == [b"200 OK"] * 3 + [status]
+
+    run(check())
+
+
 def test_requests_sent_before_a_half_close_are_all_answered(db_path: Path) -> None:
     """A client that sends its requests, then shuts its side (as ``printf ... | nc`` does),
     still reads the answers: uvicorn closed at once, so such a POST created its post, and its
