@@ -178,6 +178,7 @@ GRACEFUL_SHUTDOWN_SECONDS = 3
 MAX_REQUEST_HEAD_BYTES = 64 * 1024  # a request's line and headers: nginx takes 32 KiB, Node.js 16 KiB
 REQUEST_HEAD_SECONDS = 20  # for them to arrive: nginx waits 60 s, Node.js 60 s, Apache 20 to 40 s
 REQUEST_BODY_PAUSE_SECONDS = 20  # the longest a body may stop arriving: nginx's client_body_timeout is 60 s
+RESPONSE_READ_PAUSE_SECONDS = 20  # the longest a client may read none of its answer: nginx's send_timeout is 60 s
 MAX_PIPELINED_REQUESTS = 16  # parsed and waiting for the one being answered, on one connection
 PIPELINE_SLICE_BYTES = 4096  # what is parsed at a time, so that no read queues more than that holds
 HEAD_TOO_LARGE = f"a request's line and headers may take {MAX_REQUEST_HEAD_BYTES // 1024} KiB"
@@ -4641,6 +4642,10 @@ class BlogHttpProtocol(HttpToolsProtocol):
       client sending 4 MB of pipelined GETs, reading none of its answers, grew the server by
       235 MB. Here what comes is parsed a slice at a time, and once that many wait, the rest
       waits unparsed, and reading pauses, until they have been answered.
+    - **A client must keep reading its answer**, with no pause over
+      ``RESPONSE_READ_PAUSE_SECONDS`` (as nginx's ``send_timeout``), else the connection is
+      cut off: uvicorn waits for ever, and 40 clients asking for a page of 9.6 MB and reading
+      nothing held 171 MB for as long as they stayed.
     - **A client may shut its side once it has sent its requests** (a half-close), and still
       read their answers: uvicorn closed at once, and a POST sent that way was written
       without its 201 ever being sent.
@@ -4666,6 +4671,8 @@ class BlogHttpProtocol(HttpToolsProtocol):
     _unparsed = b""
     _client_done = False
     _refusal: tuple[int, str, str] | None = None
+    _send_timer: asyncio.TimerHandle | None = None
+    _unsent = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(HeadWithBodyTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -4675,7 +4682,34 @@ class BlogHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
         self._stop_body_timer()
+        self._stop_send_timer()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._unsent = self.transport.get_write_buffer_size()
+        self._send_timer = self.loop.call_later(RESPONSE_READ_PAUSE_SECONDS, self._send_stalled)
+
+    def resume_writing(self) -> None:
+        self._stop_send_timer()
+        super().resume_writing()
+
+    def _send_stalled(self) -> None:
+        """The client has read none of its answer since the timer was set: cut it off, its
+        answer unsent (closing would wait to send it). One that read some is slow, not gone."""
+        self._send_timer = None
+        if (unsent := self.transport.get_write_buffer_size()) < self._unsent:
+            self._unsent = unsent
+            self._send_timer = self.loop.call_later(RESPONSE_READ_PAUSE_SECONDS, self._send_stalled)
+            return
+        rule = f"a client must keep reading its answer, with no pause over {RESPONSE_READ_PAUSE_SECONDS:g} s"
+        self.logger.warning("Send Timeout: %s; cut off %s", rule, self._peer())
+        self.transport.abort()
+
+    def _stop_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

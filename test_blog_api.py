@@ -4997,6 +4997,48 @@ def test_a_refused_request_is_answered_after_the_requests_pipelined_before_it(
     run(check())
 
 
+def test_a_client_that_stops_reading_its_answer_is_cut_off_one_that_reads_slowly_is_not(
+    db_path: Path, monkeypatch
+) -> None:
+    """uvicorn waits for ever for a client to read: 40 clients asking for a page of 9.6 MB
+    and reading nothing held 171 MB, for as long as they stayed. Here an answer that makes
+    no progress for ``RESPONSE_READ_PAUSE_SECONDS`` ends its connection (nginx: send_timeout)."""
+    monkeypatch.setattr(blog_api, "RESPONSE_READ_PAUSE_SECONDS", 1.0)
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        for number in range(4):
+            create(client, title=f"Long {number}", content=f"{number} " * 40_000)
+    page = b"GET /api/posts?limit=4 HTTP/1.1\r\nHost: blog\r\n\r\n"
+
+    class SmallSendBuffer(blog_api.BlogHttpProtocol):
+        def connection_made(self, transport) -> None:
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            super().connection_made(transport)
+
+    async def read_all(reader: asyncio.StreamReader) -> bytes:
+        """16 KiB each 0.1 s, until the page's last post or the end of the connection."""
+        received = b""
+        with suppress(ConnectionResetError):
+            while chunk := await asyncio.wait_for(reader.read(16_384), 5):
+                received += chunk
+                if b'"title":"Long 0"' in received:
+                    return received
+                await asyncio.sleep(0.1)
+        return received
+
+    async def check() -> None:
+        async with serving(SmallSendBuffer, db_path) as address:
+            for stop, whole in [(0, True), (3.0, False)]:
+                reader, writer = await asyncio.open_connection(*address, limit=16_384)  # reads as it is read
+                writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32_768)
+                writer.write(page)
+                await asyncio.sleep(stop)  # reading nothing
+                received = await read_all(reader)
+                assert (b'"title":"Long 0"' in received) is whole, (stop, len(received))
+                writer.close()
+
+    run(check())
+
+
 def test_requests_sent_before_a_half_close_are_all_answered(db_path: Path) -> None:
     """A client that sends its requests, then shuts its side (as ``printf ... | nc`` does),
     still reads the answers: uvicorn closed at once, so such a POST created its post, and its
