@@ -4636,7 +4636,6 @@ class BlogHttpProtocol(HttpToolsProtocol):
       which uvicorn serves: without a Host header (or with two, or one that is not a host),
       400; a transfer coding but chunked, 501; Transfer-Encoding in HTTP/1.0, 400; with
       HTTP/2's version, 505.
-
     - **At most ``MAX_PIPELINED_REQUESTS`` wait, parsed.** uvicorn parses every request a read
       brings, and reads again each time a response ends, however many are waiting: one
       client sending 4 MB of pipelined GETs, reading none of its answers, grew the server by
@@ -4687,6 +4686,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
+        self._stop_send_timer()
         self._unsent = self.transport.get_write_buffer_size()
         self._send_timer = self.loop.call_later(RESPONSE_READ_PAUSE_SECONDS, self._send_stalled)
 
