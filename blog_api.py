@@ -814,7 +814,7 @@ async def require_json_body(request: Request) -> None:
         raise ClientClosedRequest from exc
     except RequestEntityTooLarge:
         raise BodyTooLarge from None
-    if not body:
+    if not body.strip(JSON_WHITESPACE):  # else msgspec says "Input data was truncated"
         raise validation_failed(request, {"message": "The body is empty; expected a JSON object"})
 
 
@@ -829,6 +829,7 @@ def validation_detail(request: Request) -> str:
     return f"Validation failed for {request.method} {request.url.path}{'?' if query else ''}{query}"
 
 
+JSON_WHITESPACE = b" \t\r\n"  # RFC 8259 2
 TOO_DEEP = "JSON is malformed: arrays or objects nested too deep"
 BYTE_ORDER_MARK = "JSON is malformed: it begins with a byte order mark (BOM), which JSON text must not (RFC 8259)"
 UTF16 = "JSON is malformed: it begins with a UTF-16 byte order mark; JSON text must be UTF-8 (RFC 8259)"

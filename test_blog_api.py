@@ -381,10 +381,11 @@ def test_create_refuses_malformed_json(client: TestClient, db_path: Path, raw: b
         (codecs.BOM_UTF8 + b'{"title": "x", "content": "y"}', "begins with a byte order mark (BOM)"),
         ('{"title": "x", "content": "y"}'.encode("utf-16"), "a UTF-16 byte order mark; JSON text must be UTF-8"),
         ('{"title": "x", "content": "y"}'.encode("utf-16-be"), "invalid character (byte 0)"),  # no BOM: msgspec's
+        (b" \r\n\t ", "The body is empty; expected a JSON object"),  # msgspec: "Input data was truncated"
     ],
     ids=[
         *("lone high surrogate", "high surrogate then newline", "unclosed object", "Latin-1", "Latin-1 id"),
-        *("BOM", "UTF-16", "UTF-16 without a BOM"),
+        *("BOM", "UTF-16", "UTF-16 without a BOM", "whitespace only"),
     ],
 )
 def test_malformed_json_is_named_as_what_is_wrong(client: TestClient, db_path: Path, raw: bytes, message: str) -> None:
