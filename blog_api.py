@@ -16,8 +16,9 @@ Read top to bottom, one section per concern:
     The app factory           create_app(config)
     Demo data and backups     python blog_api.py seed | backup
     main()                    python blog_api.py [serve]: uvicorn with one send per response,
-                              bounded request heads and bodies, errors in our shape for requests
-                              that are not HTTP (BlogHttpProtocol), and --workers (TcpServerConfig)
+                              bounded request heads, bodies, pipelines and unread answers, the
+                              refusals HTTP/1.1 asks for, in our shape (BlogHttpProtocol), and
+                              --workers (TcpServerConfig)
 
     python blog_api.py                   # serve on http://127.0.0.1:8000
     uvicorn blog_api:app                 # the same app, configured from BLOG_API_* variables
@@ -394,7 +395,7 @@ Slug = Annotated[
         ),
         examples=["my-first-litestar-blog-post"],
     ),
-    KwargDefinition(pattern=SLUG_PATTERN),  # documented here, checked by check_slug with a clearer message
+    KwargDefinition(pattern=SLUG_PATTERN),  # documented here, checked by checked_slug with a clearer message
 ]
 MAX_TAGS = 10
 MAX_TAG_LENGTH = 30
@@ -448,8 +449,7 @@ class PostCreate(msgspec.Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if self.slug is not None:
-            self.slug = composed(self.slug)
-            check_slug(self.slug)
+            self.slug = checked_slug(self.slug)
         self.tags = normalized_tags(self.tags)
 
 
@@ -470,8 +470,7 @@ class PostUpdate(msgspec.Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if isinstance(self.slug, str):
-            self.slug = composed(self.slug)
-            check_slug(self.slug)
+            self.slug = checked_slug(self.slug)
         if isinstance(self.tags, list):
             self.tags = normalized_tags(self.tags)
 
@@ -513,11 +512,14 @@ def slug_words(text: str) -> list[str]:
     return "".join(kept).split()
 
 
-def check_slug(slug: str) -> None:
+def checked_slug(slug: str) -> str:
+    """A slug a client sent, composed (NFC) as slugs are stored, once its rules are checked."""
+    slug = composed(slug)
     if UUID_SHAPE.match(slug):
         raise FieldError("slug", "Expected a slug that does not look like a post ID")
     if slug_words(slug) != slug.split("-"):  # a word of something else, or a hyphen too many
         raise FieldError("slug", "Expected letters (no capitals), digits and single hyphens, like my-first-post")
+    return slug
 
 
 # Letters that Unicode does not decompose into a base letter and an accent.
