@@ -182,6 +182,7 @@ REQUEST_BODY_PAUSE_SECONDS = 20  # the longest a body may stop arriving: nginx's
 RESPONSE_READ_PAUSE_SECONDS = 20  # the longest a client may read none of its answer: nginx's send_timeout is 60 s
 MAX_PIPELINED_REQUESTS = 16  # parsed and waiting for the one being answered, on one connection
 PIPELINE_SLICE_BYTES = 4096  # what is parsed at a time, so that no read queues more than that holds
+FRAMING_FIELDS = (b"content-length", b"transfer-encoding")  # where a request's body ends (RFC 9112 6)
 HEAD_TOO_LARGE = f"a request's line and headers may take {MAX_REQUEST_HEAD_BYTES // 1024} KiB"
 ENV_PREFIX = "BLOG_API_"
 TOKEN_FILE_VARIABLE = "BLOG_API_TOKEN_FILE"
@@ -4496,6 +4497,7 @@ def serve(argv: list[str]) -> None:
     server_options: dict[str, Any] = {"host": config.host, "port": config.port, "log_level": config.log_level}
     server_options["access_log"] = False  # blog_api writes its own, with request IDs
     server_options["http"] = BlogHttpProtocol
+    server_options["ws"] = "none"  # blog_api serves no WebSocket: a request asking for one is plain HTTP
     # On SIGTERM or Ctrl-C: refuse new connections, let requests in flight finish (for up to
     # this long), then close the pool, which checkpoints the WAL: out within 5 seconds.
     server_options["timeout_graceful_shutdown"] = GRACEFUL_SHUTDOWN_SECONDS
@@ -4651,6 +4653,9 @@ class BlogHttpProtocol(HttpToolsProtocol):
     - **A client may shut its side once it has sent its requests** (a half-close), and still
       read their answers: uvicorn closed at once, and a POST sent that way was written
       without its 201 ever being sent.
+    - **A request that asks to switch protocols is served as any other** (RFC 9110 7.8
+      allows ignoring ``Upgrade``): httptools ends it at its head, so uvicorn served a POST
+      sent by ``curl --http2`` without its body, and dropped the requests pipelined after it.
     - **A response is dated when its request arrives.** uvicorn moves the Date of every
       response once a second, from a timer of its server loop: it ran 0.3 to 2 s behind the
       clock, so the Last-Modified of a post just changed was later than the Date of its GET
@@ -4675,6 +4680,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
     _refusal: tuple[int, str, str] | None = None
     _send_timer: asyncio.TimerHandle | None = None
     _unsent = 0
+    _framing_only = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(HeadWithBodyTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -4715,10 +4721,14 @@ class BlogHttpProtocol(HttpToolsProtocol):
             self._send_timer = None
 
     def on_message_begin(self) -> None:
+        if self._framing_only:
+            return
         super().on_message_begin()
         self._head_bytes, self._first_read_length, self._in_head = 0, self._read_length, True
 
     def on_headers_complete(self) -> None:
+        if self._framing_only:
+            return
         self._in_head = False
         self._stop_head_timer()
         if self._first_read_length + self._head_bytes > MAX_REQUEST_HEAD_BYTES:  # it may be too large
@@ -4728,6 +4738,8 @@ class BlogHttpProtocol(HttpToolsProtocol):
         self._in_body = True  # until the message completes, at once if it has no body
 
     def on_message_complete(self) -> None:
+        if self.parser.should_upgrade() and not self._should_upgrade():
+            return  # not its end: httptools stops here, at the head (_read_on_past_upgrade)
         self._in_body = False
         self._stop_body_timer()
         super().on_message_complete()
@@ -4782,7 +4794,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
         self._read_length = len(data)
         if self._in_head:  # a head that goes on: all of this read may be its
             self._head_bytes += len(data)
-        super().data_received(data)
+        self._feed(data)
         if self.transport.is_closing():
             return
         if self._in_body:  # a body that goes on past this read: the pause starts now
@@ -4793,6 +4805,40 @@ class BlogHttpProtocol(HttpToolsProtocol):
             self._refuse_head(*self._head_too_large_status(), HEAD_TOO_LARGE)
         elif self._head_timer is None:
             self._head_timer = self.loop.call_later(REQUEST_HEAD_SECONDS, self._head_timed_out)
+
+    def _feed(self, data: bytes) -> None:
+        """uvicorn's ``data_received``, but for a request that asks to switch protocols
+        (``Upgrade``, as ``curl --http2`` sends with each request to an http URL): httptools
+        ends it at its head, taking what follows as the new protocol's, and uvicorn, which
+        switches to none, served it without its body (a POST was read as empty: 400) and
+        dropped the requests sent after it in the same read. This server switches to none
+        either (RFC 9110 7.8 lets it), and reads such a request to its end, as any other."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._should_upgrade():  # to a WebSocket, under a uvicorn with them on
+                self.handle_websocket_upgrade()
+            else:
+                self._read_on_past_upgrade(data[upgrade.args[0] :])
+
+    def _read_on_past_upgrade(self, rest: bytes) -> None:
+        """Read ``rest`` as the body of the request the parser stopped at, and the requests
+        after it: with a new parser, given first a head with that request's framing alone
+        (its Content-Length or Transfer-Encoding), whose callbacks are not passed on."""
+        framing = [name + b": " + value + b"\r\n" for name, value in self.headers if name in FRAMING_FIELDS]
+        url, headers = self.url, self.headers
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's
+        self._framing_only, self.headers = True, []
+        try:
+            self.parser.feed_data(b"".join([b"POST / HTTP/1.1\r\n", *framing, b"\r\n"]))
+        finally:
+            self._framing_only, self.url, self.headers = False, url, headers
+        self._feed(rest)
 
     def _date_responses(self, second: int) -> None:
         """Date the server's responses from now on with ``second``, as uvicorn's server loop

@@ -5068,6 +5068,39 @@ def test_requests_sent_before_a_half_close_are_all_answered(db_path: Path) -> No
     assert len(stored_posts(db_path)) == 2
 
 
+def test_a_request_that_asks_to_switch_protocols_is_served_whole_with_those_after_it(db_path: Path) -> None:
+    """uvicorn's parser takes what follows the head of a request with ``Upgrade`` as the new
+    protocol's: ``curl --http2 -d ...`` (``Upgrade: h2c``) created nothing, its body read as
+    empty (400), and the requests pipelined after one were never answered. The server may
+    ignore Upgrade (RFC 9110 7.8), and does: the request is read to its end as any other."""
+    body = msgspec.json.encode({"title": "Asked for h2c", "content": "x"})
+    asks = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+    head = b"POST /api/posts HTTP/1.1\r\nHost: blog\r\n" + asks
+    sized = head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    chunked = head + b"Transfer-Encoding: chunked\r\n\r\n", f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    get = b"GET / HTTP/1.1\r\nHost: blog\r\n"
+    websocket = get + b"Connection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n"
+
+    async def answers(address, *sends: bytes) -> list[bytes]:
+        reader, writer = await asyncio.open_connection(*address)
+        for sent in sends:  # each in its own read
+            writer.write(sent)
+            await asyncio.sleep(0.05)
+        writer.write(get + b"Connection: close\r\n\r\n")
+        received = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        return re.findall(rb"HTTP/1.1 (\d{3} [A-Za-z ]+)\r\n", received)
+
+    async def check() -> None:
+        async with serving(blog_api.BlogHttpProtocol, db_path) as address:
+            assert await answers(address, sized + get + b"\r\n") == [b"201 Created", b"200 OK", b"200 OK"]
+            assert await answers(address, *chunked) == [b"201 Created", b"200 OK"]
+            assert await answers(address, websocket + get + b"\r\n") == [b"200 OK"] * 3
+
+    run(check())
+    assert [post["title"] for post in stored_posts(db_path)] == ["Asked for h2c"] * 2
+
+
 def test_a_response_is_dated_when_its_request_arrives_never_before_its_last_modified(db_path: Path) -> None:
     """uvicorn's Date moves once a second, from a timer of its server loop: it ran 0.3 to 2 s
     behind the clock, so a post just changed had a Last-Modified later than the Date of its
@@ -5136,11 +5169,11 @@ def test_a_bug_while_reading_a_request_is_a_logged_500(db_path: Path) -> None:
     assert [record.exc_info[1].args for record in errors] == [("a bug",)]
 
 
-def test_python_blog_api_py_serves_with_one_send_per_response(monkeypatch) -> None:
+def test_python_blog_api_py_serves_with_its_own_protocol_and_no_websockets(monkeypatch) -> None:
     started: list[dict] = []
     monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: started.append(options))
     blog_api.main(["--db", ":memory:", "--log-level", "warning"])
-    assert [options["http"] for options in started] == [blog_api.BlogHttpProtocol]
+    assert [(options["http"], options["ws"]) for options in started] == [(blog_api.BlogHttpProtocol, "none")]
 
 
 def test_each_worker_process_writes_its_access_lines_itself(monkeypatch) -> None:
