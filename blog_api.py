@@ -502,12 +502,16 @@ def normalized_tags(tags: list[str]) -> list[str]:
 
 def slug_words(text: str) -> list[str]:
     """The runs of slug characters (``SLUG_CATEGORIES``, and ``MARKS`` after one) in
-    ``text``; every other character separates them."""
+    ``text``; invisible ones (Unicode's format characters: a soft hyphen, a zero-width
+    joiner, a direction mark) are dropped, as WordPress drops them; every other character
+    separates them."""
     if text.isascii():
         return ASCII_SLUG_WORD.findall(text)
     kept, in_word = [], False
     for char in text:
         category = unicodedata.category(char)
+        if category == "Cf":
+            continue
         in_word = category in SLUG_CATEGORIES or (in_word and category in MARKS)
         kept.append(char if in_word else " ")
     return "".join(kept).split()
@@ -533,7 +537,7 @@ TRANSLITERATIONS = str.maketrans(
 def slugify(title: str) -> str:
     """A slug made from a title: Latin letters lose their accents (Café → cafe), letters of
     other scripts stay as they are, marks included (Йод → йод, が → が, हिन्दी → हिन्दी),
-    lowercase; every other character separates words."""
+    lowercase; invisible characters are dropped, and every other character separates words."""
     plain = title
     if not title.isascii():  # ASCII has nothing to transliterate or decompose
         plain = unicodedata.normalize("NFC", without_latin_accents(title.translate(TRANSLITERATIONS)))

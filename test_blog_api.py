@@ -2193,6 +2193,11 @@ def test_a_slug_is_made_from_the_title(client: TestClient) -> None:
         ("Hello,   World!!", "hello-world"),
         ("🦀🦀", "post"),
         ("Python 3.11 — what's new?", "python-3-11-what-s-new"),
+        # Invisible characters (Unicode's format ones) part no words: a soft hyphen, a zero-width
+        # space, a zero-width non-joiner, direction marks.
+        ("Donau\u00addampf\u200bschiff", "donaudampfschiff"),
+        ("می\u200cخواهم", "میخواهم"),  # noqa: RUF001 (Persian)
+        ("\u200fשלום\u200f עולם", "שלום-עולם"),  # noqa: RUF001 (Hebrew)
         ("692381d2-9397-4eac-9b97-32598d648475", "post-692381d2-9397-4eac-9b97-32598d648475"),
     ],
 )
