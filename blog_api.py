@@ -1244,7 +1244,7 @@ way would cost 10 to 100 times more at the other end)."""
 # python blog_api.py seed: whole rows at once, with the pks chosen by the seeder.
 SEED_POST = """
 INSERT INTO posts (pk, id, slug, title, content, published, created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?7)
+VALUES (:pk, :id, :slug, :title, :content, :published, :created_at, :created_at)
 """
 
 SEED_POST_TAG = """
@@ -4148,13 +4148,14 @@ def demo_post(rng: random.Random, number: int) -> tuple[str, str, list[str], boo
     return title, "\n\n".join(paragraphs), rng.sample(DEMO_TAGS, rng.randint(0, 3)), rng.random() >= 0.1
 
 
-def demo_rows(rng: random.Random, pk: int, hour: int) -> tuple[tuple, list[tuple], list[tuple]]:
+def demo_rows(rng: random.Random, pk: int, hour: int) -> tuple[dict[str, Any], list[tuple], list[tuple]]:
     """The rows of one demo post, created in the ``hour``-th hour after ``DEMO_START_US``: for
     ``SEED_POST``, ``SEED_POST_TAG`` and ``SEED_COMMENT``."""
     title, content, tags, published = demo_post(rng, pk)
     post_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
     created = DEMO_START_US + hour * 3_600_000_000 + rng.randrange(3_600_000_000)
-    post = (pk, post_id, f"{slugify(title)}-{post_id[:8]}", title, content, published, created)
+    slug = f"{slugify(title)}-{post_id[:8]}"
+    post = dict(pk=pk, id=post_id, slug=slug, title=title, content=content, published=published, created_at=created)
     comments = []
     for minute in range(rng.choice((0, 0, 0, 1, 2, 5))):
         comment_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
