@@ -4526,6 +4526,14 @@ def serve(argv: list[str]) -> None:
         uvicorn.run(blog, **server_options)
 
 
+ASYNCIO_WRITELINES_IGNORES_FLOW_CONTROL = (3, 12) <= sys.version_info < (3, 12, 9) or (
+    (3, 13) <= sys.version_info < (3, 13, 2)
+)
+"""asyncio's socket transport there never pauses its protocol for what ``writelines`` buffers
+(CPython gh-127655): memory grew with every unread answer, and a client that stopped reading
+was never cut off. There it is sent joined, with ``write``, as Python 3.11 does; uvloop's is right."""
+
+
 class HeadWithBodyTransport:
     """A connection's transport that sends a response's head and its body in one system call.
 
@@ -4545,6 +4553,9 @@ class HeadWithBodyTransport:
         self._transport = transport
         self._loop = loop
         self._held: bytes | None = None
+        self._send_together = transport.writelines
+        if ASYNCIO_WRITELINES_IGNORES_FLOW_CONTROL and type(transport).__module__.startswith("asyncio."):
+            self._send_together = lambda chunks: transport.write(b"".join(chunks))
 
     def write(self, data: bytes) -> None:
         if self._held is None:
@@ -4553,11 +4564,11 @@ class HeadWithBodyTransport:
                 self._loop.call_soon(self._send_held)
             return
         held, self._held = self._held, None
-        self._transport.writelines((held, data))
+        self._send_together((held, data))
 
     def writelines(self, chunks: Iterable[bytes]) -> None:
         self._send_held()
-        self._transport.writelines(chunks)
+        self._send_together(chunks)
 
     def write_eof(self) -> None:
         self._send_held()
