@@ -781,7 +781,8 @@ class StrictJSON(MsgspecDTO[StructT], Generic[StructT]):
         except msgspec.ValidationError as exc:
             raise validation_failed(self.asgi_connection, body_error(str(exc))) from None
         except msgspec.DecodeError as exc:
-            raise validation_failed(self.asgi_connection, {"message": json_error(value, exc)}) from None
+            content_type = self.asgi_connection.headers.get("content-type", "")
+            raise validation_failed(self.asgi_connection, {"message": json_error(value, exc, content_type)}) from None
         except RecursionError:  # arrays or objects nested 1,000 deep (10,000 on Python 3.13), in any field
             raise validation_failed(self.asgi_connection, {"message": TOO_DEEP}) from None
         except UnicodeDecodeError:  # msgspec's error for a string that is not UTF-8
@@ -843,12 +844,13 @@ UTF16 = "JSON is malformed: it begins with a UTF-16 byte order mark; JSON text m
 LONE_SURROGATE = "JSON is malformed: a \\ud800 to \\udbff escape must be followed by a \\udc00 to \\udfff one"
 
 
-def json_error(body: bytes, error: msgspec.DecodeError) -> str:
+def json_error(body: bytes, error: msgspec.DecodeError, content_type: str) -> str:
     """msgspec's message for a body that is not JSON, except two: a byte order mark (UTF-8's,
     or UTF-16's, which tells a body in UTF-16), which it calls an invalid character, and a
     high surrogate escape that no low one follows (``"\\ud800"``), which it calls truncated
     input. Python's json module reads such a string, so a "truncated" body that it reads is
-    said to be that."""
+    said to be that. A body that is no JSON object at all, sent as another type (a form, by
+    ``curl -F title=x``), is told so too: msgspec says only which byte is wrong."""
     if body.startswith(codecs.BOM_UTF8):
         return BYTE_ORDER_MARK
     if body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -860,6 +862,10 @@ def json_error(body: bytes, error: msgspec.DecodeError) -> str:
         except (ValueError, RecursionError):
             return message
         return LONE_SURROGATE
+    media_type = content_type.partition(";")[0].strip().lower()
+    sent_as_json = media_type in ("", "application/json") or media_type.endswith("+json")
+    if not sent_as_json and not body.lstrip(JSON_WHITESPACE).startswith(b"{"):
+        return f"{message}; the body must be a JSON object, and came as {media_type}"
     return message
 
 

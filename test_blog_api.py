@@ -575,6 +575,29 @@ def test_curl_without_a_content_type_still_works(client: TestClient) -> None:
     assert response.status_code == 201
 
 
+@pytest.mark.parametrize(
+    ("sent", "content_type"),
+    [
+        ({"data": {"title": "x", "content": "y"}}, "application/x-www-form-urlencoded"),  # curl -d 'title=x&...'
+        ({"files": {"title": (None, "x")}}, "multipart/form-data"),  # curl -F title=x
+        ({"content": b"<post><title>x</title></post>", "headers": {"content-type": "text/xml"}}, "text/xml"),
+    ],
+    ids=["form", "multipart", "xml"],
+)
+def test_a_body_that_is_not_json_at_all_is_told_it_must_be(client: TestClient, sent: dict, content_type: str) -> None:
+    """msgspec alone said ``invalid character (byte 1)`` to ``curl -F title=x``; a body that is
+    JSON with a mistake in it, sent as a form by ``curl -d``, keeps the message about it."""
+    response = client.post("/api/posts", **sent)
+    assert response.status_code == 400
+    message = response.json()["extra"][0]["message"]
+    assert message.startswith("JSON is malformed: invalid character (byte ")
+    assert message.endswith(f"; the body must be a JSON object, and came as {content_type}")
+    mistaken = client.post(
+        "/api/posts", content=b'{"title": x}', headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert mistaken.json()["extra"][0]["message"] == "JSON is malformed: invalid character (byte 10)"
+
+
 # --------------------------------------------------------------------------------------
 # Errors of the server: 503 for a busy database, logged 500s that show nothing inside
 # --------------------------------------------------------------------------------------
