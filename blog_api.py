@@ -650,7 +650,7 @@ IdempotencyKey = Annotated[
 # should not be asked to believe it can.
 TagFilter = Annotated[
     list[str],
-    QueryParameter(description="Only posts with this tag; repeat it for posts with all of them."),
+    QueryParameter(description=f"Only posts with this tag; repeat it for posts with all of them (up to {MAX_TAGS})."),
 ]
 PublishedFilter = Annotated[
     bool | None,
@@ -1337,7 +1337,7 @@ CURSOR_VERSION = 1
 CURSOR_SIGNATURE_BYTES = 16
 MAX_SEARCH_TERMS = 16
 LINKED_PARAMS = ("sort", "order", "published", "created_after", "created_before", "q", "tag")
-"""The query parameters that every Link repeats, besides limit."""
+"""The query parameters that every Link repeats, besides limit (tags last, each once, normalised)."""
 PAGE_PARAMS = ("limit", "offset", "cursor")
 NO_SEARCH_WORDS = "Expected at least one word to search for"
 NOT_OUR_CURSOR = "Not a cursor this server made; follow the Link header"
@@ -1639,10 +1639,15 @@ def listing_from_query(
             raise query_error(request, "q", f"Expected at most {MAX_SEARCH_TERMS} words")
         search = search_sql(terms)
     tags = tuple(dict.fromkeys(normalized_tag(name) for name in tag or ()))  # one that cannot exist matches nothing
+    if len(tags) > MAX_TAGS:
+        raise query_error(request, "tag", f"Expected at most {MAX_TAGS} tags: a post has no more")
     if cursor is not None and offset:
         raise query_error(request, "offset", "Use either offset or cursor, not both")
+    # The query as read: each tag once, as a Link to a page of it needs no more.
     link_params = [("limit", str(limit))]
-    link_params += [(name, value) for name, value in request.query_params.multi_items() if name in LINKED_PARAMS]
+    queried = request.query_params.multi_items()
+    link_params += [(name, value) for name, value in queried if name in LINKED_PARAMS and name != "tag"]
+    link_params += [("tag", name) for name in tags]
     listing = Listing(
         limit=limit,
         offset=offset,

@@ -2521,6 +2521,20 @@ def test_tag_filter_needs_every_tag_and_combines_with_listing(client: TestClient
     assert client.get("/api/posts", params={"tag": "nothing"}).json() == []
 
 
+def test_a_tag_filter_takes_ten_tags_at_most_and_its_links_name_each_once(client: TestClient) -> None:
+    """A post has ten tags at most, so eleven match none; and each Link repeated the query
+    as sent: 7,000 ``tag=api`` made a Link of 112 KB, which curl refuses ("Out of memory")."""
+    tagged = [create(client, tags=["python"]) for _ in range(2)]
+    eleven = client.get("/api/posts", params=[("tag", f"t{number}") for number in range(11)])
+    assert_validation_error(eleven, key="tag", source="query")
+    assert eleven.json()["extra"][0]["message"] == "Expected at most 10 tags: a post has no more"
+    repeated = client.get("/api/posts", params=[("tag", "Python"), ("limit", 1)] + [("tag", " python ")] * 2000)
+    assert ids(repeated.json()) == [tagged[1]["id"]]
+    links = page_links(repeated)
+    assert set(links) == {"next", "last"} and len(repeated.headers["link"]) < 500
+    assert all(parse_qs(urlsplit(url).query)["tag"] == ["python"] for url in links.values())
+
+
 @pytest.mark.parametrize("tag", ["", "x" * 31, "no-such-tag"])
 def test_a_tag_filter_that_no_post_can_have_matches_nothing(client: TestClient, tag: str) -> None:
     create(client, tags=["python"])
