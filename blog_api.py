@@ -117,7 +117,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from litestar.typing import FieldDefinition
 from msgspec import UNSET, Meta, UnsetType
 from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.supervisors import Multiprocess
 
 try:
@@ -4743,6 +4743,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
     _unparsed = b""
     _client_done = False
     _refusal: tuple[int, str, str] | None = None
+    _refused_cycle: RequestResponseCycle | None = None
     _send_timer: asyncio.TimerHandle | None = None
     _unsent = 0
     _framing_only = False
@@ -4822,11 +4823,11 @@ class BlogHttpProtocol(HttpToolsProtocol):
             self._parse_while_few_requests_wait(unparsed)
             if not self._unparsed:
                 self.flow.resume_reading()
-        if self.cycle.response_complete and not self.pipeline:  # every request read is answered
-            if self._refusal is not None:
+        if self._refusal is not None:
+            if self._answered_all_before_the_refusal():
                 self._send_refusal(self._refusal)
-            elif self._client_done:
-                self.transport.close()
+        elif self._client_done and self.cycle.response_complete and not self.pipeline:  # all answered
+            self.transport.close()
 
     def eof_received(self) -> bool | None:
         """The client has sent all it will (it shut its side, as ``printf ... | nc`` does):
@@ -5025,15 +5026,31 @@ class BlogHttpProtocol(HttpToolsProtocol):
         """Answer the request being read with an error, and end the connection: at once, or
         once the requests pipelined before it are answered, in their order (sent at once, the
         refusal read as the answer to the first of them). What the client sends after it is
-        dropped."""
+        dropped. A request refused in its body has been handed to the app already: the app
+        sees it end as if the client had left, and the refusal is its answer."""
         self._stop_head_timer()
         self._head_refused = True
         self._refusal = (status, reason, rule)
         self.flow.pause_reading()
-        if self.cycle is None or self.cycle.response_complete:  # nothing before it waits for its answer
+        if self._in_body:
+            self._in_body = False
+            self._stop_body_timer()
+            self._refused_cycle = self.cycle
+        if self._answered_all_before_the_refusal():
             self._send_refusal(self._refusal)
 
+    def _answered_all_before_the_refusal(self) -> bool:
+        """Whether every request read before the refused one has been answered: the last one
+        read, if it is not the refused one itself (whose app has not begun to answer)."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            return True
+        return not self.pipeline and cycle is self._refused_cycle and not cycle.response_started
+
     def _send_refusal(self, refusal: tuple[int, str, str]) -> None:
+        if (cycle := self._refused_cycle) is not None:  # its app, waiting for the body, gives up
+            cycle.disconnected = True
+            cycle.message_event.set()
         self.transport.write(error_response_bytes(*refusal, self.server_state.default_headers))
         # Closing now, with the client's bytes unread, would answer them with a TCP reset,
         # which may discard the answer before the client reads it. So: end the sending side,

@@ -5055,6 +5055,32 @@ def test_a_refused_request_is_answered_after_the_requests_pipelined_before_it(
     run(check())
 
 
+def test_a_body_that_is_not_valid_http_is_refused_at_once_after_the_requests_before_it(db_path: Path) -> None:
+    """A chunked body whose chunk size is not a number: the refusal waited for the answer to
+    the very request it refuses, which never came, so after 20 s the client got a 408 saying
+    its body had stopped arriving."""
+    get = b"GET /api/posts?limit=1 HTTP/1.1\r\nHost: blog\r\n\r\n"
+    broken = b"POST /api/posts HTTP/1.1\r\nHost: blog\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+
+    async def answers(address, sent: bytes) -> tuple[list[bytes], bytes]:
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(sent)
+        received = await asyncio.wait_for(reader.read(), 5)  # and the connection closes
+        writer.close()
+        return re.findall(rb"HTTP/1.1 (\d{3} [A-Za-z ]+)\r\n", received), received
+
+    async def check() -> None:
+        async with serving(blog_api.BlogHttpProtocol, db_path) as address:
+            statuses, received = await answers(address, broken)
+            assert statuses == [b"400 Bad Request"]
+            assert received.endswith(b'not a valid HTTP/1.1 request (Invalid character in chunk size)"}')
+            statuses, received = await answers(address, get * 2 + broken)
+            assert statuses == [b"200 OK", b"200 OK", b"400 Bad Request"]
+
+    run(check())
+    assert stored_posts(db_path) == []
+
+
 def test_a_client_that_stops_reading_its_answer_is_cut_off_one_that_reads_slowly_is_not(
     db_path: Path, monkeypatch
 ) -> None:
