@@ -4877,8 +4877,8 @@ class BlogHttpProtocol(HttpToolsProtocol):
         (``Upgrade``, as ``curl --http2`` sends with each request to an http URL): httptools
         ends it at its head, taking what follows as the new protocol's, and uvicorn, which
         switches to none, served it without its body (a POST was read as empty: 400) and
-        dropped the requests sent after it in the same read. This server switches to none
-        either (RFC 9110 7.8 lets it), and reads such a request to its end, as any other."""
+        dropped the requests sent after it in the same read. This server does not switch
+        either (RFC 9110 7.8 lets it ignore Upgrade), and reads such a request to its end."""
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
