@@ -132,7 +132,7 @@ __version__ = "1.0.0"
 # --------------------------------------------------------------------------------------
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The ``PRAGMA user_version`` that schema.sql sets; a database at any other version is
 upgraded or refused."""
 SCHEMA_UPGRADES = {
@@ -170,6 +170,14 @@ SCHEMA_UPGRADES = {
         "UPDATE posts SET comment_count = (SELECT count(*) FROM comments WHERE comments.post_pk = posts.pk)",
         "DROP TRIGGER IF EXISTS comments_bump_post_version_after_insert",
         "DROP TRIGGER IF EXISTS comments_bump_post_version_after_delete",
+    ],
+    # 4 to 5: posts.title_key, what ?sort=title orders by, in place of the title in SQLite's
+    # NOCASE (which folds A to Z alone). The indexes are made anew on it; the keys are made
+    # by blog_api as it starts, as for a post another program wrote (make_title_keys).
+    4: [
+        "ALTER TABLE posts ADD COLUMN title_key TEXT NOT NULL DEFAULT ''",
+        "DROP INDEX IF EXISTS posts_by_title",
+        "DROP INDEX IF EXISTS posts_by_published_title",
     ],
 }
 """What takes a database from each version to the next, before schema.sql is applied."""
@@ -546,6 +554,17 @@ def slugify(title: str) -> str:
     if not slug or UUID_SHAPE.match(slug):
         return f"post-{slug}".strip("-")
     return slug
+
+
+def title_sort_key(title: str) -> str:
+    """What ``?sort=title`` orders a title by: casefolded, Latin letters without their
+    accents and ligatures (Émile as emile, Straße as strasse), so that Émile sorts between
+    eclair and zebra; letters of other scripts keep their marks (й is not и). SQLite's
+    NOCASE, which this replaces, folds A to Z alone."""
+    if title.isascii():
+        return title.lower()
+    plain = unicodedata.normalize("NFC", without_latin_accents(title.translate(TRANSLITERATIONS)))
+    return plain.casefold() or title
 
 
 def without_latin_accents(text: str) -> str:
@@ -961,8 +980,8 @@ WHERE slug = ?
 # A new post; with executemany, any number in one call. A post whose slug another post has
 # (one stored, or one before it in the same call) is left out.
 INSERT_POST = """
-INSERT INTO posts (id, slug, title, content, published, created_at, updated_at)
-VALUES (:id, :slug, :title, :content, :published, :now, :now)
+INSERT INTO posts (id, slug, title, title_key, content, published, created_at, updated_at)
+VALUES (:id, :slug, :title, :title_key, :content, :published, :now, :now)
 ON CONFLICT (slug) DO NOTHING
 """
 
@@ -991,6 +1010,7 @@ WRITE_CONDITIONS = """
 UPDATE_POST = f"""
 UPDATE posts
 SET title = coalesce(:title, title),
+    title_key = coalesce(:title_key, title_key),
     content = coalesce(:content, content),
     published = coalesce(:published, published),
     slug = coalesce(:slug, slug),
@@ -1060,6 +1080,19 @@ FROM posts_fts_pending JOIN posts ON posts.pk = posts_fts_pending.pk
 
 CLEAR_PENDING_POSTS = """
 DELETE FROM posts_fts_pending
+"""
+
+# The posts whose title_key is not made yet (see schema.sql), and making it.
+SELECT_POSTS_WITHOUT_TITLE_KEY = """
+SELECT pk, title
+FROM posts
+WHERE title_key = ''
+"""
+
+SET_TITLE_KEY = """
+UPDATE posts
+SET title_key = ?
+WHERE pk = ?
 """
 
 SELECT_TAG_COUNTS = """
@@ -1165,7 +1198,7 @@ PAGE_OF_POSTS = f"""
 SELECT {POST_FIELDS}, page.sort_key, page.tiebreak
 FROM ({{page}}) AS page
 JOIN posts ON posts.pk = page.pk
-ORDER BY page.sort_key{{collation}} {{direction}}, page.tiebreak {{direction}}
+ORDER BY page.sort_key {{direction}}, page.tiebreak {{direction}}
 """
 
 LIST_POSTS = """
@@ -1226,14 +1259,14 @@ PUBLISHED_ONLY = "published = 1"
 CREATED_AFTER = "created_at > :created_after"
 CREATED_BEFORE = "created_at < :created_before"
 # Rows past a cursor's (key, tiebreak), written so that SQLite searches the sort index by
-# the key alone (a row-value comparison with a collation would scan it).
+# the key alone.
 KEY_ABOVE = "{key} >= :key AND ({key} > :key OR {tiebreak} > :tiebreak)"
 KEY_BELOW = "{key} <= :key AND ({key} < :key OR {tiebreak} < :tiebreak)"
 
 SORT_KEYS = {
     "created_at": "created_at",
     "updated_at": "updated_at",
-    "title": "title COLLATE NOCASE",
+    "title": "title_key",
     "relevance": "ranked.score",
 }
 TIEBREAKS = {"created_at": "id", "updated_at": "id", "title": "id", "relevance": "pk"}
@@ -1250,8 +1283,8 @@ way would cost 10 to 100 times more at the other end)."""
 
 # python blog_api.py seed: whole rows at once, with the pks chosen by the seeder.
 SEED_POST = """
-INSERT INTO posts (pk, id, slug, title, content, published, created_at, updated_at)
-VALUES (:pk, :id, :slug, :title, :content, :published, :created_at, :created_at)
+INSERT INTO posts (pk, id, slug, title, title_key, content, published, created_at, updated_at)
+VALUES (:pk, :id, :slug, :title, :title_key, :content, :published, :created_at, :created_at)
 """
 
 SEED_POST_TAG = """
@@ -1401,7 +1434,7 @@ class Listing:
     @property
     def fingerprint(self) -> str:
         """What a cursor must have been made for: the same matches in the same order."""
-        query = [CURSOR_VERSION, self.sort, self.descending, self.published, self.drafts_visible]
+        query = [CURSOR_VERSION, SORT_KEYS[self.sort], self.descending, self.published, self.drafts_visible]
         query += [self.created_after, self.created_before, self.search, sorted(self.tags)]
         return hashlib.sha256(msgspec.json.encode(query)).hexdigest()[:16]
 
@@ -1457,8 +1490,7 @@ class Listing:
             index_hint = f" INDEXED BY {SORT_INDEXES[self.sort][one_value_of_published]}"
         direction = "DESC" if descending else "ASC"
         page = template.format(sort_key=key, direction=direction, conditions=all_of(conditions), index_hint=index_hint)
-        collation = " COLLATE NOCASE" if self.sort == "title" else ""
-        return PAGE_OF_POSTS.format(page=page, collation=collation, direction=direction), parameters
+        return PAGE_OF_POSTS.format(page=page, direction=direction), parameters
 
 
 def all_of(conditions: list[str]) -> str:
@@ -1765,13 +1797,22 @@ def index_pending_posts(connection: sqlite3.Connection) -> None:
         connection.execute(statement)
 
 
+def make_title_keys(connection: sqlite3.Connection) -> None:
+    """Make the ``title_key`` of every post that has none yet: one another program wrote or
+    retitled, or every post of a database just upgraded. Usually none: an index lookup."""
+    if missing := connection.execute(SELECT_POSTS_WITHOUT_TITLE_KEY).fetchall():
+        connection.executemany(SET_TITLE_KEY, [(title_sort_key(title), pk) for pk, title in missing])
+
+
 @contextmanager
 def write_transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``immediate_transaction``, with the search index brought up to date just before its
-    COMMIT: once per transaction, however many posts it wrote (see schema.sql)."""
+    """``immediate_transaction``, with the search index and the titles' sort keys brought up
+    to date just before its COMMIT: once per transaction, however many posts it wrote (see
+    schema.sql)."""
     with immediate_transaction(connection):
         yield connection
         index_pending_posts(connection)
+        make_title_keys(connection)
 
 
 @contextmanager
@@ -3226,6 +3267,7 @@ class PostController(Controller):
             slug_chosen=data.slug is not None,
             tags=data.tags,
             now=now,
+            title_key=title_sort_key(data.title),
         )
         location = f"{self.path}/{post_id}"
         headers = {"Location": location, "ETag": created_post_etag(post_id)}
@@ -3545,6 +3587,7 @@ async def apply_update(db: Database, post_id: str, data: PostUpdate, conditions:
     parameters = {
         "id": post_id,
         "title": sent(data.title),
+        "title_key": None if data.title is UNSET or data.title is None else title_sort_key(data.title),
         "content": sent(data.content),
         "published": sent(data.published),
         "slug": sent(data.slug),
@@ -3618,6 +3661,7 @@ class NewPost(msgspec.Struct):
     slug_chosen: bool
     tags: list[str]
     now: int
+    title_key: str = ""  # title_sort_key(title); if left '', the transaction makes it (make_title_keys)
 
     def response_body(self, slug: str) -> bytes:
         """The post as the API shows it, stored with this slug: the body of the 201."""
@@ -4205,6 +4249,7 @@ def demo_rows(rng: random.Random, pk: int, hour: int) -> tuple[dict[str, Any], l
     created = DEMO_START_US + hour * 3_600_000_000 + rng.randrange(3_600_000_000)
     slug = f"{slugify(title)}-{post_id[:8]}"
     post = dict(pk=pk, id=post_id, slug=slug, title=title, content=content, published=published, created_at=created)
+    post["title_key"] = title_sort_key(title)
     comments = []
     for minute in range(rng.choice((0, 0, 0, 1, 2, 5))):
         comment_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))

@@ -31,6 +31,12 @@ CREATE TABLE IF NOT EXISTS posts (
     -- length() stops at a NUL character, which JSON text may hold: "not empty" is checked
     -- on the bytes (the service checks the exact character counts).
     title       TEXT    NOT NULL CHECK (length(CAST(title AS BLOB)) >= 1 AND length(title) <= 100),
+    -- What ?sort=title orders by: the title casefolded, Latin letters without their accents
+    -- (Émile as emile), made by blog_api (title_sort_key), which SQLite cannot (its NOCASE
+    -- folds A to Z alone, so Émile came after zebra). '' until made: for a post another
+    -- program wrote or retitled (see the trigger below), blog_api makes it when it next
+    -- writes or starts.
+    title_key   TEXT    NOT NULL DEFAULT '',
     -- Last, so that reading the columns above never walks a long post's overflow pages.
     content     TEXT    NOT NULL CHECK (length(CAST(content AS BLOB)) >= 1),
     CHECK (updated_at >= created_at)
@@ -40,10 +46,18 @@ CREATE TABLE IF NOT EXISTS posts (
 -- and the same within one value of published. Ties are broken by id.
 CREATE INDEX IF NOT EXISTS posts_by_created_at ON posts (created_at, id);
 CREATE INDEX IF NOT EXISTS posts_by_updated_at ON posts (updated_at, id);
-CREATE INDEX IF NOT EXISTS posts_by_title ON posts (title COLLATE NOCASE, id);
+CREATE INDEX IF NOT EXISTS posts_by_title ON posts (title_key, id);
 CREATE INDEX IF NOT EXISTS posts_by_published_created_at ON posts (published, created_at, id);
 CREATE INDEX IF NOT EXISTS posts_by_published_updated_at ON posts (published, updated_at, id);
-CREATE INDEX IF NOT EXISTS posts_by_published_title ON posts (published, title COLLATE NOCASE, id);
+CREATE INDEX IF NOT EXISTS posts_by_published_title ON posts (published, title_key, id);
+
+-- A title changed without its key (by another program, or to one with the same key) is
+-- given it anew.
+CREATE TRIGGER IF NOT EXISTS posts_title_key_after_retitling AFTER UPDATE OF title ON posts
+WHEN new.title IS NOT old.title AND new.title_key IS old.title_key
+BEGIN
+    UPDATE posts SET title_key = '' WHERE pk = new.pk;
+END;
 
 -- Full-text search over title and content (GET /api/posts?q=...). An external-content
 -- table: it indexes the text but reads it from posts, so nothing is stored twice. Accents
@@ -214,4 +228,4 @@ CREATE TABLE IF NOT EXISTS meta (
 
 INSERT OR IGNORE INTO meta (key, value) VALUES ('cursor_secret', randomblob(32));
 
-PRAGMA user_version = 4;
+PRAGMA user_version = 5;

@@ -1742,6 +1742,25 @@ def test_sort_and_order_with_cursor_walks(client: TestClient, monkeypatch, sort:
     assert ids([post for page in pages for post in page.json()]) == ids(expected)
 
 
+ALPHABETICAL_TITLES = [
+    *("Ångström", "apple", "Banana", "cherry", "éclair", "Émile", "fig", "Ørsted", "Ötzi", "Straße"),
+    *("Stuttgart", "Über", "vine", "zebra", "Zoë", "яблоко", "Ярмарка"),  # other scripts after Latin
+]
+"""In the order ?sort=title&order=asc gives them."""
+
+
+def test_titles_sort_by_their_letters_whatever_their_case_and_accents(client: TestClient) -> None:
+    """SQLite's NOCASE, which sorted them, folds A to Z alone: Émile came after zebra, and
+    é apart from É."""
+    for title in ALPHABETICAL_TITLES[::-1]:
+        create(client, title=title)
+    for order, expected in [("asc", ALPHABETICAL_TITLES), ("desc", ALPHABETICAL_TITLES[::-1])]:
+        pages = walk(client, f"/api/posts?sort=title&order={order}&limit=4")
+        assert [post["title"] for page in pages for post in page.json()] == expected
+    assert [blog_api.title_sort_key(title) for title in ("Émile", "Straße", "Ørsted")] == ["emile", "strasse", "orsted"]
+    assert blog_api.title_sort_key("Йод") == "йод"  # not иод: other scripts keep their marks
+
+
 def test_order_alone_applies_to_created_at(client: TestClient, monkeypatch) -> None:
     posts = create_many(client, monkeypatch, 3)
     assert ids(client.get("/api/posts", params={"order": "asc"}).json()) == ids(posts)
@@ -1895,7 +1914,20 @@ def test_writes_committed_together_leave_the_search_index_matching_every_post(db
         assert connection.execute("SELECT count(*) FROM posts_fts_pending").fetchone() == (0,)
 
 
-VERSION_3_TAG_COUNTS = """
+VERSION_4_TITLES_IN_NOCASE = """
+DROP TRIGGER posts_title_key_after_retitling;
+DROP INDEX posts_by_title;
+DROP INDEX posts_by_published_title;
+ALTER TABLE posts DROP COLUMN title_key;
+CREATE INDEX posts_by_title ON posts (title COLLATE NOCASE, id);
+CREATE INDEX posts_by_published_title ON posts (published, title COLLATE NOCASE, id);
+PRAGMA user_version = 4;
+"""
+"""What schema version 4 had instead of posts.title_key: titles sorted in SQLite's NOCASE."""
+
+VERSION_3_TAG_COUNTS = (
+    VERSION_4_TITLES_IN_NOCASE
+    + """
 DROP TRIGGER post_tags_count_after_insert;
 DROP TRIGGER post_tags_count_after_delete;
 DROP TRIGGER posts_count_tags_after_publishing;
@@ -1922,6 +1954,7 @@ CREATE TRIGGER comments_bump_post_version_after_delete AFTER DELETE ON comments 
 END;
 PRAGMA user_version = 3;
 """
+)
 """What schema version 3 had instead of tags.post_count and posts.comment_count: both were
 counted at each read."""
 
@@ -1970,7 +2003,7 @@ def test_a_version_1_database_is_upgraded_and_its_search_index_kept(db_path: Pat
         assert ids(client.get("/api/posts", params={"q": "renamed version"}).json()) == [old["id"]]
         assert ids(client.get("/api/posts", params={"q": "written"}).json()) == [new["id"]]
     with closing(sqlite3.connect(db_path)) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (4,)
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (5,)
         triggers = {name for (name,) in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'trigger'")}
     assert not triggers & {"posts_fts_after_insert", "posts_fts_after_delete", "posts_fts_after_update"}
     assert search_index_problem(db_path) is None
@@ -1993,7 +2026,7 @@ def test_a_version_2_database_is_upgraded_and_its_comments_move_last_modified(db
         assert client.delete(f"{url}/comments/{comment['id']}").status_code == 204
         assert client.get(url).json()["comment_count"] == 0
     with closing(sqlite3.connect(db_path)) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (4,)
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (5,)
         [(changed_at,)] = connection.execute("SELECT comments_changed_at FROM posts").fetchall()
     assert changed_at >= upgrade_began.timestamp() * 1_000_000
 
@@ -2016,7 +2049,7 @@ def test_a_version_3_database_is_upgraded_with_its_tags_and_comments_counted(db_
         comment_on(secured, create_as_editor(secured, tags=["python"]))
         assert secured.get("/api/tags").json()[0] == {"name": "python", "post_count": 2}
     with closing(sqlite3.connect(db_path)) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (4,)
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (5,)
     assert stored_tag_counts(db_path) == tag_counts_from_links(db_path)
     assert [(count, counted) for _, count, counted in stored_comment_counts(db_path)] == [(2, 2), (0, 0), (1, 1)]
 
@@ -2032,6 +2065,52 @@ def test_a_post_another_program_wrote_is_searchable_once_blog_api_starts(db_path
     with TestClient(create_app(Config(db_path=str(db_path)))) as client:
         assert [post["title"] for post in client.get("/api/posts", params={"q": "outsider"}).json()] == ["Outsider"]
     assert search_index_problem(db_path) is None
+
+
+def titles_in_title_order(client: TestClient) -> list[str]:
+    return [post["title"] for post in client.get("/api/posts", params={"sort": "title", "order": "asc"}).json()]
+
+
+def stored_title_keys(db_path: Path) -> dict[str, str]:
+    with closing(sqlite3.connect(db_path)) as connection:
+        return dict(connection.execute("SELECT title, title_key FROM posts"))
+
+
+def test_a_version_4_database_is_upgraded_and_sorts_titles_by_their_letters(db_path: Path) -> None:
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        for title in ("zebra", "Émile", "apple"):
+            create(client, title=title)
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as connection:
+        connection.executescript(VERSION_4_TITLES_IN_NOCASE)
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        assert titles_in_title_order(client) == ["apple", "Émile", "zebra"]  # NOCASE: Émile last
+    assert stored_title_keys(db_path) == {"zebra": "zebra", "Émile": "emile", "apple": "apple"}
+    with closing(sqlite3.connect(db_path)) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (5,)
+        plan = connection.execute("EXPLAIN QUERY PLAN SELECT id FROM posts ORDER BY title_key, id").fetchall()
+    assert "USING COVERING INDEX posts_by_title" in plan[0][-1]
+
+
+def test_a_title_another_program_writes_or_changes_is_sorted_once_blog_api_writes(db_path: Path) -> None:
+    """The sort key is made in Python, which another program does not run: a post it writes
+    or retitles has none until blog_api next writes or starts."""
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        renamed = create(client, title="banana")
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as other:
+        other.execute(
+            "INSERT INTO posts (id, slug, title, content, created_at, updated_at) VALUES (?, 'x', 'Émile', 'B', 1, 1)",
+            (str(uuid.uuid4()),),
+        )
+        other.execute("UPDATE posts SET title = 'Ötzi' WHERE id = ?", (renamed["id"],))
+    assert stored_title_keys(db_path) == {"Émile": "", "Ötzi": ""}
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        assert titles_in_title_order(client) == ["Émile", "Ötzi"]
+        with closing(sqlite3.connect(db_path, isolation_level=None)) as other:
+            other.execute("UPDATE posts SET title = 'Ärger' WHERE title = 'Ötzi'")
+        create(client, title="Zoë")  # a write makes the keys of what others wrote meanwhile
+        assert titles_in_title_order(client) == ["Ärger", "Émile", "Zoë"]
+        client.patch(f"/api/posts/{renamed['id']}", json={"title": "ÄRGER"})  # the same key: kept
+    assert stored_title_keys(db_path) == {"Émile": "emile", "ÄRGER": "arger", "Zoë": "zoe"}
 
 
 def test_search_combines_with_every_filter_sort_and_cursor(client: TestClient, monkeypatch) -> None:
