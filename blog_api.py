@@ -1433,7 +1433,9 @@ class Listing:
 
     @property
     def fingerprint(self) -> str:
-        """What a cursor must have been made for: the same matches in the same order."""
+        """What a cursor must have been made for: the same matches in the same order, by the
+        same sort key (so that title's becoming title_key, in schema 5, made older title and
+        relevance cursors stale rather than misplaced)."""
         query = [CURSOR_VERSION, SORT_KEYS[self.sort], self.descending, self.published, self.drafts_visible]
         query += [self.created_after, self.created_before, self.search, sorted(self.tags)]
         return hashlib.sha256(msgspec.json.encode(query)).hexdigest()[:16]
