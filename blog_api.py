@@ -4585,6 +4585,8 @@ def serve(argv: list[str]) -> None:
     skip_unused_log_record_fields()
     write_access_lines_directly(blog)
     url = base_url(config)
+    if config.port == 0:  # the system picks one as uvicorn binds; uvicorn's line names it
+        url = url.removesuffix(":0") + ":<port>"
     logger.info("Blog API %s on %s with database %s", __version__, url, config.db_path)
     logger.info("API docs: %s/schema/swagger (also /schema/redoc, /schema/openapi.json)", url)
     if config.token is not None:

@@ -4869,6 +4869,15 @@ def test_closing_sends_the_held_write_first_and_a_gone_peer_gets_nothing() -> No
     run(check())
 
 
+def test_port_0_is_not_announced_as_the_port(monkeypatch, capsys) -> None:
+    """The system picks the port as uvicorn binds (uvicorn's own line names it): the startup
+    lines said http://127.0.0.1:0, for the service and its docs."""
+    monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: None)
+    blog_api.main(["--db", ":memory:", "--port", "0"])
+    said = capsys.readouterr().err
+    assert "API docs: http://127.0.0.1:<port>/schema/swagger" in said and "127.0.0.1:0" not in said
+
+
 def test_a_misspelt_environment_variable_is_warned_of_at_startup(monkeypatch, capsys) -> None:
     monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: None)
     monkeypatch.setenv("BLOG_API_CORS_ORIGIN", "https://blog.example")  # the flag is --cors-origin
