@@ -496,11 +496,18 @@ def composed(text: str) -> str:
 
 
 def normalized_tag(tag: str) -> str:
-    """A tag as stored: no control characters, trimmed, inner spaces collapsed, lowercase,
-    composed (NFC: café typed as cafe and U+0301 is café)."""
-    if not tag.isprintable():  # else it holds no control character (Cc): the usual case, at C speed
-        tag = "".join(c for c in tag if unicodedata.category(c) != "Cc" or c.isspace())
+    """A tag as stored: no control or invisible characters, trimmed, inner spaces collapsed,
+    lowercase, composed (NFC: café typed as cafe and U+0301 is café). The invisible ones
+    (Unicode's format characters: a soft hyphen, a zero-width space, a direction mark) made
+    a second tag that looked the same; but the joiners are kept (``TAG_JOINERS``)."""
+    if not tag.isprintable():  # else it holds neither (Cc, Cf): the usual case, at C speed
+        tag = "".join(c for c in tag if c.isspace() or c in TAG_JOINERS or unicodedata.category(c) not in ("Cc", "Cf"))
     return composed(" ".join(tag.split()).lower())
+
+
+TAG_JOINERS = frozenset("\u200c\u200d")
+"""The zero-width non-joiner and joiner: invisible, but they make an emoji (👩 + ZWJ + 💻 is
+one) or a word in Persian what it is."""
 
 
 def normalized_tags(tags: list[str]) -> list[str]:

@@ -2483,6 +2483,16 @@ def test_a_tag_typed_with_a_combining_accent_is_the_same_tag(client: TestClient)
         assert ids(client.get("/api/posts", params={"tag": typed}).json()) == [decomposed["id"], composed["id"]]
 
 
+def test_a_tag_with_an_invisible_character_is_the_same_tag(client: TestClient) -> None:
+    """A soft hyphen, a zero-width space, a byte order mark or a direction mark (pasted from
+    a web page) made a second tag that looked the same. The joiners are kept: they make
+    an emoji (👩 + ZWJ + 💻) or a Persian word what it is."""
+    persian = "می\u200cخواهم"  # noqa: RUF001
+    post = create(client, tags=["py\u00adthon", "\u200bpython", "web\ufeff", "\u200eweb", "👩\u200d💻", persian])
+    assert post["tags"] == ["python", "web", "👩\u200d💻", persian]
+    assert ids(client.get("/api/posts", params={"tag": "py\u00adthon"}).json()) == [post["id"]]
+
+
 def test_blank_tags_and_control_characters_are_dropped(client: TestClient) -> None:
     post = create(client, tags=["   ", "bell\x07", "tab\tand  space", "\x00"])
     assert post["tags"] == ["bell", "tab and space"]
