@@ -554,10 +554,7 @@ def slugify(title: str) -> str:
     """A slug made from a title: Latin letters lose their accents (Café → cafe), letters of
     other scripts stay as they are, marks included (Йод → йод, が → が, हिन्दी → हिन्दी),
     lowercase; invisible characters are dropped, and every other character separates words."""
-    plain = title
-    if not title.isascii():  # ASCII has nothing to transliterate or decompose
-        plain = unicodedata.normalize("NFC", without_latin_accents(title.translate(TRANSLITERATIONS)))
-    slug = "-".join(slug_words(plain.lower()))[:MAX_SLUG_LENGTH].strip("-")
+    slug = "-".join(slug_words(plain_latin(title).lower()))[:MAX_SLUG_LENGTH].strip("-")
     if not slug or UUID_SHAPE.match(slug):
         return f"post-{slug}".strip("-")
     return slug
@@ -570,22 +567,24 @@ def title_sort_key(title: str) -> str:
     NOCASE, which this replaces, folds A to Z alone."""
     if title.isascii():
         return title.lower()
-    plain = unicodedata.normalize("NFC", without_latin_accents(title.translate(TRANSLITERATIONS)))
-    return plain.casefold() or title
+    return plain_latin(title).casefold() or title
 
 
-def without_latin_accents(text: str) -> str:
-    """``text`` decomposed (NFKD: also ﬁ → fi, full-width letters → ASCII), without the marks that
-    follow a Latin letter. Others keep theirs: й is not и, nor が か, and हिन्दी's vowel signs
-    are the word."""
+def plain_latin(text: str) -> str:
+    """``text`` with its Latin letters plain: letters Unicode does not decompose spelled out
+    (``TRANSLITERATIONS``: ß → ss), compatibility forms apart (ﬁ → fi, full-width letters →
+    ASCII), and the marks that follow a Latin letter dropped (Café → Cafe); composed (NFC).
+    Other scripts keep their marks: й is not и, nor が か, and हिन्दी's vowel signs are the word."""
+    if text.isascii():  # nothing to transliterate or decompose
+        return text
     kept, base = [], ""
-    for char in unicodedata.normalize("NFKD", text):
+    for char in unicodedata.normalize("NFKD", text.translate(TRANSLITERATIONS)):
         if unicodedata.category(char) not in MARKS:
             base = char
         elif unicodedata.name(base, "").startswith("LATIN "):
             continue
         kept.append(char)
-    return "".join(kept)
+    return unicodedata.normalize("NFC", "".join(kept))
 
 
 TIMESTAMP_FORMAT = "UTC, RFC 3339, always with six fractional digits, so that text order is time order."
@@ -3593,10 +3592,11 @@ async def apply_update(db: Database, post_id: str, data: PostUpdate, conditions:
         return None if value is UNSET else value
 
     new_tags = data.tags if isinstance(data.tags, list) else None
+    title = sent(data.title)
     parameters = {
         "id": post_id,
-        "title": sent(data.title),
-        "title_key": None if data.title is UNSET or data.title is None else title_sort_key(data.title),
+        "title": title,
+        "title_key": None if title is None else title_sort_key(title),
         "content": sent(data.content),
         "published": sent(data.published),
         "slug": sent(data.slug),
@@ -4257,8 +4257,16 @@ def demo_rows(rng: random.Random, pk: int, hour: int) -> tuple[dict[str, Any], l
     post_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
     created = DEMO_START_US + hour * 3_600_000_000 + rng.randrange(3_600_000_000)
     slug = f"{slugify(title)}-{post_id[:8]}"
-    post = dict(pk=pk, id=post_id, slug=slug, title=title, content=content, published=published, created_at=created)
-    post["title_key"] = title_sort_key(title)
+    post = dict(
+        pk=pk,
+        id=post_id,
+        slug=slug,
+        title=title,
+        title_key=title_sort_key(title),
+        content=content,
+        published=published,
+        created_at=created,
+    )
     comments = []
     for minute in range(rng.choice((0, 0, 0, 1, 2, 5))):
         comment_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
@@ -4881,7 +4889,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
                 self.flow.resume_reading()
         if self._refusal is not None:
             if self._answered_all_before_the_refusal():
-                self._send_refusal(self._refusal)
+                self._send_refusal()
         elif self._client_done and self.cycle.response_complete and not self.pipeline:  # all answered
             self.transport.close()
 
@@ -5093,7 +5101,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
             self._stop_body_timer()
             self._refused_cycle = self.cycle
         if self._answered_all_before_the_refusal():
-            self._send_refusal(self._refusal)
+            self._send_refusal()
 
     def _answered_all_before_the_refusal(self) -> bool:
         """Whether every request read before the refused one has been answered: the last one
@@ -5103,11 +5111,11 @@ class BlogHttpProtocol(HttpToolsProtocol):
             return True
         return not self.pipeline and cycle is self._refused_cycle and not cycle.response_started
 
-    def _send_refusal(self, refusal: tuple[int, str, str]) -> None:
+    def _send_refusal(self) -> None:
         if (cycle := self._refused_cycle) is not None:  # its app, waiting for the body, gives up
             cycle.disconnected = True
             cycle.message_event.set()
-        self.transport.write(error_response_bytes(*refusal, self.server_state.default_headers))
+        self.transport.write(error_response_bytes(*self._refusal, self.server_state.default_headers))
         # Closing now, with the client's bytes unread, would answer them with a TCP reset,
         # which may discard the answer before the client reads it. So: end the sending side,
         # and drop what still comes, for a second at most (as nginx's lingering close does).
