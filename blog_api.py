@@ -62,6 +62,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, Literal, TextIO, TypeVar, get_args, get_origin
 from urllib.parse import quote, urlencode
@@ -3900,6 +3901,19 @@ def clearer_validation_errors(request: Request, exc: ValidationException) -> Res
     return create_exception_response(request, exc)
 
 
+def unrouted(request: Request, exc: NotFoundException | MethodNotAllowedException) -> Response:
+    """Routing's 404 and 405, which Litestar words only ``Not Found`` and ``Method Not
+    Allowed``, saying what was not found or not allowed; a handler's own (``Post with ID x not
+    found``, a read-only server's 405) as they are."""
+    path = request.scope["path"]
+    if exc.detail == HTTPStatus.NOT_FOUND.phrase:
+        exc.detail = f"No such path: {path} (the API's paths are in /schema/openapi.json)"
+    elif exc.detail == HTTPStatus.METHOD_NOT_ALLOWED.phrase:
+        allowed = request.app.allow_header(path)
+        exc.detail = f"{path} does not take {request.scope['method']}; it takes {allowed}"
+    return create_exception_response(request, exc)
+
+
 def server_error(request: Request, exc: Exception) -> Response:
     """A 500 that shows nothing inside but the request ID, to find its log lines."""
     return Response(
@@ -4188,6 +4202,8 @@ def create_app(config: Config | None = None) -> Litestar:
             sqlite3.OperationalError: database_unavailable,
             ValidationException: clearer_validation_errors,
             TooManyRequestsException: too_many_requests,
+            NotFoundException: unrouted,
+            MethodNotAllowedException: unrouted,
             **({} if config.debug else {500: server_error}),
         },
         request_max_body_size=MAX_BODY_BYTES,

@@ -308,16 +308,24 @@ def test_head_answers_like_get_without_a_body(client: TestClient, path: str) -> 
     assert head.content == b""
 
 
-def test_unknown_route_is_a_json_404(client: TestClient) -> None:
+def test_unknown_route_is_a_json_404_naming_the_path(client: TestClient) -> None:
     response = client.get("/api/nothing-here")
     assert response.status_code == 404
-    assert response.json()["status_code"] == 404
+    assert response.json() == {
+        "status_code": 404,
+        "detail": "No such path: /api/nothing-here (the API's paths are in /schema/openapi.json)",
+    }
 
 
-def test_wrong_method_is_405(client: TestClient) -> None:
+def test_wrong_method_is_405_naming_the_methods_the_path_takes(client: TestClient) -> None:
     response = client.post("/api/posts/some-id", json=SEED_POST)
     assert response.status_code == 405
-    assert response.json()["status_code"] == 405
+    assert response.headers["allow"] == "DELETE, GET, HEAD, OPTIONS, PATCH, PUT"
+    assert response.json() == {
+        "status_code": 405,
+        "detail": "/api/posts/some-id does not take POST; it takes DELETE, GET, HEAD, OPTIONS, PATCH, PUT",
+    }
+    assert client.delete("/api/tags").json()["detail"] == "/api/tags does not take DELETE; it takes GET, HEAD, OPTIONS"
 
 
 # --------------------------------------------------------------------------------------
