@@ -1727,13 +1727,26 @@ def parse_moment(request: Request, name: str, value: str | None) -> int | None:
     the Unix epoch, UTC), or a 400 naming the parameter."""
     if value is None:
         return None
+    moment = rfc3339_moment(value)
+    if moment is None:
+        message = "Expected an RFC 3339 date-time with an offset, like 2025-03-12T10:42:35Z"
+        if rfc3339_moment(PLUS_READ_AS_SPACE.sub("+", value)) is not None:
+            message += "; a + in a query string is read as a space: send it as %2B"
+        raise query_error(request, name, message)
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+PLUS_READ_AS_SPACE = re.compile(r" (?=\d\d:\d\d$)")
+"""Where ``+05:00``, typed into a URL as it is, leaves a space: a query string's ``+`` is one."""
+
+
+def rfc3339_moment(value: str) -> datetime | None:
+    """``value`` as a date-time with an offset, or None if it is not one."""
     try:
         moment = msgspec.convert(value, datetime)
     except msgspec.ValidationError:
-        moment = None
-    if moment is None or moment.utcoffset() is None:
-        raise query_error(request, name, "Expected an RFC 3339 date-time with an offset, like 2025-03-12T10:42:35Z")
-    return (moment - EPOCH) // timedelta(microseconds=1)
+        return None
+    return None if moment.utcoffset() is None else moment
 
 
 def refuse_repeated_parameters(request: Request, single_valued: Collection[str]) -> None:

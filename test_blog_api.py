@@ -2189,6 +2189,23 @@ def test_list_refuses_bad_parameters_naming_them(client: TestClient, params: dic
     assert_validation_error(client.get("/api/posts", params=params), key=key, source="query")
 
 
+def test_an_offset_whose_plus_was_read_as_a_space_is_told_to_send_it_as_2b(client: TestClient) -> None:
+    """``+05:00`` typed into a URL as it is: a query string's ``+`` is a space."""
+    post = create(client)
+    response = client.get("/api/posts?created_before=2999-01-01T00:00:00+05:00")
+    assert response.json()["extra"] == [
+        {
+            "message": "Expected an RFC 3339 date-time with an offset, like 2025-03-12T10:42:35Z; "
+            "a + in a query string is read as a space: send it as %2B",
+            "key": "created_before",
+            "source": "query",
+        }
+    ]
+    assert ids(client.get("/api/posts?created_before=2999-01-01T00:00:00%2B05:00").json()) == [post["id"]]
+    response = client.get("/api/posts?created_before=2999-01-01 00:00:00")
+    assert response.json()["extra"][0]["message"].endswith("like 2025-03-12T10:42:35Z")
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
