@@ -984,6 +984,14 @@ FROM posts
 WHERE slug = ?
 """
 
+# Which post has this slug: what a write that names a post by its slug is told (a write
+# takes the ID only).
+SELECT_ID_BY_SLUG = """
+SELECT id
+FROM posts
+WHERE slug = ?
+"""
+
 # A new post; with executemany, any number in one call. A post whose slug another post has
 # (one stored, or one before it in the same call) is left out.
 INSERT_POST = """
@@ -3121,12 +3129,24 @@ def versions_named(field_value: str, post_id: str, *, weak_too: bool) -> str:
     return msgspec.json.encode(versions).decode()
 
 
+def no_post_to_write(connection: sqlite3.Connection, post_id: str) -> NotFoundException:
+    """The tutorial's 404, saying which post's slug ``post_id`` is if it is one: a GET takes
+    the slug, a write to the post the ID only, as WordPress's do."""
+    slug_of = connection.execute(SELECT_ID_BY_SLUG, (post_id,)).fetchall()
+    if not slug_of:
+        return post_not_found(post_id)
+    detail = (
+        f"{post_not_found(post_id).detail}: {post_id} is the slug of post {slug_of[0][0]}, and a write takes the ID"
+    )
+    return NotFoundException(detail=detail)
+
+
 def precondition_failed_or_missing(connection: sqlite3.Connection, write: Mapping[str, Any]) -> ClientException:
     """A conditional write (its parameters) that found nothing: 404 if the post is missing,
     else a 412 naming the precondition that failed."""
     found = connection.execute(SELECT_POST_STATE, {"id": write["id"]}).fetchall()
     if not found:
-        return post_not_found(write["id"])
+        return no_post_to_write(connection, write["id"])
     [(version, modified_at)] = found
     if write["versions"] is not None and version not in msgspec.json.decode(write["versions"]):
         return if_match_failed(write["versions"])

@@ -2387,6 +2387,21 @@ def test_get_accepts_the_slug(client: TestClient) -> None:
     assert client.get("/api/posts/not-a-slug").json()["detail"] == "Post with ID not-a-slug not found"
 
 
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
+def test_a_write_to_a_slug_is_a_404_naming_the_posts_id(client: TestClient, db_path: Path, method: str) -> None:
+    """A GET takes the slug, a write the ID only: the 404 says whose slug it is."""
+    post = create(client, slug="my-own-slug")
+    response = client.request(method, "/api/posts/my-own-slug", json={"title": "changed"})
+    assert response.status_code == 404
+    assert response.json() == {
+        "status_code": 404,
+        "detail": f"Post with ID my-own-slug not found: my-own-slug is the slug of post {post['id']}, "
+        "and a write takes the ID",
+    }
+    assert client.get(f"/api/posts/{post['id']}").json() == post
+    assert [row["title"] for row in stored_posts(db_path)] == [post["title"]]
+
+
 @pytest.mark.parametrize(
     "slug",
     [
