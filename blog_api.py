@@ -3939,12 +3939,23 @@ def unrouted(request: Request, exc: NotFoundException | MethodNotAllowedExceptio
     Allowed``, saying what was not found or not allowed; a handler's own (``Post with ID x not
     found``, a read-only server's 405) as they are."""
     path = request.scope["path"]
+    if path == "*":  # RFC 9112 3.2.4: the asterisk form, for OPTIONS alone
+        return server_options(request)
     if exc.detail == HTTPStatus.NOT_FOUND.phrase:
         exc.detail = f"No such path: {path} (the API's paths are in /schema/openapi.json)"
     elif exc.detail == HTTPStatus.METHOD_NOT_ALLOWED.phrase:
         allowed = request.app.allow_header(path)
         exc.detail = f"{path} does not take {request.scope['method']}; it takes {allowed}"
     return create_exception_response(request, exc)
+
+
+def server_options(request: Request) -> Response:
+    """``OPTIONS *`` asks what the server as a whole takes (RFC 9110 9.3.7): every method
+    of any path. Any other method has no resource at ``*``: 400."""
+    if request.scope["method"] != "OPTIONS":
+        detail = f"The request target * is for OPTIONS only, not {request.scope['method']} (RFC 9112 3.2.4)"
+        return Response({"status_code": 400, "detail": detail}, status_code=400)
+    return Response(None, status_code=HTTP_204_NO_CONTENT, headers={"Allow": request.app.allow_header("*")})
 
 
 def server_error(request: Request, exc: Exception) -> Response:
@@ -4075,13 +4086,14 @@ class BlogAPI(Litestar):
         return kept
 
     def allow_header(self, path: str) -> str:
-        """Every method served at ``path`` (HEAD wherever GET is). Litestar's own OPTIONS
-        answer lists only the methods of the first handler of a path (litestar#4169)."""
+        """Every method served at ``path`` (at any path for ``*``; HEAD wherever GET is).
+        Litestar's own OPTIONS answer lists only the methods of the first handler of a path
+        (litestar#4169)."""
         if self._allowed_methods is None:
             self._allowed_methods = allowed_methods_by_path(self.routes)
         methods = {"OPTIONS"}
         for pattern, served in self._allowed_methods:
-            if pattern.fullmatch(path):
+            if path == "*" or pattern.fullmatch(path):
                 methods |= served
         if "GET" in methods:
             methods.add("HEAD")

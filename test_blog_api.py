@@ -5103,6 +5103,29 @@ def test_a_request_that_is_not_http_gets_a_json_error_naming_the_problem(
     run(check())
 
 
+def test_options_asterisk_names_every_method_the_server_takes(db_path: Path) -> None:
+    """``OPTIONS *`` asks of the server as a whole (RFC 9110 9.3.7); no other method has a
+    resource at ``*`` (RFC 9112 3.2.4)."""
+
+    async def check() -> None:
+        async with serving(blog_api.BlogHttpProtocol, db_path) as address:
+            reader, writer = await asyncio.open_connection(*address)
+            writer.write(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\nGET * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answers = await asyncio.wait_for(reader.read(), 5)  # and the connection closes
+            writer.close()
+        options, refused = re.split(rb"(?=HTTP/1.1 )", answers)[1:]
+        assert options.startswith(b"HTTP/1.1 204 No Content\r\n")
+        assert header_values(options, b"allow") == [b"DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"]
+        head, _, body = refused.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        assert msgspec.json.decode(body) == {
+            "status_code": 400,
+            "detail": "The request target * is for OPTIONS only, not GET (RFC 9112 3.2.4)",
+        }
+
+    run(check())
+
+
 @pytest.mark.parametrize(
     "head",
     [
