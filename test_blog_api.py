@@ -568,6 +568,31 @@ def test_a_body_just_under_one_mebibyte_is_accepted(client: TestClient) -> None:
     assert response.json()["content"] == content
 
 
+def test_a_comment_body_over_128_kibibytes_is_413_and_writes_nothing(client: TestClient, db_path: Path) -> None:
+    """Anyone may comment, and a client holds as much memory as it sends of a body: a
+    comment's may be 128 KiB, not the 1 MiB of other writes."""
+    post = create(client)
+    body = json.dumps({"author": "big", "body": "x" * blog_api.MAX_COMMENT_BODY_BYTES}).encode()
+    chunks = iter([body[: len(body) // 2], body[len(body) // 2 :]])  # no Content-Length: counted as it comes
+    detail = "The body is over 128 KiB, the most a comment may send"
+    for content in (body, chunks):
+        response = client.post(
+            f"/api/posts/{post['id']}/comments", content=content, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 413
+        assert response.json() == {"status_code": 413, "detail": detail}
+    assert stored_comments(db_path) == []
+
+
+def test_the_longest_comment_fits_in_its_body_limit_however_it_is_written(client: TestClient) -> None:
+    author, text = "🦀" * 100, "🦀" * 10_000  # 12 bytes each as JSON escapes, as json.dumps writes them
+    body = json.dumps({"author": author, "body": text})
+    assert blog_api.MAX_COMMENT_BODY_BYTES - 10_000 < len(body) <= blog_api.MAX_COMMENT_BODY_BYTES
+    response = client.post(f"/api/posts/{create(client)['id']}/comments", content=body)
+    assert response.status_code == 201
+    assert (response.json()["author"], response.json()["body"]) == (author, text)
+
+
 def test_content_over_100000_characters_is_refused(client: TestClient, db_path: Path) -> None:
     assert create(client, content="x" * 100_000)["content"] == "x" * 100_000
     response = client.post("/api/posts", json={**SEED_POST, "content": "x" * 100_001})
