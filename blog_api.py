@@ -207,6 +207,7 @@ SYNCHRONOUS_MODES = ("full", "normal", "off")
 MAX_READERS = 64  # each is a thread and a connection; with one GIL, more than a few buy nothing
 UNPRINTABLE_PATH = "path must be printable text in UTF-8, without control characters"
 BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 2.1's b64token: what a client can send
+MIN_TOKEN_LENGTH = 16  # 96 bits as base64; the README's token (24 random bytes) has 32 characters
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,11 @@ class Config:
             raise ValueError(f"synchronous must be full, normal or off, got {self.synchronous!r}")
         if self.busy_timeout_ms < 0:
             raise ValueError(f"busy timeout must not be negative, got {self.busy_timeout_ms}")
+        if self.token is not None and len(self.token) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"the token must be {MIN_TOKEN_LENGTH} characters or more, not {len(self.token)}, to be "
+                "beyond guessing: make one with head -c 24 /dev/urandom | base64"
+            )
         if self.token is not None and not BEARER_TOKEN.fullmatch(self.token):
             raise ValueError(
                 "the token must be letters, digits and - . _ ~ + / (then any = padding), as in "
@@ -354,6 +360,8 @@ def read_token_file(path: str) -> str:
         return Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ValueError(f"cannot read the token file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot read the token file {path}: it is not UTF-8 text") from None
 
 
 def env_variable(field_name: str) -> str:

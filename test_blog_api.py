@@ -3264,10 +3264,11 @@ def test_token_settings_from_flags_files_and_environment(tmp_path: Path) -> None
         (["--cors-origin", "https://blog.example:443"], "a CORS origin is a scheme and host"),
         (["--cors-origin", "http://blog.example:80"], "a CORS origin is a scheme and host"),
         (["--cors-origin", "https://bücher.example"], "a CORS origin is a scheme and host"),
-        (["--token", "has space"], "the token must be letters, digits and - . _ ~ + /"),
-        (["--token", "tokén-in-utf-8"], "the token must be letters, digits and - . _ ~ + /"),  # never matches
-        (["--token", "not-utf-8-\udce9"], "the token must be letters, digits and - . _ ~ + /"),  # was a traceback
-        (["--token", ""], "the token must be letters, digits and - . _ ~ + /"),
+        (["--token", "a token that has spaces"], "the token must be letters, digits and - . _ ~ + /"),
+        (["--token", "tokén-in-utf-8-and-long"], "the token must be letters, digits and - . _ ~ + /"),  # never matches
+        (["--token", "not-utf-8-and-long-\udce9"], "the token must be letters, digits and - . _ ~ + /"),  # a traceback
+        (["--token", ""], "the token must be 16 characters or more, not 0, to be beyond guessing"),
+        (["--token", "t0ken"], "the token must be 16 characters or more, not 5, to be beyond guessing"),
         (["--token-file", "/nonexistent/token"], "cannot read the token file"),
     ],
 )
@@ -3275,6 +3276,14 @@ def test_bad_security_settings_are_refused(capsys, argv, message) -> None:
     with pytest.raises(SystemExit):
         blog_api.parse_args(argv, {})
     assert message in capsys.readouterr().err
+
+
+def test_a_token_file_that_is_not_utf_8_is_refused_naming_it(capsys, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_bytes(b"\xff\xfe" + TOKEN.encode("utf-16-le"))  # what Windows' Notepad once saved
+    with pytest.raises(SystemExit):
+        blog_api.parse_args(["--token-file", str(token_file)], {})
+    assert f"cannot read the token file {token_file}: it is not UTF-8 text" in capsys.readouterr().err
 
 
 def test_the_token_never_reaches_a_response_or_a_log_line(tmp_path: Path, start_server) -> None:
@@ -4980,7 +4989,7 @@ def test_a_misspelt_environment_variable_is_warned_of_at_startup(monkeypatch, ca
     assert "WARNING blog_api [-] BLOG_API_CORS_ORIGIN is not a setting of blog_api, and is ignored; " in said
     assert "did you mean BLOG_API_CORS_ORIGINS?" in said
     assert said.endswith("BLOG_API_SOMETHING_ELSE is not a setting of blog_api, and is ignored\n")
-    every_setting = Config(token="t0ken", rate_limit="1/minute", cors_origins=("https://a.example",)).to_env()
+    every_setting = Config(token=TOKEN, rate_limit="1/minute", cors_origins=("https://a.example",)).to_env()
     assert Config.unknown_env_variables({**every_setting, "BLOG_API_TOKEN_FILE": "token.txt", "HOME": "/"}) == []
 
 
