@@ -4328,7 +4328,9 @@ DEMO_WORDS = (  # noqa: SIM905
 DEMO_TAGS = ["python", "litestar", "sqlite", "web", "api", "performance", "testing", "security", "devops",
              "tutorial", "release", "design", "databases", "async", "http"]  # fmt: skip
 DEMO_AUTHORS = ["Ada", "Grace", "Linus", "Guido", "Barbara", "Ken", "Margaret", "Dennis", "Frances", "Alan"]
-DEMO_START_US = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z: seeded timestamps do not depend on today
+DEMO_END_US = 1_704_067_200_000_000
+"""2024-01-01T00:00:00Z: demo posts are dated back from it, an hour apart, so that seeded
+timestamps do not depend on today, and 100,000 posts (11 years) are all in the past."""
 
 
 def demo_sentence(rng: random.Random) -> str:
@@ -4344,11 +4346,11 @@ def demo_post(rng: random.Random, number: int) -> tuple[str, str, list[str], boo
 
 
 def demo_rows(rng: random.Random, pk: int, hour: int) -> tuple[dict[str, Any], list[tuple], list[tuple]]:
-    """The rows of one demo post, created in the ``hour``-th hour after ``DEMO_START_US``: for
+    """The rows of one demo post, created in the ``hour``-th hour before ``DEMO_END_US``: for
     ``SEED_POST``, ``SEED_POST_TAG`` and ``SEED_COMMENT``."""
     title, content, tags, published = demo_post(rng, pk)
     post_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-    created = DEMO_START_US + hour * 3_600_000_000 + rng.randrange(3_600_000_000)
+    created = DEMO_END_US - (hour + 1) * 3_600_000_000 + rng.randrange(3_600_000_000)
     slug = f"{slugify(title)}-{post_id[:8]}"
     post = dict(
         pk=pk,

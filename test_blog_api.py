@@ -4229,6 +4229,10 @@ def test_seed_adds_realistic_posts_the_same_for_the_same_seed(tmp_path: Path, ca
     assert len(posts) == 60 and comments and tags
     assert 0 < sum(not published for *_, published, _ in posts) < 60  # some drafts
     assert all("\n\n" in content or len(content.split()) >= 10 for _, _, _, content, _, _ in posts)
+    # Dated back from 2024 an hour apart: however many are seeded, none is in the future (100,000
+    # dated forward from 2024 reached 2035, above every post written since on page 1).
+    created = [created_at for *_, created_at in posts]
+    assert created == sorted(created, reverse=True) and created[0] < 1_704_067_200_000_000
     with TestClient(create_app(Config(db_path=str(first)))) as client:
         response = client.get("/api/posts", params={"limit": 100})
         assert response.headers["x-total-count"] == "60"
