@@ -716,6 +716,10 @@ SortOrder = Annotated[
     Literal["asc", "desc"] | None,
     QueryParameter(description="`desc` (the default: newest, last or most relevant first) or `asc`."),
 ]
+CommentOrder = Annotated[
+    Literal["asc", "desc"] | None,
+    QueryParameter(description="`asc` (the default: oldest first) or `desc` (newest first)."),
+]
 # Strings parsed by listing_from_query: Litestar's lax conversion would take 1700000000 for a date.
 CreatedAfter = Annotated[
     str | None,
@@ -1211,7 +1215,7 @@ FROM comments
 WHERE post_pk = :post_pk
 """
 
-# A post's comments, oldest first, from a cursor's (created_at, id) on if there is one.
+# A post's comments, oldest or newest first, from a cursor's (created_at, id) on if there is one.
 LIST_COMMENTS = f"""
 SELECT {COMMENT_FIELDS}, comments.created_at AS sort_key, comments.id AS tiebreak
 FROM comments
@@ -1559,18 +1563,23 @@ def add_cursor_condition(
 
 @dataclass(frozen=True)
 class CommentListing:
-    """One GET /api/posts/{post_id}/comments request: a post's comments, oldest first."""
+    """One GET /api/posts/{post_id}/comments request: a post's comments, oldest first unless
+    ``descending``."""
 
     post_id: str
     post_pk: int
     limit: int = 20
     offset: int = 0
+    descending: bool = False
     cursor: PageCursor | None = None
     link_params: tuple[tuple[str, str], ...] = ()
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(msgspec.json.encode(["comments", CURSOR_VERSION, self.post_pk])).hexdigest()[:16]
+        """What a cursor must have been made for: this post's comments, in this order (an
+        oldest-first cursor made before ``order`` was taken is still valid)."""
+        query = ["comments", CURSOR_VERSION, self.post_pk, *(["desc"] if self.descending else [])]
+        return hashlib.sha256(msgspec.json.encode(query)).hexdigest()[:16]
 
     def count_sql(self) -> tuple[str, dict[str, Any]]:
         return COUNT_COMMENTS, {"post_pk": self.post_pk}
@@ -1579,8 +1588,9 @@ class CommentListing:
         conditions = ["comments.post_pk = :post_pk"]
         parameters = {"post_pk": self.post_pk, "post_id": self.post_id, "limit": self.limit + 1, "offset": self.offset}
         backwards = self.cursor is not None and self.cursor.before
-        add_cursor_condition(conditions, parameters, self.cursor, backwards, "comments.created_at", "comments.id")
-        sql = LIST_COMMENTS.format(conditions=all_of(conditions), direction="DESC" if backwards else "ASC")
+        descending = self.descending != backwards
+        add_cursor_condition(conditions, parameters, self.cursor, descending, "comments.created_at", "comments.id")
+        sql = LIST_COMMENTS.format(conditions=all_of(conditions), direction="DESC" if descending else "ASC")
         return sql, parameters
 
 
@@ -3574,21 +3584,22 @@ class CommentController(Controller):
         limit: PageSize = 20,
         offset: PageOffset = 0,
         cursor: PageCursorToken = None,
+        order: CommentOrder = None,
         if_match: IfMatch = None,
         if_none_match: IfNoneMatch = None,
     ) -> Response[list[Comment]]:
-        """A page of the post's comments, oldest first, paged like posts."""
-        refuse_repeated_parameters(request, PAGE_PARAMS)
+        """A page of the post's comments, oldest first (newest with ``order=desc``), paged like posts."""
+        refuse_repeated_parameters(request, (*PAGE_PARAMS, "order"))
         row = await blog.db.fetch_one(SELECT_POST_PK, {"post_id": post_id, "drafts": drafts_visible(request)})
         if row is None:
             raise post_not_found(post_id)
         if cursor is not None and offset:
             raise query_error(request, "offset", "Use either offset or cursor, not both")
-        listing = CommentListing(post_id=row[2], post_pk=row[0], limit=limit, offset=offset)
+        listing = CommentListing(post_id=row[2], post_pk=row[0], limit=limit, offset=offset, descending=order == "desc")
         listing = replace(
             listing,
             cursor=cursor_for(request, cursor, blog.db.cursor_secret, listing.fingerprint),
-            link_params=(("limit", str(limit)),),
+            link_params=(("limit", str(limit)), *((("order", order),) if order else ())),
         )
         page = page_of(listing, *await blog.db.read(partial(count_and_page, listing)))
         body = msgspec.json.encode([comment_from_row(comment) for comment in page.rows])

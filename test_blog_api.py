@@ -2819,6 +2819,27 @@ def test_comments_page_like_posts(client: TestClient, monkeypatch) -> None:
     assert client.get(f"/api/posts/{post['id']}/comments", params={"offset": 9}).json() == comments[9:]
 
 
+def test_comments_page_newest_first_with_order_desc(client: TestClient, monkeypatch) -> None:
+    """As WordPress's ``order=desc`` and GitHub's ``direction=desc``: every page, link and cursor
+    walks the same way, and an oldest-first cursor is refused on a newest-first walk."""
+    post = create(client)
+    fixed_clock(monkeypatch, *range(1_000_000, 1_100_000, 1_000))
+    comments = [comment_on(client, post, body=f"comment {n}") for n in range(11)]
+    url = f"/api/posts/{post['id']}/comments"
+    pages = walk(client, f"{url}?limit=4&order=desc")
+    assert [c for page in pages for c in page.json()] == comments[::-1]
+    assert all("order=desc" in link for link in page_links(pages[1]).values())
+    assert client.get(page_links(pages[1])["prev"]).json() == comments[:-5:-1]
+    assert client.get(page_links(pages[0])["last"]).json() == comments[3::-1]  # the last 4
+    assert client.get(url, params={"order": "desc", "offset": 9}).json() == comments[1::-1]
+    assert client.get(url, params={"order": "asc", "limit": 2}).json() == comments[:2]
+    oldest_first = next_cursor(client, f"{url}?limit=4")
+    response = client.get(url, params={"cursor": oldest_first, "order": "desc"})
+    assert_validation_error(response, key="cursor", source="query")
+    assert client.get(url, params={"order": "sideways"}).json()["extra"][0]["message"] == "Expected asc or desc"
+    assert_validation_error(client.get(url, params={"order": ["asc", "desc"]}), key="order", source="query")
+
+
 def test_a_comments_cursor_belongs_to_its_post(client: TestClient) -> None:
     post, other = create(client), create(client, title="Other")
     for _ in range(3):
