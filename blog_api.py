@@ -3225,9 +3225,8 @@ def no_post_to_write(connection: sqlite3.Connection, post_id: str) -> NotFoundEx
     slug_of = connection.execute(SELECT_ID_BY_SLUG, (post_id,)).fetchall()
     if not slug_of:
         return post_not_found(post_id)
-    detail = (
-        f"{post_not_found(post_id).detail}: {post_id} is the slug of post {slug_of[0][0]}, and a write takes the ID"
-    )
+    [(slug_owner,)] = slug_of
+    detail = f"Post with ID {post_id} not found: {post_id} is the slug of post {slug_owner}, and a write takes the ID"
     return NotFoundException(detail=detail)
 
 
