@@ -4286,6 +4286,8 @@ def create_app(config: Config | None = None) -> Litestar:
     """A new app on ``config``'s database. Nothing is opened until the app starts."""
     config = config or Config()
     middleware: list[Any] = []
+    if config.writes_per is not None:  # first: a write with a wrong token counts too, so guesses are slowed
+        middleware.append(RateLimitConfig(rate_limit=config.writes_per, check_throttle_handler=is_write).middleware)
     openapi_security: dict[str, Any] = {}
     if config.token is not None:
         middleware.append(DefineMiddleware(BearerTokenMiddleware, token=config.token, exclude="^/health$"))
@@ -4297,8 +4299,6 @@ def create_app(config: Config | None = None) -> Litestar:
             # Writes need the token; reads take it, to see drafts, or go without.
             "security": [{BEARER_SCHEME: []}, {}],
         }
-    if config.writes_per is not None:
-        middleware.append(RateLimitConfig(rate_limit=config.writes_per, check_throttle_handler=is_write).middleware)
     cors_config = None
     if config.cors_origins:
         cors_config = CORSConfig(

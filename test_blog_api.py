@@ -3144,6 +3144,16 @@ def test_writes_over_the_rate_limit_are_429_with_retry_after(db_path: Path) -> N
         assert len(stored_posts(db_path)) == 2
 
 
+def test_writes_with_a_wrong_token_count_against_the_rate_limit(db_path: Path) -> None:
+    """Else guessing the token would go unslowed by it."""
+    with TestClient(create_app(Config(db_path=str(db_path), token=TOKEN, rate_limit="2/minute"))) as client:
+        wrong = {"Authorization": "Bearer not-the-token-at-all-0000"}
+        assert [client.post("/api/posts", json=SEED_POST, headers=wrong).status_code for _ in range(2)] == [401, 401]
+        right = client.post("/api/posts", json=SEED_POST, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert right.status_code == 429
+        assert stored_posts(db_path) == []
+
+
 @pytest.fixture
 def browser_facing(db_path: Path) -> Iterator[TestClient]:
     with TestClient(create_app(Config(db_path=str(db_path), cors_origins=("https://blog.example",)))) as client:
