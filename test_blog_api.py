@@ -3115,9 +3115,12 @@ def test_without_a_token_writes_come_only_from_this_machine(db_path: Path) -> No
         (["--host", "localhost"], True),
     ],
 )
-def test_startup_refuses_a_public_address_without_a_token(monkeypatch, capsys, argv, starts: bool) -> None:
+def test_startup_refuses_a_public_address_without_a_token(
+    monkeypatch, capsys, tmp_path: Path, argv, starts: bool
+) -> None:
     started: list[dict] = []
     monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: started.append(options))
+    argv = [*argv, "--db", str(tmp_path / "blog.db")]  # startup checks the database: not one in the project
     if starts:
         blog_api.main(argv)
         assert [options["host"] for options in started] == [argv[1]]
