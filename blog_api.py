@@ -593,7 +593,7 @@ def plain_latin(text: str) -> str:
     Other scripts keep their marks: й is not и, nor が か, and हिन्दी's vowel signs are the word."""
     if text.isascii():  # nothing to transliterate or decompose
         return text
-    kept, base = [], ""
+    kept, base = [], "\0"  # a mark that begins the text follows no letter (and no name: "" raised)
     for char in unicodedata.normalize("NFKD", text.translate(TRANSLITERATIONS)):
         if unicodedata.category(char) not in MARKS:
             base = char
