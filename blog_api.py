@@ -581,9 +581,7 @@ def title_sort_key(title: str) -> str:
     accents and ligatures (Émile as emile, Straße as strasse), so that Émile sorts between
     eclair and zebra; letters of other scripts keep their marks (й is not и). SQLite's
     NOCASE, which this replaces, folds A to Z alone."""
-    if title.isascii():
-        return title.lower()
-    return plain_latin(title).casefold() or title
+    return plain_latin(title).casefold()
 
 
 def plain_latin(text: str) -> str:
