@@ -197,6 +197,7 @@ MAX_REQUEST_HEAD_BYTES = 64 * 1024  # a request's line and headers: nginx takes 
 REQUEST_HEAD_SECONDS = 20  # for them to arrive: nginx waits 60 s, Node.js 60 s, Apache 20 to 40 s
 REQUEST_BODY_PAUSE_SECONDS = 20  # the longest a body may stop arriving: nginx's client_body_timeout is 60 s
 RESPONSE_READ_PAUSE_SECONDS = 20  # the longest a client may read none of its answer: nginx's send_timeout is 60 s
+LINGERING_CLOSE_SECONDS = 1.0  # reading and dropping what a client still sends, its connection closing: nginx's 5 s
 MAX_PIPELINED_REQUESTS = 16  # parsed and waiting for the one being answered, on one connection
 PIPELINE_SLICE_BYTES = 4096  # what is parsed at a time, so that no read queues more than that holds
 FRAMING_FIELDS = (b"content-length", b"transfer-encoding")  # where a request's body ends (RFC 9112 6)
@@ -4920,6 +4921,10 @@ class BlogHttpProtocol(HttpToolsProtocol):
       (as nginx's ``client_body_timeout``), else 408 and the connection closes: uvicorn waits
       for ever, and a client that stops mid-body held its connection and its request's task.
       A pause while the app has not taken what came (uvicorn stops reading) does not count.
+    - **An answer sent before its request's body has all come** (a 413 from the body's
+      Content-Length, a 401 before the body is looked at) ends the connection: uvicorn read
+      the rest of such a body to drop it, however long, so a client that went on sending
+      100 GB after its 413 was read at 600 MB/s for as long as it liked.
     - **A request httptools cannot parse** gets a 400 that says what is wrong (``Invalid
       header value char``), or a 501 for a method it does not know, where uvicorn answers
       ``Invalid HTTP request received.`` in plain text. And one that HTTP/1.1 says to refuse,
@@ -4955,7 +4960,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
     _head_bytes = 0
     _first_read_length = 0
     _in_head = False
-    _head_refused = False
+    _dropping_input = False
     _head_timer: asyncio.TimerHandle | None = None
     _in_body = False
     _body_timer: asyncio.TimerHandle | None = None
@@ -5038,6 +5043,12 @@ class BlogHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # starts the next request waiting
+        if self._in_body and self.cycle.response_complete and not self.transport.is_closing():
+            # Answered before its body all came (a 413 from its Content-Length, a 401 before
+            # the body is looked at): uvicorn read the rest of the body to drop it, however
+            # long, so a client sending a 100 GB body after its 413 was read at 600 MB/s.
+            self._close_lingering()
+            return
         if self._unparsed and len(self.pipeline) < MAX_PIPELINED_REQUESTS:
             unparsed, self._unparsed = self._unparsed, b""
             self._parse_while_few_requests_wait(unparsed)
@@ -5069,11 +5080,11 @@ class BlogHttpProtocol(HttpToolsProtocol):
                 self.flow.pause_reading()
                 return
             self._parse(data[start : start + PIPELINE_SLICE_BYTES])
-            if self._head_refused or self.transport.is_closing():
+            if self._dropping_input or self.transport.is_closing():
                 return
 
     def _parse(self, data: bytes) -> None:
-        if self._head_refused:  # the rest of what the client sent before it read the answer
+        if self._dropping_input:  # the rest of what the client sent before it read the answer
             return
         if (second := int(time.time())) != self._dated_second and self.config.date_header:
             self._date_responses(second)
@@ -5249,7 +5260,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
         dropped. A request refused in its body has been handed to the app already: the app
         sees it end as if the client had left, and the refusal is its answer."""
         self._stop_head_timer()
-        self._head_refused = True
+        self._dropping_input = True
         self._refusal = (status, reason, rule)
         self.flow.pause_reading()
         if self._in_body:
@@ -5272,11 +5283,21 @@ class BlogHttpProtocol(HttpToolsProtocol):
             cycle.disconnected = True
             cycle.message_event.set()
         self.transport.write(error_response_bytes(*self._refusal, self.server_state.default_headers))
-        # Closing now, with the client's bytes unread, would answer them with a TCP reset,
-        # which may discard the answer before the client reads it. So: end the sending side,
-        # and drop what still comes, for a second at most (as nginx's lingering close does).
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """End the connection after its last answer, the client perhaps still sending. Closing
+        at once, with the client's bytes unread, would answer them with a TCP reset, which may
+        discard the answer before the client reads it. So: end the sending side, and read and
+        drop what still comes, for ``LINGERING_CLOSE_SECONDS`` at most (nginx's lingering close)."""
+        self._dropping_input = True
+        self._unparsed = b""
+        self._in_body = False
+        self._stop_body_timer()
+        self._unset_keepalive_if_required()
         self.transport.write_eof()
-        self.loop.call_later(1.0, self.transport.close)
+        self.flow.resume_reading()
+        self.loop.call_later(LINGERING_CLOSE_SECONDS, self.transport.close)
 
 
 class TcpServerConfig(uvicorn.Config):

@@ -5128,6 +5128,48 @@ def test_a_request_body_that_stops_arriving_is_cut_off_with_a_408(db_path: Path,
 
 
 @pytest.mark.parametrize(
+    "framing",
+    [b"Content-Length: 100000000000", b"Transfer-Encoding: chunked"],
+    ids=["content-length", "chunked"],
+)
+def test_a_body_answered_before_it_has_all_come_is_not_read_to_its_end(db_path: Path, framing, monkeypatch) -> None:
+    """A 413 is answered from a body's Content-Length, or once 1 MiB of it has come; uvicorn
+    then read the rest to drop it, however long: a client sending a 100 GB body after its
+    413 was read at 600 MB/s for as long as it kept on. Here the connection ends after the
+    answer: the server's side at once, the whole once what still comes has been dropped for
+    ``LINGERING_CLOSE_SECONDS``, so that the client reads its 413 rather than a reset."""
+    monkeypatch.setattr(blog_api, "LINGERING_CLOSE_SECONDS", 0.5)
+    head = b"POST /api/posts HTTP/1.1\r\nHost: blog\r\nContent-Type: application/json\r\n" + framing + b"\r\n\r\n"
+    piece = b"x" * 65_536
+    if b"chunked" in framing:
+        piece = b"10000\r\n" + piece + b"\r\n"
+
+    async def send_for_ever(writer: asyncio.StreamWriter) -> float:
+        """Send the body for 5 s at most: how long until the server took no more."""
+        started = time.monotonic()
+        with suppress(ConnectionError):
+            while time.monotonic() - started < 5:
+                writer.write(piece)
+                await writer.drain()
+        return time.monotonic() - started
+
+    async def check() -> None:
+        async with serving(blog_api.BlogHttpProtocol, db_path) as address:
+            reader, writer = await asyncio.open_connection(*address)
+            writer.write(head)
+            sending = asyncio.create_task(send_for_ever(writer))
+            answer = await asyncio.wait_for(read_response(reader), 5)
+            assert answer.startswith(b"HTTP/1.1 413 ")
+            assert answer.endswith(b'"detail":"The body is over 1 MiB, the most a request may send"}')
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # the server sends no more
+            assert 0.4 < await sending < 3  # and takes no more, once it has dropped what came for 0.5 s
+            writer.close()
+
+    run(check())
+    assert stored_posts(db_path) == []
+
+
+@pytest.mark.parametrize(
     ("parts", "status"),
     [
         ([b"GET /api/posts HTTP/1.1\r\nHost: blog\r\nX-Long: " + b"a" * 100_000 + b"\r\n\r\n"], "431"),
