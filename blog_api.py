@@ -4040,7 +4040,9 @@ def unrouted(request: Request, exc: NotFoundException | MethodNotAllowedExceptio
     elif exc.detail == HTTPStatus.METHOD_NOT_ALLOWED.phrase:
         allowed = request.app.allow_header(path)
         exc.detail = f"{path} does not take {request.scope['method']}; it takes {allowed}"
-    return create_exception_response(request, exc)
+    response = create_exception_response(request, exc)
+    response.media_type = MediaType.JSON  # not its route's: the docs' 404 for /schema/x.json was labelled HTML
+    return response
 
 
 def server_options(request: Request) -> Response:

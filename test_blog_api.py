@@ -309,12 +309,16 @@ def test_head_answers_like_get_without_a_body(client: TestClient, path: str) -> 
     assert head.content == b""
 
 
-def test_unknown_route_is_a_json_404_naming_the_path(client: TestClient) -> None:
-    response = client.get("/api/nothing-here")
+@pytest.mark.parametrize("path", ["/api/nothing-here", "/schema/nothing-here.json", "/schema/nothing.yaml"])
+def test_unknown_route_is_a_json_404_naming_the_path(client: TestClient, path: str) -> None:
+    """The docs' own routes serve HTML and YAML; their 404 for a schema file not there was
+    JSON labelled ``text/html``."""
+    response = client.get(path)
     assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json"
     assert response.json() == {
         "status_code": 404,
-        "detail": "No such path: /api/nothing-here (the API's paths are in /schema/openapi.json)",
+        "detail": f"No such path: {path} (the API's paths are in /schema/openapi.json)",
     }
 
 
