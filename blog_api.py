@@ -4000,6 +4000,7 @@ EMPTY_VALUE = "Expected `str` of length >= 1"
 EMPTY_QUERY_VALUES = {"q": NO_SEARCH_WORDS, "cursor": NOT_OUR_CURSOR}
 """What ``?q=`` and ``?cursor=`` (given, but empty) are told: what a value of theirs with nothing in it is."""
 OUT_OF_RANGE = re.compile(r"Expected `int` [<>]=")
+TOO_LONG = re.compile(r"Expected `str` of length <= ([0-9]+)")
 LEADING_ZEROS = re.compile(r"0[0-9]+")
 """A whole number that msgspec does not read as one (it reads numbers as JSON writes them)."""
 
@@ -4022,6 +4023,8 @@ def clearer_validation_errors(request: Request, exc: ValidationException) -> Res
                 message = f"Expected a whole number from {QUERY_RANGES[error['key']]}"
             elif message == EMPTY_VALUE and error["key"] in EMPTY_QUERY_VALUES:
                 message = EMPTY_QUERY_VALUES[error["key"]]
+            elif too_long := TOO_LONG.fullmatch(message):
+                message = NOT_OUR_CURSOR if error["key"] == "cursor" else f"Expected at most {too_long[1]} characters"
             elif error["key"] in QUERY_RANGES and LEADING_ZEROS.fullmatch(request.query_params.get(error["key"], "")):
                 message = "Expected a whole number without leading zeros (5, not 05)"
             error["message"] = QUERY_TYPE_ERRORS.get(message, message)

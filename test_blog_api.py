@@ -2269,6 +2269,8 @@ def test_an_offset_whose_plus_was_read_as_a_space_is_told_to_send_it_as_2b(clien
         ({"order": "sideways"}, "Expected asc or desc"),
         ({"q": ""}, "Expected at least one word to search for"),  # as for "q= "
         ({"cursor": ""}, "Not a cursor this server made; follow the Link header"),
+        ({"cursor": "a" * 1001}, "Not a cursor this server made; follow the Link header"),
+        ({"q": "word " * 41}, "Expected at most 200 characters"),
     ],
 )
 def test_a_bad_query_value_is_named_in_the_clients_terms(client: TestClient, params: dict, message: str) -> None:
