@@ -2798,7 +2798,7 @@ async def refuse_writes_when_read_only(request: Request) -> None:
 
 async def require_writer(request: Request) -> None:
     """The check on every other write. With a token: only its holders. Without one: anyone
-    connected through a loopback address, or anyone at all with --allow-anonymous-writes.
+    on this machine, or anyone at all with --allow-anonymous-writes.
     With --read-only, nobody (405)."""
     await refuse_writes_when_read_only(request)
     config: Config = request.app.state.config
@@ -2812,16 +2812,19 @@ async def require_writer(request: Request) -> None:
 
 
 def arrived_on_loopback(connection: ASGIConnection) -> bool:
-    """Whether the request came in on a loopback address of this server (a Unix socket, or a
-    test client with a made-up host name, counts as local)."""
-    server = connection.scope.get("server")
-    return not server or is_loopback_address(server[0])
+    """Whether the request came from this machine: in on a loopback address of this server,
+    from a loopback address. The client is the one a proxy on this machine names in
+    ``X-Forwarded-For`` (uvicorn takes it from proxies on 127.0.0.1), so that nginx in front
+    of ``python blog_api.py`` does not pass anonymous writes on from the whole internet. A
+    Unix socket, or a test client with a made-up host name, counts as local."""
+    server, client = connection.scope.get("server"), connection.scope.get("client")
+    return (not server or is_loopback_address(server[0])) and (not client or is_loopback_address(client[0]))
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def is_loopback_address(host: str) -> bool:
     """Whether ``host`` is a loopback address (a name that is not an address counts as local).
-    A server listens on few addresses: each is parsed once, not on every write."""
+    Each address a server listens on, or its clients write from, is parsed once, not on every write."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

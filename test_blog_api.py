@@ -3111,6 +3111,36 @@ def test_without_a_token_writes_come_only_from_this_machine(db_path: Path) -> No
         assert remote.post("/api/posts", json=SEED_POST).status_code == 201
 
 
+def test_without_a_token_writes_passed_on_by_a_proxy_on_this_machine_come_only_from_it(db_path: Path) -> None:
+    """nginx on this machine, in front of ``python blog_api.py`` on 127.0.0.1, connects from
+    127.0.0.1 and names its client in ``X-Forwarded-For``: the internet's writes were taken."""
+
+    async def post(address, forwarded_for: str | None) -> bytes:
+        reader, writer = await asyncio.open_connection(*address)
+        body = json.dumps(SEED_POST).encode()
+        head = f"POST /api/posts HTTP/1.1\r\nHost: blog\r\nContent-Length: {len(body)}\r\n"
+        if forwarded_for is not None:
+            head += f"X-Forwarded-For: {forwarded_for}\r\n"
+        writer.write(head.encode() + b"\r\n" + body)
+        response = await asyncio.wait_for(read_response(reader), 5)
+        writer.close()
+        return response
+
+    async def check() -> None:
+        async with serving(blog_api.BlogHttpProtocol, db_path) as address:
+            for client in ("203.0.113.7", "2001:db8::7", "127.0.0.1, 203.0.113.7"):
+                refused = await post(address, client)
+                assert refused.startswith(b"HTTP/1.1 403 ")
+                assert b"--token" in refused
+            for client in (None, "127.0.0.1", "::1"):
+                assert (await post(address, client)).startswith(b"HTTP/1.1 201 ")
+        async with serving(blog_api.BlogHttpProtocol, db_path, allow_anonymous_writes=True) as address:
+            assert (await post(address, "203.0.113.7")).startswith(b"HTTP/1.1 201 ")
+
+    run(check())
+    assert len(stored_posts(db_path)) == 4
+
+
 @pytest.mark.parametrize(
     ("argv", "starts"),
     [
@@ -4922,11 +4952,12 @@ class RecordingTransport:
 
 
 @asynccontextmanager
-async def serving(protocol_class, db_path: Path, default_headers=()) -> AsyncIterator[tuple[str, int]]:
-    """The app on ``db_path``, served over a real socket on 127.0.0.1 by uvicorn's
-    ``protocol_class`` in this event loop: its address. uvicorn's server loop, which sets the
-    ``default_headers`` of every response once a second, does not run: they stay as given."""
-    app = create_app(Config(db_path=str(db_path)))
+async def serving(protocol_class, db_path: Path, default_headers=(), **options) -> AsyncIterator[tuple[str, int]]:
+    """The app on ``db_path`` (and ``options``, its Config's others), served over a real socket
+    on 127.0.0.1 by uvicorn's ``protocol_class`` in this event loop: its address. uvicorn's
+    server loop, which sets the ``default_headers`` of every response once a second, does not
+    run: they stay as given."""
+    app = create_app(Config(db_path=str(db_path), **options))
     config = blog_api.uvicorn.Config(app, http=protocol_class, lifespan="off", log_level="warning")
     config.load()
     state = blog_api.uvicorn.server.ServerState()
