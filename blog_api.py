@@ -4852,9 +4852,15 @@ class HeadWithBodyTransport:
         self._send_held()
         self._transport.write_eof()
 
+    lingering_close: Callable[[], None] | None = None
+    """What closing does instead, if set: the protocol's close that lets the client finish."""
+
     def close(self) -> None:
         self._send_held()
-        self._transport.close()
+        if self.lingering_close is not None:
+            self.lingering_close()
+        else:
+            self._transport.close()
 
     def get_write_buffer_size(self) -> int:
         return self._transport.get_write_buffer_size() + len(self._held or b"")
@@ -4930,9 +4936,10 @@ class BlogHttpProtocol(HttpToolsProtocol):
       for ever, and a client that stops mid-body held its connection and its request's task.
       A pause while the app has not taken what came (uvicorn stops reading) does not count.
     - **An answer sent before its request's body has all come** (a 413 from the body's
-      Content-Length, a 401 before the body is looked at) ends the connection: uvicorn read
-      the rest of such a body to drop it, however long, so a client that went on sending
-      100 GB after its 413 was read at 600 MB/s for as long as it liked.
+      Content-Length, a 401 before the body is looked at) says ``Connection: close``, and
+      the connection closes after it: uvicorn read the rest of such a body to drop it,
+      however long, so a client that went on sending 100 GB after its 413 was read at
+      600 MB/s for as long as it liked.
     - **A request httptools cannot parse** gets a 400 that says what is wrong (``Invalid
       header value char``), or a 501 for a method it does not know, where uvicorn answers
       ``Invalid HTTP request received.`` in plain text. And one that HTTP/1.1 says to refuse,
@@ -4980,6 +4987,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
     _send_timer: asyncio.TimerHandle | None = None
     _unsent = 0
     _framing_only = False
+    _keep_alive_after_body: bool | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(HeadWithBodyTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -5041,7 +5049,20 @@ class BlogHttpProtocol(HttpToolsProtocol):
             return  # not its end: httptools stops here, at the head (_read_on_past_upgrade)
         self._in_body = False
         self._stop_body_timer()
+        if self._keep_alive_after_body is not None:  # the body has come before its answer began
+            if not self.cycle.response_started:
+                self.cycle.keep_alive, self.transport.lingering_close = self._keep_alive_after_body, None
+            self._keep_alive_after_body = None
         super().on_message_complete()
+
+    def _close_if_answered_before_the_body_ends(self) -> None:
+        """Until its body has all come, a request's answer says ``Connection: close``, and
+        the connection then closes lingering (see the class's docstring). Only a body that
+        arrives over several reads gets here."""
+        if self._keep_alive_after_body is None and not self.cycle.response_started:
+            self._keep_alive_after_body = self.cycle.keep_alive
+            self.cycle.keep_alive = False  # uvicorn says Connection: close, and closes after
+            self.transport.lingering_close = self._close_lingering
 
     def data_received(self, data: bytes) -> None:
         if self._unparsed:  # read as reading paused: it waits its turn
@@ -5051,12 +5072,6 @@ class BlogHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # starts the next request waiting
-        if self._in_body and self.cycle.response_complete and not self.transport.is_closing():
-            # Answered before its body all came (a 413 from its Content-Length, a 401 before
-            # the body is looked at): uvicorn read the rest of the body to drop it, however
-            # long, so a client sending a 100 GB body after its 413 was read at 600 MB/s.
-            self._close_lingering()
-            return
         if self._unparsed and len(self.pipeline) < MAX_PIPELINED_REQUESTS:
             unparsed, self._unparsed = self._unparsed, b""
             self._parse_while_few_requests_wait(unparsed)
@@ -5104,6 +5119,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
             return
         if self._in_body:  # a body that goes on past this read: the pause starts now
             self._restart_body_timer()
+            self._close_if_answered_before_the_body_ends()
         if not self._in_head:
             return
         if self._head_bytes > MAX_REQUEST_HEAD_BYTES:
@@ -5298,6 +5314,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
         at once, with the client's bytes unread, would answer them with a TCP reset, which may
         discard the answer before the client reads it. So: end the sending side, and read and
         drop what still comes, for ``LINGERING_CLOSE_SECONDS`` at most (nginx's lingering close)."""
+        self.transport.lingering_close = None  # what closes it in the end
         self._dropping_input = True
         self._unparsed = b""
         self._in_body = False

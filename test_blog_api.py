@@ -5197,6 +5197,7 @@ def test_a_body_answered_before_it_has_all_come_is_not_read_to_its_end(db_path: 
             sending = asyncio.create_task(send_for_ever(writer))
             answer = await asyncio.wait_for(read_response(reader), 5)
             assert answer.startswith(b"HTTP/1.1 413 ")
+            assert header_values(answer, b"connection") == [b"close"]
             assert answer.endswith(b'"detail":"The body is over 1 MiB, the most a request may send"}')
             assert await asyncio.wait_for(reader.read(), 5) == b""  # the server sends no more
             assert 0.4 < await sending < 3  # and takes no more, once it has dropped what came for 0.5 s
@@ -5204,6 +5205,37 @@ def test_a_body_answered_before_it_has_all_come_is_not_read_to_its_end(db_path: 
 
     run(check())
     assert stored_posts(db_path) == []
+
+
+def test_a_body_that_comes_over_several_reads_keeps_its_connection_unless_answered_before_it_ends(
+    db_path: Path,
+) -> None:
+    """A client may send a request's head and its body apart: answered once the body has
+    come, the connection goes on; answered before (a 415 for a compressed body, told from
+    the head alone), the answer says it closes, so the client does not send its next request
+    down a connection about to close (httpx did, and got "Server disconnected")."""
+    body = json.dumps(SEED_POST).encode()
+
+    def head(*fields: str) -> bytes:
+        lines = ["POST /api/posts HTTP/1.1", "Host: blog", f"Content-Length: {len(body)}", *fields]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    async def check() -> None:
+        async with serving(blog_api.BlogHttpProtocol, db_path) as address:
+            reader, writer = await asyncio.open_connection(*address)
+            for sent in (head(), head("Content-Encoding: gzip")):
+                writer.write(sent)
+                await asyncio.sleep(0.1)  # the body in a read of its own
+                writer.write(body)
+                answer = await asyncio.wait_for(read_response(reader), 5)
+                if b"gzip" not in sent:
+                    assert answer.startswith(b"HTTP/1.1 201 ") and header_values(answer, b"connection") == []
+            assert answer.startswith(b"HTTP/1.1 415 ") and header_values(answer, b"connection") == [b"close"]
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+
+    run(check())
+    assert len(stored_posts(db_path)) == 1
 
 
 @pytest.mark.parametrize(
