@@ -5110,6 +5110,14 @@ class BlogHttpProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False  # uvicorn says Connection: close, and closes after
             self.transport.lingering_close = self._close_lingering
 
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown, which ends a connection after its answer: so too one
+        whose request's body was still coming (else the body's end gave it back its keep-alive,
+        the connection stayed open, and the shutdown cancelled its next request: a 500)."""
+        if self._keep_alive_after_body is not None:
+            self._keep_alive_after_body = False
+        super().shutdown()
+
     def data_received(self, data: bytes) -> None:
         if self._unparsed:  # read as reading paused: it waits its turn
             self._unparsed += data
@@ -5361,6 +5369,8 @@ class BlogHttpProtocol(HttpToolsProtocol):
         discard the answer before the client reads it. So: end the sending side, and read and
         drop what still comes, for ``LINGERING_CLOSE_SECONDS`` at most (nginx's lingering close)."""
         self.transport.lingering_close = None  # what closes it in the end
+        if self.transport.is_closing():
+            return
         self._dropping_input = True
         self._unparsed = b""
         self._in_body = False
