@@ -5292,6 +5292,34 @@ def test_a_body_that_comes_over_several_reads_keeps_its_connection_unless_answer
     assert len(stored_posts(db_path)) == 1
 
 
+def test_a_shutdown_while_a_body_is_coming_ends_its_connection_after_the_answer(db_path: Path) -> None:
+    """uvicorn's graceful shutdown lets each request in flight finish, then ends its
+    connection; a body still coming when it began gave the connection its keep-alive back once
+    it came, and the shutdown cancelled the next request sent down it (a 500)."""
+    body = json.dumps(SEED_POST).encode()
+    connections: list[blog_api.BlogHttpProtocol] = []
+
+    class Kept(blog_api.BlogHttpProtocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            connections.append(self)
+
+    async def check() -> None:
+        async with serving(Kept, db_path) as address:
+            reader, writer = await asyncio.open_connection(*address)
+            writer.write(f"POST /api/posts HTTP/1.1\r\nHost: blog\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+            await asyncio.sleep(0.1)
+            connections[0].shutdown()
+            writer.write(body)
+            answer = await asyncio.wait_for(read_response(reader), 5)
+            assert answer.startswith(b"HTTP/1.1 201 ") and header_values(answer, b"connection") == [b"close"]
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+
+    run(check())
+    assert len(stored_posts(db_path)) == 1
+
+
 @pytest.mark.parametrize(
     ("parts", "status"),
     [
