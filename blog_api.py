@@ -73,7 +73,7 @@ import aiosqlite
 import httptools
 import msgspec
 import uvicorn
-from litestar import Controller, Litestar, Request, Response, delete, get, patch, post, put
+from litestar import Controller, Litestar, Request, Response, Router, delete, get, patch, post, put
 from litestar.config.compression import CompressionConfig
 from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
@@ -3373,6 +3373,14 @@ async def welcome() -> Welcome:
     return Welcome(message="Welcome to the Blog API")
 
 
+@get("/{path:str}", include_in_schema=False, sync_to_thread=False)
+def no_such_docs_page() -> None:
+    """Any path under ``/schema`` that no docs page has is the API's JSON 404, where Litestar
+    answers an HTML page of its own. Litestar adds its handler for the same path to this router,
+    listed before this one, and the app keeps the last handler a path lists for a method."""
+    raise NotFoundException
+
+
 WRITE_ERRORS = [
     NotAuthorizedException,
     PermissionDeniedException,
@@ -4405,6 +4413,9 @@ def create_app(config: Config | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(
             title="Blog API",
             version=__version__,
+            openapi_router=Router(
+                "/schema", route_handlers=[no_such_docs_page], include_in_schema=False, dto=None, return_dto=None
+            ),
             description="A blog's JSON API: posts with tags, slugs and comments.",
             render_plugins=[
                 SwaggerRenderPlugin(),

@@ -309,10 +309,12 @@ def test_head_answers_like_get_without_a_body(client: TestClient, path: str) -> 
     assert head.content == b""
 
 
-@pytest.mark.parametrize("path", ["/api/nothing-here", "/schema/nothing-here.json", "/schema/nothing.yaml"])
+@pytest.mark.parametrize(
+    "path", ["/api/nothing-here", "/schema/nothing-here.json", "/schema/nothing.yaml", "/schema/nothing-here"]
+)
 def test_unknown_route_is_a_json_404_naming_the_path(client: TestClient, path: str) -> None:
     """The docs' own routes serve HTML and YAML; their 404 for a schema file not there was
-    JSON labelled ``text/html``."""
+    JSON labelled ``text/html``, and for any other path under ``/schema`` an HTML page."""
     response = client.get(path)
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/json"
