@@ -1423,6 +1423,8 @@ at 100,000 posts, 16 one-letter prefixes took 1.0 s, 16 two-letter ones 76 ms.""
 LINKED_PARAMS = ("sort", "order", "published", "created_after", "created_before", "q", "tag")
 """The query parameters that every Link repeats, besides limit (tags last, each once, normalised)."""
 PAGE_PARAMS = ("limit", "offset", "cursor")
+PAGE_COUNTS = ("limit", "offset")
+DIGITS = re.compile(r"[0-9]+")
 NO_SEARCH_WORDS = "Expected at least one word to search for"
 NOT_OUR_CURSOR = "Not a cursor this server made; follow the Link header"
 SINGLE_VALUED_LISTING_PARAMS = frozenset(PAGE_PARAMS + LINKED_PARAMS) - {"tag"}
@@ -1721,6 +1723,7 @@ def listing_from_query(
     """Check the query parameters together (each was checked alone by its type) and make a
     Listing; a problem is a 400 naming the parameter."""
     refuse_repeated_parameters(request, SINGLE_VALUED_LISTING_PARAMS)
+    refuse_counts_not_in_digits(request)
     search = None
     if q is not None:
         terms = SEARCH_TERM.findall(composed(q))
@@ -1810,6 +1813,15 @@ def refuse_repeated_parameters(request: Request, single_valued: Collection[str])
         if name in seen and name in single_valued:
             raise query_error(request, name, "Expected one value, not several")
         seen.add(name)
+
+
+def refuse_counts_not_in_digits(request: Request) -> None:
+    """msgspec reads a number in a query as JSON writes one: ``limit=1e1`` as 10 and
+    ``limit=5.0`` as 5, where ``5.5`` is refused. A count is written in digits alone."""
+    for name in PAGE_COUNTS:
+        value = request.query_params.get(name)
+        if value is not None and not DIGITS.fullmatch(value):
+            raise query_error(request, name, "Expected a whole number")
 
 
 def query_error(request: Request, key: str, message: str) -> ValidationException:
@@ -3692,6 +3704,7 @@ class CommentController(Controller):
     ) -> Response[list[Comment]]:
         """A page of the post's comments, oldest first (newest with ``order=desc``), paged like posts."""
         refuse_repeated_parameters(request, (*PAGE_PARAMS, "order"))
+        refuse_counts_not_in_digits(request)
         row = await blog.db.fetch_one(SELECT_POST_PK, {"post_id": post_id, "drafts": drafts_visible(request)})
         if row is None:
             raise post_not_found(post_id)

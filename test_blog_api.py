@@ -2262,6 +2262,8 @@ def test_an_offset_whose_plus_was_read_as_a_space_is_told_to_send_it_as_2b(clien
         ({"limit": "ten"}, "Expected a whole number"),
         ({"offset": "05"}, "Expected a whole number without leading zeros (5, not 05)"),
         ({"limit": "1.5"}, "Expected a whole number"),
+        ({"limit": "1e1"}, "Expected a whole number"),  # msgspec reads it as 10
+        ({"offset": "2.0"}, "Expected a whole number"),
         ({"limit": "0"}, "Expected a whole number from 1 to 100"),
         ({"limit": "101"}, "Expected a whole number from 1 to 100"),
         ({"offset": "-1"}, "Expected a whole number from 0 to 1,000,000,000"),
@@ -2286,6 +2288,13 @@ def test_comment_pages_refuse_a_parameter_given_twice(client: TestClient) -> Non
     post = create(client)
     response = client.get(f"/api/posts/{post['id']}/comments", params={"limit": ["5", "50"]})
     assert_validation_error(response, key="limit", source="query")
+
+
+def test_comment_pages_take_counts_in_digits_alone(client: TestClient) -> None:
+    post = create(client)
+    response = client.get(f"/api/posts/{post['id']}/comments", params={"limit": "1e1"})
+    assert response.json()["extra"] == [{"message": "Expected a whole number", "key": "limit", "source": "query"}]
+    assert client.get(f"/api/posts/{post['id']}/comments", params={"limit": "10", "offset": "0"}).status_code == 200
 
 
 def next_cursor(client: TestClient, url: str) -> str:
