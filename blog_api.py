@@ -2067,8 +2067,11 @@ class Database:
             raise
 
     def _why_not_opened(self) -> str:
-        """What SQLite's "unable to open database file" may not say: a missing folder or file."""
+        """What SQLite's "unable to open database file" may not say: a missing folder or file,
+        or a folder where the file should be."""
         path = Path(self.path)
+        if not self.in_memory and path.is_dir():
+            return f" (it is a folder; name a file in it, like {str(path / 'blog.db')!r})"
         if self.in_memory or path.exists():
             return ""
         if not path.parent.is_dir():

@@ -4703,8 +4703,13 @@ def test_a_full_disk_is_a_503_and_corrupts_nothing(db_path: Path) -> None:
             "cannot use the database '{tmp}/blog.db': unable to open database file "
             "(there is no such file; --read-only serves one that exists)",
         ),
+        (
+            ["--db", "{tmp}"],
+            "cannot use the database '{tmp}': unable to open database file (it is a folder; name a file in it, "
+            "like '{tmp}/blog.db')",
+        ),
     ],
-    ids=["nothing can be written", "missing folder", "missing folder, workers", "read-only, missing file"],
+    ids=["nothing can be written", "missing folder", "missing folder, workers", "read-only, missing file", "folder"],
 )
 def test_a_database_that_cannot_be_used_is_refused_in_one_line(tmp_path: Path, flags: list[str], message: str) -> None:
     flags = [flag.format(tmp=tmp_path) for flag in flags]
