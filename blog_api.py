@@ -31,6 +31,7 @@ import base64
 import codecs
 import difflib
 import email.utils
+import errno
 import hashlib
 import hmac
 import ipaddress
@@ -4721,6 +4722,41 @@ def base_url(config: Config) -> str:
     return f"http://{host}:{config.port}"
 
 
+def why_not_listenable(host: str, port: int, *, one_socket: bool) -> str | None:
+    """Why uvicorn could not listen on ``host:port`` (one line), or None. uvicorn finds out only
+    after the app has started and said where it serves; then it logs ``[Errno 98] Address
+    already in use`` (naming no address, with --workers) and exits with status 3. Binding is
+    tried here as uvicorn does it: one worker binds every address the host resolves to, as
+    asyncio does; with --workers or --reload, it binds one socket, IPv6 if the host has a colon."""
+    where = base_url(Config(host=host, port=port)).removeprefix("http://")
+    try:
+        if one_socket:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            addresses = [(family, (host, port))]
+        else:
+            resolved = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            addresses = [(family, address) for family, _, _, _, address in resolved]
+        for family, address in addresses:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and not one_socket:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio binds it
+                probe.bind(address)
+    except socket.gaierror as exc:
+        return f"cannot listen on {where}: {exc.strerror} (not an address, or a name this machine knows)"
+    except OSError as exc:
+        hint = LISTEN_ERROR_HINTS.get(exc.errno, "")
+        return f"cannot listen on {where}: {exc.strerror or exc}{hint}"
+    return None
+
+
+LISTEN_ERROR_HINTS = {
+    errno.EADDRINUSE: " (another server has this port: stop it, or give another --port)",
+    errno.EADDRNOTAVAIL: " (not an address of this machine)",
+    errno.EACCES: " (ports below 1024 need more rights than this user has: give another --port)",
+}
+
+
 def is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
@@ -4825,6 +4861,9 @@ def serve(argv: list[str]) -> None:
             f"blog_api: refusing to serve {config.host} without a token: anyone who can reach it could "
             "rewrite the blog. Give --token (or --token-file), or --allow-anonymous-writes if you mean it."
         )
+    one_socket = config.workers > 1 or config.reload
+    if (reason := why_not_listenable(config.host, config.port, one_socket=one_socket)) is not None:
+        sys.exit(f"blog_api: {reason}")
     if config.db_path != ":memory:":
         # Make or check the schema before serving: a database that cannot be used is then one
         # clear line, not uvicorn's traceback of a failed startup; and with --workers, it is

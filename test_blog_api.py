@@ -4719,6 +4719,29 @@ def test_a_database_that_cannot_be_used_is_refused_in_one_line(tmp_path: Path, f
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_refused_in_one_line_before_the_database_is_opened(tmp_path: Path, workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_blog_api("--port", str(port), "--workers", workers, "--db", str(tmp_path / "blog.db"))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"blog_api: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(another server has this port: stop it, or give another --port)"
+    ]
+    assert not (tmp_path / "blog.db").exists()
+
+
+def test_a_host_that_is_no_address_is_refused_in_one_line(tmp_path: Path) -> None:
+    result = run_blog_api("--host", "999.1.1.1", "--allow-anonymous-writes", "--db", str(tmp_path / "blog.db"))
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("blog_api: cannot listen on 999.1.1.1:8000: ")
+    assert line.endswith(" (not an address, or a name this machine knows)")
+
+
 def test_fuzzing_from_the_openapi_document_finds_nothing(start_server, tmp_path: Path) -> None:
     """schemathesis, with all its checks but one (response-schema conformance included), over
     every operation: examples, coverage, fuzzing and stateful sequences (create, then get,
