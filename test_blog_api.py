@@ -3172,6 +3172,8 @@ def test_startup_refuses_a_public_address_without_a_token(
 ) -> None:
     started: list[dict] = []
     monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: started.append(options))
+    # 192.0.2.10 (kept for documentation, RFC 5737) is no address of this machine: no real binding.
+    monkeypatch.setattr(blog_api, "why_not_listenable", lambda host, port, one_socket: None)
     argv = [*argv, "--db", str(tmp_path / "blog.db")]  # startup checks the database: not one in the project
     if starts:
         blog_api.main(argv)
@@ -5188,7 +5190,7 @@ def test_a_misspelt_environment_variable_is_warned_of_at_startup(monkeypatch, ca
     monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: None)
     monkeypatch.setenv("BLOG_API_CORS_ORIGIN", "https://blog.example")  # the flag is --cors-origin
     monkeypatch.setenv("BLOG_API_SOMETHING_ELSE", "1")
-    blog_api.main(["--db", ":memory:"])
+    blog_api.main(["--db", ":memory:", "--port", "0"])  # 8000 may be in use
     said = capsys.readouterr().err
     assert "WARNING blog_api [-] BLOG_API_CORS_ORIGIN is not a setting of blog_api, and is ignored; " in said
     assert "did you mean BLOG_API_CORS_ORIGINS?" in said
@@ -5774,7 +5776,7 @@ def test_a_bug_while_reading_a_request_is_a_logged_500(db_path: Path) -> None:
 def test_python_blog_api_py_serves_with_its_own_protocol_and_no_websockets(monkeypatch) -> None:
     started: list[dict] = []
     monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: started.append(options))
-    blog_api.main(["--db", ":memory:", "--log-level", "warning"])
+    blog_api.main(["--db", ":memory:", "--port", "0", "--log-level", "warning"])
     assert [(options["http"], options["ws"]) for options in started] == [(blog_api.BlogHttpProtocol, "none")]
 
 
