@@ -4430,9 +4430,6 @@ def create_app(config: Config | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(
             title="Blog API",
             version=__version__,
-            openapi_router=Router(
-                "/schema", route_handlers=[no_such_docs_page], include_in_schema=False, dto=None, return_dto=None
-            ),
             description="A blog's JSON API: posts with tags, slugs and comments.",
             render_plugins=[
                 SwaggerRenderPlugin(),
@@ -4442,6 +4439,9 @@ def create_app(config: Config | None = None) -> Litestar:
                 StoplightRenderPlugin(),
                 YamlRenderPlugin(),
             ],
+            openapi_router=Router(
+                "/schema", route_handlers=[no_such_docs_page], include_in_schema=False, dto=None, return_dto=None
+            ),
             **openapi_security,
         ),
         debug=config.debug,
