@@ -64,6 +64,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
 from http import HTTPStatus
+from importlib.metadata import version as package_version
 from io import BytesIO
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, Literal, TextIO, TypeVar, get_args, get_origin
@@ -4596,6 +4597,12 @@ def defaults_from_env(parser: argparse.ArgumentParser, environ: Mapping[str, str
         parser.error(str(exc))
 
 
+def versions() -> str:
+    """blog_api's version and what it runs on, for a bug report."""
+    stack = ", ".join(f"{name} {package_version(name)}" for name in ("litestar", "uvicorn", "aiosqlite"))
+    return f"blog_api {__version__} ({stack}, SQLite {sqlite3.sqlite_version}, Python {sys.version.split()[0]})"
+
+
 def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> Config:
     """Read the command line; each flag's default comes from its ``BLOG_API_*`` variable."""
     parser = argparse.ArgumentParser(
@@ -4606,6 +4613,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
         "  blog_api.py backup --help   copy the live database",
         epilog="Each flag can also be set by the environment variable named in its help.",
     )
+    parser.add_argument("--version", action="version", version=versions(), help="say what is running, and exit")
     defaults = defaults_from_env(parser, environ)
     parser.add_argument("--host", default=defaults.host, help="address to bind (BLOG_API_HOST; default %(default)s)")
     parser.add_argument(

@@ -8,10 +8,12 @@ import email.utils
 import gc
 import gzip
 import hashlib
+import importlib.metadata
 import io
 import json
 import logging
 import os
+import platform
 import random
 import re
 import resource
@@ -33,11 +35,13 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import aiosqlite
 import brotli
 import httpx
 import jsonschema_rs
 import msgspec
 import pytest
+import uvicorn
 from litestar import Litestar, Response, get
 from litestar.datastructures import Cookie, ResponseHeader
 from litestar.testing import TestClient
@@ -4414,6 +4418,16 @@ def test_seed_adds_realistic_posts_the_same_for_the_same_seed(tmp_path: Path, ca
         assert client.get("/api/posts").headers["x-total-count"] == "121"
     assert "Seeded 1 post (" in capsys.readouterr().out
     assert len({post_id for post_id, *_ in contents(first)[0]}) == 121
+
+
+def test_version_says_what_runs() -> None:
+    result = run_blog_api("--version", timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"blog_api {blog_api.__version__} (litestar {importlib.metadata.version('litestar')}, "
+        f"uvicorn {uvicorn.__version__}, aiosqlite {aiosqlite.__version__}, SQLite {sqlite3.sqlite_version}, "
+        f"Python {platform.python_version()})\n"
+    )
 
 
 @pytest.mark.parametrize(
