@@ -803,8 +803,25 @@ class UnsupportedContentEncoding(ClientException):
     detail = "The body has a Content-Encoding (gzip, br, ...); send it as plain JSON, without one"
 
 
-BODY_ERRORS = [BodyTooLarge, UnsupportedContentEncoding]
-"""What any request with a JSON body can answer besides 400: too large, or compressed."""
+class UnsupportedPatchFormat(ClientException):
+    """415 (RFC 5789 2.2): a JSON Patch (RFC 6902), a list of operations, which an update here
+    is not: it is a JSON object of the fields to change, as ``Accept-Patch`` says (3.1)."""
+
+    status_code = 415
+    detail = (
+        "JSON Patch (application/json-patch+json) is not taken here: send the fields to change as a JSON object, "
+        'like {"title": "New title"}'
+    )
+
+
+JSON_PATCH = "application/json-patch+json"
+ACCEPT_PATCH = "application/json"
+"""What a PATCH here takes: a JSON object of the fields to change. Not JSON Merge Patch
+(RFC 7396), whose ``null`` removes a field: here it leaves the field as it is."""
+
+BODY_ERRORS = [BodyTooLarge, UnsupportedContentEncoding, UnsupportedPatchFormat]
+"""What any request with a JSON body can answer besides 400: too large, compressed, or a
+JSON Patch."""
 
 
 class ClientClosedRequest(ClientException):
@@ -873,11 +890,14 @@ def json_body(
 
 
 async def require_json_body(request: Request, max_bytes: int) -> None:
-    """Refuse a compressed body (415; it would be reported as malformed JSON), and an empty
-    one clearly (Litestar would report it as a missing "'data'")."""
+    """Refuse a compressed body (415; it would be reported as malformed JSON), a JSON Patch
+    (415; a list, where an object is expected), and an empty body clearly (Litestar would
+    report it as a missing "'data'")."""
     content_encoding = request.headers.get("content-encoding")
     if content_encoding is not None and content_encoding.strip().lower() not in ("", "identity"):
         raise UnsupportedContentEncoding(headers={"Accept-Encoding": "identity"})
+    if request.headers.get("content-type", "").partition(";")[0].strip().lower() == JSON_PATCH:
+        raise UnsupportedPatchFormat(headers={"Accept-Patch": ACCEPT_PATCH})
     try:
         body = await request.body()
     except InternalServerException as exc:  # Litestar's only one here: "client disconnected prematurely"
@@ -4247,10 +4267,14 @@ class BlogAPI(Litestar):
                 self.access_line_stream.write(line + "\n")
 
     def with_full_allow_header(self, headers: list[tuple[bytes, bytes]], path: str) -> list[tuple[bytes, bytes]]:
-        """``headers``, with their Allow (if any) listing every method served at ``path``."""
+        """``headers``, with their Allow (if any) listing every method served at ``path``, and
+        where that includes PATCH, ``Accept-Patch`` saying what it takes (RFC 5789 3.1)."""
         kept = [(name, value) for name, value in headers if name.lower() != b"allow"]
         if len(kept) < len(headers):
-            kept.append((b"allow", self.allow_header(path).encode()))
+            allowed = self.allow_header(path)
+            kept.append((b"allow", allowed.encode()))
+            if "PATCH" in allowed:
+                kept.append((b"accept-patch", ACCEPT_PATCH.encode()))
         return kept
 
     def allow_header(self, path: str) -> str:

@@ -571,6 +571,30 @@ def test_a_compressed_body_is_415_naming_content_encoding(client: TestClient, db
     assert client.request("PUT", f"/api/posts/{post['id']}", content=b'{"title": "Plain"}', headers=plain).is_success
 
 
+def test_a_json_patch_is_415_saying_what_an_update_takes(client: TestClient, db_path: Path) -> None:
+    post = create(client)
+    operations = [{"op": "replace", "path": "/title", "value": "Patched"}]
+    headers = {"Content-Type": "application/json-patch+json; charset=utf-8"}
+    response = client.patch(f"/api/posts/{post['id']}", content=json.dumps(operations), headers=headers)
+    assert response.status_code == 415
+    assert response.headers["accept-patch"] == "application/json"
+    assert response.json()["detail"].startswith("JSON Patch (application/json-patch+json) is not taken here")
+    assert [row["title"] for row in stored_posts(db_path)] == [post["title"]]
+    merge = {"Content-Type": "application/merge-patch+json"}  # an object of fields: taken, as any JSON object
+    assert client.patch(f"/api/posts/{post['id']}", content=b'{"title": "Patched"}', headers=merge).is_success
+
+
+def test_options_on_a_post_says_what_patch_takes(client: TestClient) -> None:
+    post = create(client)
+    response = client.options(f"/api/posts/{post['id']}")
+    assert response.status_code == 204
+    assert (response.headers["allow"], response.headers["accept-patch"]) == (
+        "DELETE, GET, HEAD, OPTIONS, PATCH, PUT",
+        "application/json",
+    )
+    assert "accept-patch" not in client.options("/api/posts").headers
+
+
 def test_a_body_just_under_one_mebibyte_is_accepted(client: TestClient) -> None:
     content = "🦀" * 87_000  # 12 bytes each as JSON escapes: 1,044,000 bytes, 87,000 characters
     body = json.dumps({"title": "big", "content": content})
