@@ -4182,6 +4182,14 @@ async def send_error(send: Send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+ID_IN_ANY_CASE = re.compile(rf"(?<=/){POST_ID_SHAPE}(?=/|$)", re.IGNORECASE)
+
+
+def lowercased_ids(path: str) -> str:
+    """``path`` with each post or comment ID in it in lowercase: a slug is never shaped like one."""
+    return ID_IN_ANY_CASE.sub(lambda match: match[0].lower(), path)
+
+
 class BlogAPI(Litestar):
     """Litestar, with what has to happen before routing, at the ASGI entry point:
 
@@ -4191,7 +4199,8 @@ class BlogAPI(Litestar):
       must not guess other content types;
     - one access line per request (method, path, status, milliseconds, request ID), errors
       from routing (404, 405) included;
-    - a path is read composed (NFC), as slugs are stored;
+    - a path is read composed (NFC), as slugs are stored, and with its IDs in lowercase, as
+      they are stored (a UUID is the same in either case, RFC 9562 4);
     - HEAD is answered as GET without the body (RFC 9110 9.3.2) on every GET route: Litestar
       routes HEAD only to handlers declared for it, and this keeps HEAD out of the OpenAPI
       document, where it would only repeat GET;
@@ -4216,6 +4225,8 @@ class BlogAPI(Litestar):
             scope = {**scope, "headers": request_headers}
         if not scope["path"].isascii():  # the slug it may name is composed
             scope = {**scope, "path": composed(scope["path"])}
+        if not scope["path"].islower() and (path := lowercased_ids(scope["path"])) != scope["path"]:
+            scope = {**scope, "path": path}
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status

@@ -584,6 +584,19 @@ def test_a_json_patch_is_415_saying_what_an_update_takes(client: TestClient, db_
     assert client.patch(f"/api/posts/{post['id']}", content=b'{"title": "Patched"}', headers=merge).is_success
 
 
+def test_ids_are_found_in_capitals_too(client: TestClient, db_path: Path) -> None:
+    """A UUID is the same in either case (RFC 9562 4): some clients write them in capitals."""
+    post = create(client)
+    comment = client.post(f"/api/posts/{post['id']}/comments", json=COMMENT).json()
+    shouted = f"/api/posts/{post['id'].upper()}"
+    assert client.get(shouted).json() == client.get(f"/api/posts/{post['id']}").json()
+    assert client.get(f"{shouted}/comments/{comment['id'].upper()}").json() == comment
+    assert client.put(shouted, json={"title": "Found"}).json()["title"] == "Found"
+    assert client.delete(f"{shouted}/comments/{comment['id'].upper()}").status_code == 204
+    assert client.delete(shouted).status_code == 204
+    assert stored_posts(db_path) == [] and stored_comments(db_path) == []
+
+
 def test_options_on_a_post_says_what_patch_takes(client: TestClient) -> None:
     post = create(client)
     response = client.options(f"/api/posts/{post['id']}")
