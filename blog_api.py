@@ -3047,9 +3047,45 @@ and zlib let go of the GIL while they work.) Below it, compressing takes a few m
 at most, less than the hop to a thread would save."""
 
 
+CODED_BODIES_BYTES = 8 * 1024 * 1024
+"""How much ``CodedBodies`` keeps at most: bodies and their compressed forms, counted together."""
+
+
+class CodedBodies:
+    """Bodies compressed before, by body and coding, so that an answer sent again (a page, a
+    long post: from the read cache, the same bytes each time) is not compressed again.
+
+    Compressing a page of 20 posts (10 KB) in brotli takes 0.34 ms, twice what the rest of
+    answering it from the read cache costs the event loop: with ``Accept-Encoding: br``, as
+    browsers send it, wrk got 1,860 pages a second where it got 7,140 without. Keyed by the
+    body itself, what is found is exactly what compressing would make: a dict finds the very
+    bytes object the read cache holds by identity, and hashes a new one once. Within
+    ``max_bytes``, the oldest go first; a body and its coding over a quarter of it are not kept.
+    """
+
+    def __init__(self, max_bytes: int = CODED_BODIES_BYTES) -> None:
+        self._max_bytes = max_bytes
+        self._coded: dict[tuple[bytes, str], bytes] = {}
+        self._bytes = 0
+
+    def get(self, body: bytes, coding: str) -> bytes | None:
+        return self._coded.get((body, coding))
+
+    def keep(self, body: bytes, coding: str, coded: bytes) -> None:
+        size = len(body) + len(coded)
+        if size > self._max_bytes // 4 or (body, coding) in self._coded:
+            return
+        while self._coded and self._bytes + size > self._max_bytes:
+            (oldest, oldest_coding), oldest_coded = next(iter(self._coded.items()))
+            del self._coded[oldest, oldest_coding]
+            self._bytes -= len(oldest) + len(oldest_coded)
+        self._coded[body, coding] = coded
+        self._bytes += size
+
+
 class NegotiatedCompression(CompressionMiddleware):
-    """Litestar's compression, in the coding that ``preferred_coding`` picks, of a long body
-    off the event loop (``OFF_LOOP_COMPRESSION_BYTES``)."""
+    """Litestar's compression, in the coding that ``preferred_coding`` picks, of a whole body
+    once (``CodedBodies``), and of a long one off the event loop (``OFF_LOOP_COMPRESSION_BYTES``)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         accept_encoding = Headers.from_scope(scope).get("accept-encoding")
@@ -3058,37 +3094,53 @@ class NegotiatedCompression(CompressionMiddleware):
         await self.app(scope, receive, send)
 
     def create_compression_send_wrapper(self, send: Send, compression_encoding: str, scope: Scope) -> Send:
-        """Litestar's wrapper, but for a whole body of ``OFF_LOOP_COMPRESSION_BYTES`` or more
-        (every answer of the API is one body), compressed in a thread as Litestar would.
-        Litestar's is made only when it is used: it opens a compressor at once, which must be
-        closed (Python 3.13 reports one left to the garbage collector)."""
-        on_the_loop: Send | None = None
+        """Litestar's wrapper, but a whole body (every answer of the API is one) is compressed
+        by ``coded``, and one under Litestar's ``minimum_size`` is sent as it is. Litestar's,
+        for a body in parts, is made only when it is used: it opens a compressor at once,
+        which must be closed (Python 3.13 reports one left to the garbage collector)."""
+        in_parts: Send | None = None
         held_start: Message | None = None
 
         async def send_compressed(message: Message) -> None:
-            nonlocal on_the_loop, held_start
+            nonlocal in_parts, held_start
             if message["type"] == "http.response.start":
                 held_start = message
                 return
             if held_start is not None:
                 start, held_start = held_start, None
-                whole_body = message["type"] == "http.response.body" and not message.get("more_body")
-                if whole_body and len(body := message.get("body", b"")) >= OFF_LOOP_COMPRESSION_BYTES:
-                    coded = await asyncio.to_thread(self.compressed, body, compression_encoding)
-                    headers = MutableScopeHeaders(start)
-                    headers["Content-Encoding"] = compression_encoding
-                    headers["Content-Length"] = str(len(coded))
-                    headers.extend_header_value("vary", "Accept-Encoding")
+                if message["type"] == "http.response.body" and not message.get("more_body"):
+                    body = message.get("body", b"")
+                    if len(body) >= self.config.minimum_size:
+                        coded = await self.coded(body, compression_encoding, scope["litestar_app"])
+                        headers = MutableScopeHeaders(start)
+                        headers["Content-Encoding"] = compression_encoding
+                        headers["Content-Length"] = str(len(coded))
+                        headers.extend_header_value("vary", "Accept-Encoding")
+                        message = {**message, "body": coded}
                     await send(start)
-                    await send({**message, "body": coded})
+                    await send(message)
                     return
-                on_the_loop = super(NegotiatedCompression, self).create_compression_send_wrapper(
+                in_parts = super(NegotiatedCompression, self).create_compression_send_wrapper(
                     send, compression_encoding, scope
                 )
-                await on_the_loop(start)
-            await (send if on_the_loop is None else on_the_loop)(message)
+                await in_parts(start)
+            await (send if in_parts is None else in_parts)(message)
 
         return send_compressed
+
+    async def coded(self, body: bytes, coding: str, app: Litestar) -> bytes:
+        """``body`` in ``coding``: as compressed before for the app, if it was, else now (in a
+        thread if it is long)."""
+        coded_bodies = app.coded_bodies if isinstance(app, BlogAPI) else None
+        if coded_bodies is not None and (coded := coded_bodies.get(body, coding)) is not None:
+            return coded
+        if len(body) >= OFF_LOOP_COMPRESSION_BYTES:
+            coded = await asyncio.to_thread(self.compressed, body, coding)
+        else:
+            coded = self.compressed(body, coding)
+        if coded_bodies is not None:
+            coded_bodies.keep(body, coding, coded)
+        return coded
 
     def compressed(self, body: bytes, coding: str) -> bytes:
         """``body`` in ``coding``, by Litestar's own compressors and settings."""
@@ -4210,6 +4262,10 @@ class BlogAPI(Litestar):
     - a CORS preflight that asks for what is not allowed gets a 400 in blog_api's error shape,
       saying what (``cors_preflight_refusal``), where Litestar's is plain text.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.coded_bodies = CodedBodies()
 
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

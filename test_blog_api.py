@@ -3961,6 +3961,40 @@ def test_large_answers_are_compressed_when_the_client_accepts_it(client, accept:
     assert "content-encoding" not in small.headers
 
 
+def test_an_answer_sent_again_is_compressed_once_per_coding(client, monkeypatch) -> None:
+    compressed = []
+    compress = blog_api.NegotiatedCompression.compressed
+    monkeypatch.setattr(
+        blog_api.NegotiatedCompression,
+        "compressed",
+        lambda self, body, coding: compressed.append(coding) or compress(self, body, coding),
+    )
+    plain = {"Accept-Encoding": "identity"}
+    for number in range(5):
+        post = {**SEED_POST, "title": f"Post {number}", "content": "words " * 100}
+        client.post("/api/posts", json=post, headers=plain)
+    pages = {}
+    for coding in ("br", "br", "gzip", "br", "gzip"):
+        response = client.get("/api/posts", headers={"Accept-Encoding": coding})
+        assert response.headers["content-encoding"] == coding
+        pages.setdefault(coding, []).append((response.headers["etag"], response.json()))
+    assert compressed == ["br", "gzip"]
+    assert all(len(set(map(repr, answers))) == 1 for answers in pages.values())
+    client.post("/api/posts", json={**SEED_POST, "content": "words " * 100}, headers=plain)  # a new page
+    response = client.get("/api/posts", headers={"Accept-Encoding": "br"})
+    assert compressed == ["br", "gzip", "br"] and len(response.json()) == 6
+
+
+def test_compressed_answers_kept_stay_within_their_bytes() -> None:
+    kept = blog_api.CodedBodies(max_bytes=4_000)
+    bodies = [bytes([number]) * 900 for number in range(5)]
+    for body in bodies:
+        kept.keep(body, "br", body[:100])
+    assert [kept.get(body, "br") for body in bodies] == [None, *(body[:100] for body in bodies[1:])]  # the oldest went
+    kept.keep(b"x" * 1_001, "br", b"")  # over a quarter of the bytes: not kept
+    assert kept.get(b"x" * 1_001, "br") is None and kept.get(bodies[4], "gzip") is None
+
+
 @pytest.mark.parametrize("coding", ["br", "gzip"])
 def test_a_long_answer_is_compressed_off_the_event_loop_as_on_it(client, monkeypatch, coding: str) -> None:
     """A body of 64 KiB or more is compressed in a worker thread: a 9.8 MB page took 0.5 s on
@@ -3980,8 +4014,9 @@ def test_a_long_answer_is_compressed_off_the_event_loop_as_on_it(client, monkeyp
     monkeypatch.setattr(blog_api.NegotiatedCompression, "compressed", recorded)
     long_post = create(client, content="long content " * 6_000)  # 78 KB
     short_post = create(client, content="short content " * 200)
-    compressed_where.clear()  # the 201s, compressed as well
-    for post, where in ((long_post, ["worker thread"]), (short_post, [])):
+    compressed_where.clear()  # the 201s, compressed as well: the same bodies as the GETs'
+    client.app.coded_bodies = blog_api.CodedBodies()
+    for post, where in ((long_post, ["worker thread"]), (short_post, ["event loop"])):
         url = f"/api/posts/{post['id']}"
         with client.stream("GET", url, headers={"Accept-Encoding": coding}) as response:
             raw = b"".join(response.iter_raw())
