@@ -19,7 +19,8 @@ It seeds a database with ``python blog_api.py seed``, then starts, each as its o
 Each blog_api server is compared with the baseline on the same event loop and parser.
 
 wrk (installed with apt-get if missing) drives each at 32 connections on 127.0.0.1 for
-GET one post, GET a page of 20, POST create and PUT update. The rounds alternate between
+GET one post, GET a page of 20 (also with a browser's ``Accept-Encoding: br``), POST create
+and PUT update. The rounds alternate between
 the servers, so noise from other work on the machine falls on all of them alike; the
 table gives medians over the rounds. Peak RSS is each server's VmHWM (summed over worker
 processes) at the end. Everything stops by itself and is removed at the end.
@@ -50,7 +51,10 @@ PURE_PYTHON = ("--loop", "asyncio", "--http", "h11")
 TARGETS = {"GET one": 0.65, "GET page of 20": 0.50, "POST create": 0.50, "PUT update": 0.50}
 """Issue 8's targets: each case's req/s as a share of the baseline's."""
 SEEDED_POSTS = 2000
-CASES = ("GET one", "GET page of 20", "GET 50 pages of 20", "POST create", "PUT update")
+CASES = ("GET one", "GET page of 20", "GET page of 20, br", "GET 50 pages of 20", "POST create", "PUT update")
+CASE_HEADERS = {"GET page of 20, br": ("Accept-Encoding: br",)}
+"""What a case sends besides its script's requests: a browser's Accept-Encoding (brotli, as
+blog_api prefers it). The baseline has no compression, and answers the page as it is."""
 JSON_HEADERS = '{["Content-Type"] = "application/json"}'
 
 # wrk scripts. Each request differs: GETs and PUTs walk over the seeded posts; POSTs make
@@ -204,10 +208,12 @@ class Result:
     errors: int
 
 
-def run_wrk(url: str, script: Path | None, duration: float) -> Result:
+def run_wrk(url: str, script: Path | None, duration: float, headers: tuple[str, ...] = ()) -> Result:
     command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration:g}s", "--latency", url]
     if script is not None:
         command[-1:-1] = ["-s", str(script)]
+    for header in headers:
+        command[-1:-1] = ["-H", header]
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=duration + 60).stdout
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
@@ -255,7 +261,7 @@ def write_scripts(directory: Path, ids: list[str], content: str) -> dict[str, Pa
         "headers": JSON_HEADERS,
     }
     scripts = {"GET one": GET_ONE_LUA, "GET 50 pages of 20": PAGES_LUA, "POST create": POST_LUA, "PUT update": PUT_LUA}
-    paths: dict[str, Path | None] = {"GET page of 20": None}
+    paths: dict[str, Path | None] = {"GET page of 20": None, "GET page of 20, br": None}
     for case, template in scripts.items():
         path = directory / f"{case.replace(' ', '_')}.lua"
         path.write_text(template % values)
@@ -334,7 +340,7 @@ def run_benchmark(tmp: Path, duration: float, rounds: int) -> None:
         for round_number in range(1, rounds + 1):
             for case in CASES:
                 for server in servers:
-                    result = run_wrk(f"{server.url}/api/posts", scripts[case], duration)
+                    result = run_wrk(f"{server.url}/api/posts", scripts[case], duration, CASE_HEADERS.get(case, ()))
                     server.results.setdefault(case, []).append(result)
             print(f"round {round_number} of {rounds} done", flush=True)
         peak_rss = {server.name: server.peak_rss_mb() for server in servers}
@@ -386,6 +392,8 @@ def print_table(servers: list[Server], peak_rss: dict[str, float]) -> None:
     full, off = median_rps(blog, "POST create"), median_rps(by_name["synchronous off"], "POST create")
     print(f"  POST with synchronous=full / off: {against_target(full / off, 0.90)}")
     print(f"  peak RSS of blog_api under load: {peak_rss['blog_api']:.0f} MB (target < 100 MB)")
+    compressed, plain = median_rps(blog, "GET page of 20, br"), median_rps(blog, "GET page of 20")
+    print(f"  a page of 20 in brotli, blog_api: {compressed / plain:.2f} of its rate for the page as it is")
     gains = ", ".join(f"{case} {median_rps(blog, case) / median_rps(pure_python, case):.2f}x" for case in TARGETS)
     print(f"uvloop and httptools, blog_api's req/s against the pure-Python stack: {gains}")
     print("Peak RSS (VmHWM, MB): " + ", ".join(f"{name} {mb:.0f}" for name, mb in peak_rss.items()))
