@@ -890,13 +890,14 @@ def json_body(
 
 
 async def require_json_body(request: Request, max_bytes: int) -> None:
-    """Refuse a compressed body (415; it would be reported as malformed JSON), a JSON Patch
-    (415; a list, where an object is expected), and an empty body clearly (Litestar would
-    report it as a missing "'data'")."""
+    """Refuse a compressed body (415; it would be reported as malformed JSON), a PATCH in JSON
+    Patch (415; a list, where an object is expected: other writes read any body as JSON), and
+    an empty body clearly (Litestar would report it as a missing "'data'")."""
     content_encoding = request.headers.get("content-encoding")
     if content_encoding is not None and content_encoding.strip().lower() not in ("", "identity"):
         raise UnsupportedContentEncoding(headers={"Accept-Encoding": "identity"})
-    if request.headers.get("content-type", "").partition(";")[0].strip().lower() == JSON_PATCH:
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if request.method == "PATCH" and media_type == JSON_PATCH:
         raise UnsupportedPatchFormat(headers={"Accept-Patch": ACCEPT_PATCH})
     try:
         body = await request.body()

@@ -582,6 +582,8 @@ def test_a_json_patch_is_415_saying_what_an_update_takes(client: TestClient, db_
     assert [row["title"] for row in stored_posts(db_path)] == [post["title"]]
     merge = {"Content-Type": "application/merge-patch+json"}  # an object of fields: taken, as any JSON object
     assert client.patch(f"/api/posts/{post['id']}", content=b'{"title": "Patched"}', headers=merge).is_success
+    created = client.post("/api/posts", content=json.dumps(SEED_POST), headers=headers)  # a POST reads any body as JSON
+    assert created.status_code == 201 and created.json()["title"] == SEED_POST["title"]
 
 
 def test_ids_are_found_in_capitals_too(client: TestClient, db_path: Path) -> None:
