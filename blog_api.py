@@ -2093,9 +2093,11 @@ class Database:
         """What SQLite's "unable to open database file" may not say: a missing folder or file,
         or a folder where the file should be."""
         path = Path(self.path)
-        if not self.in_memory and path.is_dir():
+        if self.in_memory:
+            return ""
+        if path.is_dir():
             return f" (it is a folder; name a file in it, like {str(path / 'blog.db')!r})"
-        if self.in_memory or path.exists():
+        if path.exists():
             return ""
         if not path.parent.is_dir():
             return f" (there is no folder {str(path.parent)!r})"
@@ -2446,11 +2448,42 @@ class Database:
 
 K = TypeVar("K", bound=Hashable)
 
+
+class BoundedStore(Generic[K, T]):
+    """Values by key, within ``max_bytes`` counted at the size each was kept with: the oldest
+    go first, and one bigger than ``max_bytes // largest_share`` is not kept."""
+
+    def __init__(self, max_bytes: int, largest_share: int) -> None:
+        self._max_bytes = max_bytes
+        self._largest = max_bytes // largest_share
+        self._values: dict[K, tuple[T, int]] = {}
+        self._bytes = 0
+
+    def _get(self, key: K) -> T | None:
+        kept = self._values.get(key)
+        return None if kept is None else kept[0]
+
+    def _put(self, key: K, value: T, size: int) -> None:
+        if size > self._largest:
+            return
+        if (replaced := self._values.pop(key, None)) is not None:
+            self._bytes -= replaced[1]
+        while self._values and self._bytes + size > self._max_bytes:
+            oldest = next(iter(self._values))
+            self._bytes -= self._values.pop(oldest)[1]
+        self._values[key] = (value, size)
+        self._bytes += size
+
+    def _clear(self) -> None:
+        self._values.clear()
+        self._bytes = 0
+
+
 READ_CACHE_BYTES = 8 * 1024 * 1024
 """How much each ``ReadCache`` (posts, pages) keeps at most, counted as ``size_of`` says."""
 
 
-class ReadCache(Generic[K, T]):
+class ReadCache(BoundedStore[K, T]):
     """What was read, kept until the database changes, so that reading it again costs no
     hop and no SQL: a blog is read far more often than it is written.
 
@@ -2464,43 +2497,30 @@ class ReadCache(Generic[K, T]):
     def __init__(
         self, data_version: Callable[[], int | None], size_of: Callable[[T], int], max_bytes: int = READ_CACHE_BYTES
     ) -> None:
+        super().__init__(max_bytes, largest_share=16)
         self._data_version = data_version
         self._size_of = size_of
-        self._max_bytes = max_bytes
-        self._values: dict[K, tuple[T, int]] = {}
-        self._bytes = 0
         self._version: int | None = None
 
     def version(self) -> int | None:
         """The data version now, having emptied the cache if it moved (None: unknown)."""
         version = self._data_version()
         if version != self._version:
-            self._values.clear()
-            self._bytes = 0
+            self._clear()
             self._version = version
         return version
 
     def get(self, key: K) -> T | None:
         """The value kept for ``key``, if the database has not changed since it was read."""
         self.version()
-        kept = self._values.get(key)
-        return None if kept is None else kept[0]
+        return self._get(key)
 
     def keep(self, read_at: int | None, values: Mapping[K, T]) -> None:
         """Keep ``values``, read after the data version ``read_at`` was seen, if it is still current."""
         if read_at is None or self.version() != read_at:
             return
         for key, value in values.items():
-            size = self._size_of(value)
-            if size > self._max_bytes // 16:
-                continue
-            if (replaced := self._values.pop(key, None)) is not None:
-                self._bytes -= replaced[1]
-            while self._values and self._bytes + size > self._max_bytes:
-                oldest = next(iter(self._values))
-                self._bytes -= self._values.pop(oldest)[1]
-            self._values[key] = (value, size)
-            self._bytes += size
+            self._put(key, value, self._size_of(value))
 
 
 class Coalescer(Generic[K, T]):
@@ -3052,7 +3072,7 @@ CODED_BODIES_BYTES = 8 * 1024 * 1024
 """How much ``CodedBodies`` keeps at most: bodies and their compressed forms, counted together."""
 
 
-class CodedBodies:
+class CodedBodies(BoundedStore[tuple[bytes, str], bytes]):
     """Bodies compressed before, by body and coding, so that an answer sent again (a page, a
     long post: from the read cache, the same bytes each time) is not compressed again.
 
@@ -3065,23 +3085,13 @@ class CodedBodies:
     """
 
     def __init__(self, max_bytes: int = CODED_BODIES_BYTES) -> None:
-        self._max_bytes = max_bytes
-        self._coded: dict[tuple[bytes, str], bytes] = {}
-        self._bytes = 0
+        super().__init__(max_bytes, largest_share=4)
 
     def get(self, body: bytes, coding: str) -> bytes | None:
-        return self._coded.get((body, coding))
+        return self._get((body, coding))
 
     def keep(self, body: bytes, coding: str, coded: bytes) -> None:
-        size = len(body) + len(coded)
-        if size > self._max_bytes // 4 or (body, coding) in self._coded:
-            return
-        while self._coded and self._bytes + size > self._max_bytes:
-            (oldest, oldest_coding), oldest_coded = next(iter(self._coded.items()))
-            del self._coded[oldest, oldest_coding]
-            self._bytes -= len(oldest) + len(oldest_coded)
-        self._coded[body, coding] = coded
-        self._bytes += size
+        self._put((body, coding), coded, len(body) + len(coded))
 
 
 class NegotiatedCompression(CompressionMiddleware):
@@ -3129,18 +3139,16 @@ class NegotiatedCompression(CompressionMiddleware):
 
         return send_compressed
 
-    async def coded(self, body: bytes, coding: str, app: Litestar) -> bytes:
+    async def coded(self, body: bytes, coding: str, app: "BlogAPI") -> bytes:
         """``body`` in ``coding``: as compressed before for the app, if it was, else now (in a
         thread if it is long)."""
-        coded_bodies = app.coded_bodies if isinstance(app, BlogAPI) else None
-        if coded_bodies is not None and (coded := coded_bodies.get(body, coding)) is not None:
+        if (coded := app.coded_bodies.get(body, coding)) is not None:
             return coded
         if len(body) >= OFF_LOOP_COMPRESSION_BYTES:
             coded = await asyncio.to_thread(self.compressed, body, coding)
         else:
             coded = self.compressed(body, coding)
-        if coded_bodies is not None:
-            coded_bodies.keep(body, coding, coded)
+        app.coded_bodies.keep(body, coding, coded)
         return coded
 
     def compressed(self, body: bytes, coding: str) -> bytes:
@@ -4818,17 +4826,22 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
 
 
 def base_url(config: Config) -> str:
+    return f"http://{host_and_port(config)}"
+
+
+def host_and_port(config: Config) -> str:
     host = f"[{config.host}]" if ":" in config.host else config.host
-    return f"http://{host}:{config.port}"
+    return f"{host}:{config.port}"
 
 
-def why_not_listenable(host: str, port: int, *, one_socket: bool) -> str | None:
+def why_not_listenable(config: Config) -> str | None:
     """Why uvicorn could not listen on ``host:port`` (one line), or None. uvicorn finds out only
     after the app has started and said where it serves; then it logs ``[Errno 98] Address
     already in use`` (naming no address, with --workers) and exits with status 3. Binding is
     tried here as uvicorn does it: one worker binds every address the host resolves to, as
     asyncio does; with --workers or --reload, it binds one socket, IPv6 if the host has a colon."""
-    where = base_url(Config(host=host, port=port)).removeprefix("http://")
+    host, port, one_socket = config.host, config.port, config.workers > 1 or config.reload
+    where = host_and_port(config)
     try:
         if one_socket:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -4961,8 +4974,7 @@ def serve(argv: list[str]) -> None:
             f"blog_api: refusing to serve {config.host} without a token: anyone who can reach it could "
             "rewrite the blog. Give --token (or --token-file), or --allow-anonymous-writes if you mean it."
         )
-    one_socket = config.workers > 1 or config.reload
-    if (reason := why_not_listenable(config.host, config.port, one_socket=one_socket)) is not None:
+    if (reason := why_not_listenable(config)) is not None:
         sys.exit(f"blog_api: {reason}")
     if config.db_path != ":memory:":
         # Make or check the schema before serving: a database that cannot be used is then one

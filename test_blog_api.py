@@ -3216,7 +3216,7 @@ def test_startup_refuses_a_public_address_without_a_token(
     started: list[dict] = []
     monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: started.append(options))
     # 192.0.2.10 (kept for documentation, RFC 5737) is no address of this machine: no real binding.
-    monkeypatch.setattr(blog_api, "why_not_listenable", lambda host, port, one_socket: None)
+    monkeypatch.setattr(blog_api, "why_not_listenable", lambda config: None)
     argv = [*argv, "--db", str(tmp_path / "blog.db")]  # startup checks the database: not one in the project
     if starts:
         blog_api.main(argv)
