@@ -4680,10 +4680,18 @@ def backup_database(source: str, target: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def printable_path(value: str) -> str:
-    """A path SQLite can open and a log line can show, for the commands that make no Config
+def file_path(value: str) -> str:
+    """A file SQLite can open and a log line can show, for the commands that make no Config
     (which checks its own). A file name in no UTF-8 reaches Python's argv as lone
-    surrogates, which are not printable, and SQLite cannot open."""
+    surrogates, which are not printable, and SQLite cannot open. ``seed`` and ``backup``
+    work on files: SQLite would read ``:memory:`` as a database gone when the command exits
+    (backup wrote a file of that name, which ``--db :memory:`` does not serve)."""
+    if not value:
+        raise argparse.ArgumentTypeError("expected the path of a file, not an empty one")
+    if value == ":memory:":
+        raise argparse.ArgumentTypeError(
+            "expected the path of a file, not :memory: (a database in memory is gone when this command exits)"
+        )
     if not value.isprintable():
         raise argparse.ArgumentTypeError(f"the {UNPRINTABLE_PATH}")
     return value
@@ -4896,7 +4904,7 @@ def seed(argv: list[str]) -> None:
     parser.add_argument(
         "--db",
         dest="db_path",
-        type=printable_path,
+        type=file_path,
         default=defaults.db_path,
         help="database file (BLOG_API_DB; default %(default)s)",
     )
@@ -4927,11 +4935,11 @@ def backup(argv: list[str]) -> None:
         description="Copy the live database, while the service keeps serving, with SQLite's online backup API.",
     )
     defaults = defaults_from_env(parser)
-    parser.add_argument("path", type=printable_path, help="where to write the copy (must not exist)")
+    parser.add_argument("path", type=file_path, help="where to write the copy (must not exist)")
     parser.add_argument(
         "--db",
         dest="db_path",
-        type=printable_path,
+        type=file_path,
         default=defaults.db_path,
         help="database to copy (BLOG_API_DB; default %(default)s)",
     )

@@ -1517,6 +1517,30 @@ def test_a_path_in_no_utf8_is_a_usage_error_not_a_traceback(tmp_path: Path, comm
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("command", "argument"),
+    [
+        (["seed", "--db", "{path}"], "--db"),
+        (["backup", "copy.db", "--db", "{path}"], "--db"),
+        (["backup", "{path}", "--db", "live.db"], "path"),
+    ],
+    ids=["seed", "backup from", "backup to"],
+)
+@pytest.mark.parametrize(("path", "message"), [(":memory:", "not :memory:"), ("", "not an empty one")])
+def test_seed_and_backup_want_a_file_not_memory(
+    tmp_path, monkeypatch, capsys, command, argument, path, message
+) -> None:
+    """A database in memory is gone when the command exits: seed raised a traceback, and
+    backup wrote a file named ``:memory:`` and said to serve it with ``--db :memory:``."""
+    monkeypatch.chdir(tmp_path)
+    sqlite3.connect("live.db").close()
+    with pytest.raises(SystemExit) as exit_info:
+        blog_api.main([word.format(path=path) for word in command])
+    assert exit_info.value.code == 2
+    assert f"error: argument {argument}: expected the path of a file, {message}" in capsys.readouterr().err
+    assert [path.name for path in tmp_path.iterdir()] == ["live.db"]
+
+
 def test_help_explains_every_flag() -> None:
     result = run_blog_api("--help", timeout=30)
     assert result.returncode == 0
