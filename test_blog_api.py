@@ -3183,7 +3183,12 @@ def test_without_a_token_writes_come_only_from_this_machine(db_path: Path) -> No
         response = remote.post("/api/posts", json=SEED_POST)
         assert response.status_code == 403 and "--token" in response.json()["detail"]
         assert remote.get("/api/posts").status_code == 200
-        assert local.post("/api/posts", json=SEED_POST).status_code == 201
+        post = local.post("/api/posts", json=SEED_POST).json()
+        # One app, one event loop: the local client sends the remote requests that write.
+        comment = local.post(f"http://203.0.113.7/api/posts/{post['id']}/comments", json=COMMENT)
+        assert comment.status_code == 201  # anyone may comment, as with a token
+        assert local.delete(f"http://203.0.113.7{comment.headers['location']}").status_code == 403
+        assert local.delete(f"http://203.0.113.7/api/posts/{post['id']}").status_code == 403
     open_app = create_app(Config(db_path=str(db_path), allow_anonymous_writes=True))
     with TestClient(open_app, base_url="http://203.0.113.7") as remote:
         assert remote.post("/api/posts", json=SEED_POST).status_code == 201
