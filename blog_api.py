@@ -4422,7 +4422,13 @@ async def fetch_posts_by_key(db: Database, keys: list[str]) -> dict[str, CachedP
 
 @asynccontextmanager
 async def database_lifespan(app: Litestar) -> AsyncIterator[None]:
-    """Open the database before the first request and always close it at shutdown."""
+    """Open the database before the first request and always close it at shutdown.
+
+    An app serves from one event loop at a time: its pool's writer and waiting requests
+    belong to the loop that opened it. Started again while it serves (a second TestClient
+    around the same app), it had the first loop's requests wait for ever on the second's."""
+    if "db" in app.state:
+        raise RuntimeError("This app is serving already, and serves one event loop; create_app() makes another")
     config: Config = app.state.config
     db = Database(
         config.db_path,
@@ -4452,6 +4458,7 @@ async def database_lifespan(app: Litestar) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        del app.state.db, app.state.blog
         await db.close()
 
 

@@ -1338,6 +1338,22 @@ def test_an_app_started_and_stopped_leaves_no_thread_behind(db_path: Path) -> No
     assert threading.active_count() == before
 
 
+def test_an_app_serves_one_event_loop_and_may_start_again_after_it_stops(db_path: Path) -> None:
+    """Started a second time while it served (a second TestClient around it), the app
+    swapped its database for one on the second client's loop, and the first client's next
+    write waited for ever; now the second start fails, and the first serves on."""
+    app = create_app(Config(db_path=str(db_path)))
+    with TestClient(app) as first:
+        assert first.post("/api/posts", json=SEED_POST).status_code == 201
+        with pytest.raises(BaseExceptionGroup) as started_twice, TestClient(app):
+            pass
+        assert "serving already" in str(started_twice.value.exceptions[0])
+        assert first.post("/api/posts", json=SEED_POST).status_code == 201
+    with TestClient(app) as again:
+        assert again.get("/api/posts").headers["x-total-count"] == "2"
+    assert len(stored_posts(db_path)) == 2
+
+
 def test_a_cancelled_close_still_stops_every_connection_thread(db_path: Path) -> None:
     before = threading.active_count()
 
