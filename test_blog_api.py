@@ -3191,23 +3191,19 @@ def test_anyone_may_comment_on_a_published_post(secured: TestClient) -> None:
 
 
 def test_without_a_token_writes_come_only_from_this_machine(db_path: Path) -> None:
-    app = create_app(Config(db_path=str(db_path)))
-    with (
-        TestClient(app, base_url="http://203.0.113.7") as remote,
-        TestClient(app, base_url="http://127.0.0.1") as local,
-    ):
-        response = remote.post("/api/posts", json=SEED_POST)
+    remote = "http://203.0.113.7"  # the server's address, as the test client makes the scope
+    with TestClient(create_app(Config(db_path=str(db_path))), base_url="http://127.0.0.1") as client:
+        response = client.post(f"{remote}/api/posts", json=SEED_POST)
         assert response.status_code == 403 and "--token" in response.json()["detail"]
-        assert remote.get("/api/posts").status_code == 200
-        post = local.post("/api/posts", json=SEED_POST).json()
-        # One app, one event loop: the local client sends the remote requests that write.
-        comment = local.post(f"http://203.0.113.7/api/posts/{post['id']}/comments", json=COMMENT)
+        assert client.get(f"{remote}/api/posts").status_code == 200
+        post = client.post("/api/posts", json=SEED_POST).json()
+        comment = client.post(f"{remote}/api/posts/{post['id']}/comments", json=COMMENT)
         assert comment.status_code == 201  # anyone may comment, as with a token
-        assert local.delete(f"http://203.0.113.7{comment.headers['location']}").status_code == 403
-        assert local.delete(f"http://203.0.113.7/api/posts/{post['id']}").status_code == 403
+        assert client.delete(f"{remote}{comment.headers['location']}").status_code == 403
+        assert client.delete(f"{remote}/api/posts/{post['id']}").status_code == 403
     open_app = create_app(Config(db_path=str(db_path), allow_anonymous_writes=True))
-    with TestClient(open_app, base_url="http://203.0.113.7") as remote:
-        assert remote.post("/api/posts", json=SEED_POST).status_code == 201
+    with TestClient(open_app, base_url=remote) as client:
+        assert client.post("/api/posts", json=SEED_POST).status_code == 201
 
 
 async def post_through_a_proxy(address: tuple[str, int], forwarded_for: str | None) -> bytes:
