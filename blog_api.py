@@ -3099,8 +3099,10 @@ class NegotiatedCompression(CompressionMiddleware):
     once (``CodedBodies``), and of a long one off the event loop (``OFF_LOOP_COMPRESSION_BYTES``)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        accept_encoding = Headers.from_scope(scope).get("accept-encoding")
-        if accept_encoding and (coding := preferred_coding(accept_encoding)):
+        # Read from the scope's list (the field is one line: ``combined_field_lines``), not
+        # from a Headers made of it: see ``create_compression_send_wrapper``.
+        accept_encoding = next((value for name, value in scope["headers"] if name == b"accept-encoding"), None)
+        if accept_encoding and (coding := preferred_coding(accept_encoding.decode("latin-1"))):
             send = self.create_compression_send_wrapper(send=send, compression_encoding=coding, scope=scope)
         await self.app(scope, receive, send)
 
@@ -3108,7 +3110,12 @@ class NegotiatedCompression(CompressionMiddleware):
         """Litestar's wrapper, but a whole body (every answer of the API is one) is compressed
         by ``coded``, and one under Litestar's ``minimum_size`` is sent as it is. Litestar's,
         for a body in parts, is made only when it is used: it opens a compressor at once,
-        which must be closed (Python 3.13 reports one left to the garbage collector)."""
+        which must be closed (Python 3.13 reports one left to the garbage collector). Its
+        Vary is the app's to add (``with_coded_etag_and_vary``), as it does to every answer.
+
+        Headers are read and written as the lists they are: Litestar's Headers and
+        MutableScopeHeaders (a scan of the list per field set) took the server 191 µs of CPU
+        per page of 20 in brotli, against 159 µs without them (medians of 6 wrk rounds each)."""
         in_parts: Send | None = None
         held_start: Message | None = None
 
@@ -3123,10 +3130,12 @@ class NegotiatedCompression(CompressionMiddleware):
                     body = message.get("body", b"")
                     if len(body) >= self.config.minimum_size:
                         coded = await self.coded(body, compression_encoding, scope["litestar_app"])
-                        headers = MutableScopeHeaders(start)
-                        headers["Content-Encoding"] = compression_encoding
-                        headers["Content-Length"] = str(len(coded))
-                        headers.extend_header_value("vary", "Accept-Encoding")
+                        headers = [header for header in start["headers"] if header[0].lower() != b"content-length"]
+                        headers += [
+                            (b"content-encoding", compression_encoding.encode()),
+                            (b"content-length", str(len(coded)).encode()),
+                        ]
+                        start = {**start, "headers": headers}
                         message = {**message, "body": coded}
                     await send(start)
                     await send(message)
