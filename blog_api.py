@@ -210,6 +210,8 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
 SYNCHRONOUS_MODES = ("full", "normal", "off")
 MAX_READERS = 64  # each is a thread and a connection; with one GIL, more than a few buy nothing
+MAX_BUSY_TIMEOUT_MS = 2**31 - 1
+"""SQLite's busy timeout is a C int: ``PRAGMA busy_timeout`` with more is 0, no waiting at all."""
 UNPRINTABLE_PATH = "path must be printable text in UTF-8, without control characters"
 BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 2.1's b64token: what a client can send
 MIN_TOKEN_LENGTH = 16  # 96 bits as base64; the README's token (24 random bytes) has 32 characters
@@ -268,8 +270,11 @@ class Config:
             raise ValueError("several workers need a database file (not :memory:) and no --reload")
         if self.synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be full, normal or off, got {self.synchronous!r}")
-        if self.busy_timeout_ms < 0:
-            raise ValueError(f"busy timeout must not be negative, got {self.busy_timeout_ms}")
+        if not 0 <= self.busy_timeout_ms <= MAX_BUSY_TIMEOUT_MS:
+            raise ValueError(
+                f"busy timeout must be between 0 and {MAX_BUSY_TIMEOUT_MS} ms (SQLite's largest, 24 days), "
+                f"got {self.busy_timeout_ms}"
+            )
         if self.token is not None and len(self.token) < MIN_TOKEN_LENGTH:
             raise ValueError(
                 f"the token must be {MIN_TOKEN_LENGTH} characters or more, not {len(self.token)}, to be "

@@ -1485,6 +1485,9 @@ def test_flags_override_environment_variables() -> None:
             "readers must be between 1 and 64",
         ),  # was a traceback: no file descriptors left
         ([], {"BLOG_API_HOST": ""}, "the host must not be empty"),
+        (["--busy-timeout-ms", "-1"], {}, "busy timeout must be between 0 and 2147483647 ms"),
+        # SQLite took it as 0: no wait for the lock at all, where a long one was asked for
+        (["--busy-timeout-ms", "3000000000"], {}, "busy timeout must be between 0 and 2147483647 ms"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(capsys, argv, environ, message) -> None:
