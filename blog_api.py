@@ -3500,7 +3500,8 @@ WRITE_ERRORS = [
     TooManyRequestsException,
     ServiceUnavailableException,
 ]
-"""What any write can answer besides its own errors: no token, not from here, too many, busy."""
+"""What any write can answer besides its own errors: no token, not from here (or from a page on another
+site), too many, busy."""
 
 UPDATE_ROUTE: dict[str, Any] = {
     "path": "/{post_id:str}",
@@ -3747,6 +3748,7 @@ class CommentController(Controller):
             NotFoundException,
             IdempotencyKeyReused,
             *BODY_ERRORS,
+            PermissionDeniedException,  # from a page on another site (cross_origin_refusal)
             MethodNotAllowedException,
             TooManyRequestsException,
             ServiceUnavailableException,
@@ -4257,6 +4259,40 @@ async def send_error(send: Send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+SAME_SITE_FETCHES = (b"same-origin", b"none")
+"""What ``Sec-Fetch-Site`` says of a request the page's own site, or the user, made."""
+
+
+def cross_origin_refusal(headers: list[tuple[bytes, bytes]], trusted_origins: Collection[str]) -> str | None:
+    """Why a write is refused as one a browser sends from a page on another site, or None.
+
+    A POST whose body is not ``application/json`` is sent cross-site without a CORS
+    preflight, and blog_api reads any body as JSON: so any page the user visited could write
+    to a blog_api on their machine (which, without a token, takes writes from it). As Go's
+    ``net/http.CrossOriginProtection`` judges it: ``Sec-Fetch-Site`` where browsers send it
+    (all since 2023), else ``Origin`` against ``Host``; a request with neither (curl, scripts)
+    is no browser's, and an origin allowed by ``--cors-origin`` is trusted."""
+    fetch_site = origin = host = None
+    for name, value in headers:
+        if name == b"sec-fetch-site":
+            fetch_site = value
+        elif name == b"origin":
+            origin = value
+        elif name == b"host":
+            host = value
+    if fetch_site in SAME_SITE_FETCHES:
+        return None
+    if fetch_site is None and (origin is None or origin.partition(b"://")[2].lower() == (host or b"").lower()):
+        return None
+    page = origin.decode("latin-1") if origin is not None else None
+    if page in trusted_origins:
+        return None
+    return (
+        f"A write from a browser page on another site ({page or 'its origin unsaid'}) is refused: any page "
+        "a user visits could send one. Allow a site's pages to write with --cors-origin"
+    )
+
+
 ID_IN_ANY_CASE = re.compile(rf"(?<=/){POST_ID_SHAPE}(?=/|$)", re.IGNORECASE)
 
 
@@ -4283,12 +4319,14 @@ class BlogAPI(Litestar):
       without it (``with_coded_etag_and_vary``, ``without_codings``); every answer says
       ``Vary: Accept-Encoding``, and ``Origin`` too with CORS on;
     - a CORS preflight that asks for what is not allowed gets a 400 in blog_api's error shape,
-      saying what (``cors_preflight_refusal``), where Litestar's is plain text.
+      saying what (``cors_preflight_refusal``), where Litestar's is plain text;
+    - a write a browser sends from a page on another site is a 403 (``cross_origin_refusal``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.coded_bodies = CodedBodies()
+        self.trusted_origins = frozenset(self.cors_config.allow_origins if self.cors_config else ())
 
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -4325,6 +4363,11 @@ class BlogAPI(Litestar):
             await send(message)
 
         try:
+            if scope["method"] not in READ_METHODS and (
+                refusal := cross_origin_refusal(scope["headers"], self.trusted_origins)
+            ):
+                await send_error(send_with_request_id, 403, refusal)
+                return
             if scope["method"] == "OPTIONS" and self.cors_config is not None:
                 refusal = cors_preflight_refusal(self.cors_config, Headers.from_scope(scope))
                 if refusal is not None:

@@ -785,7 +785,7 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
         ("GET", "/api/tags"): ("listTags", {"200", "304", "400", "412", "503"}),
         ("POST", "/api/posts/{post_id}/comments"): (
             "createComment",
-            {"201", "400", "404", "405", "413", "415", "422", "429", "503"},
+            {"201", "400", "403", "404", "405", "413", "415", "422", "429", "503"},
         ),
         ("GET", "/api/posts/{post_id}/comments"): ("listComments", {"200", "304", "400", "404", "412", "503"}),
         ("GET", "/api/posts/{post_id}/comments/{comment_id}"): (
@@ -3426,6 +3426,50 @@ def test_with_cors_every_answer_says_it_varies_with_origin(browser_facing: TestC
         assert sorted(varies_with(response)) == ["accept-encoding", "origin"], (url, response.headers)
     preflight = {"Access-Control-Request-Method": "POST", **headers}
     assert sorted(varies_with(browser_facing.options("/api/posts", headers=preflight))) == ["accept-encoding", "origin"]
+
+
+CROSS_SITE = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+FROM_AN_OLD_BROWSER = {"Origin": "https://evil.example"}  # no Sec-Fetch-Site: Origin against Host
+
+
+@pytest.mark.parametrize("headers", [CROSS_SITE, FROM_AN_OLD_BROWSER, {"Origin": "null"}], ids=["new", "old", "null"])
+def test_a_write_from_a_page_on_another_site_is_refused(client: TestClient, db_path: Path, headers: dict) -> None:
+    """A form, or ``fetch`` with a text/plain body, posts cross-site without a preflight, and
+    the body is read as JSON: any page a user visited could write to a blog_api on their machine."""
+    post = create(client)
+    plain_text = {**headers, "Content-Type": "text/plain"}
+    for response in [
+        client.post("/api/posts", content=json.dumps(SEED_POST), headers=plain_text),
+        client.post(f"/api/posts/{post['id']}/comments", content=json.dumps(COMMENT), headers=plain_text),
+        client.delete(f"/api/posts/{post['id']}", headers=headers),
+    ]:
+        assert response.status_code == 403
+        assert "from a browser page on another site" in response.json()["detail"]
+        assert "--cors-origin" in response.json()["detail"]
+    assert client.get("/api/posts", headers=headers).status_code == 200  # reads are not writes
+    assert [row["id"] for row in stored_posts(db_path)] == [post["id"]]
+    assert client.get(f"/api/posts/{post['id']}/comments").json() == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://testserver.local", "Sec-Fetch-Site": "same-origin"},  # the API's own pages: Swagger UI
+        {"Sec-Fetch-Site": "none"},  # typed by the user
+        {"Origin": "http://testserver.local"},  # an old browser, on the API's own page
+        {},  # curl, scripts
+    ],
+    ids=["same-origin", "user", "old same-origin", "no browser"],
+)
+def test_a_write_from_the_apis_own_pages_or_no_browser_is_taken(client: TestClient, headers: dict) -> None:
+    assert client.post("/api/posts", json=SEED_POST, headers=headers).status_code == 201
+
+
+def test_a_write_from_a_site_allowed_by_cors_is_taken(browser_facing: TestClient) -> None:
+    headers = {"Origin": "https://blog.example", "Sec-Fetch-Site": "cross-site"}
+    assert browser_facing.post("/api/posts", json=SEED_POST, headers=headers).status_code == 201
+    refused = browser_facing.post("/api/posts", json=SEED_POST, headers=CROSS_SITE)
+    assert refused.status_code == 403
 
 
 def test_no_cors_unless_asked(client: TestClient) -> None:
