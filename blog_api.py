@@ -2886,6 +2886,47 @@ def arrived_on_loopback(connection: ASGIConnection) -> bool:
     return (not server or is_loopback_address(server[0])) and (not client or is_loopback_address(client[0]))
 
 
+def misdirected_host(scope: Scope) -> str | None:
+    """Why a request on a loopback socket is refused for the name it asks for, or None.
+
+    Without a token, blog_api takes anyone on this machine for its editor: a web page from
+    elsewhere must not reach it. Browsers keep pages off other sites' servers, but a name
+    of the page's own site that its DNS then points here (DNS rebinding) makes this server
+    the page's own: it could read the drafts and write. So on a loopback socket, a request
+    must name this machine (``localhost``, a ``.localhost`` name, a loopback address), as
+    Vite's and Jupyter's servers ask. A test client or a Unix socket is not checked."""
+    server = scope.get("server")
+    if not server or not is_loopback_ip(server[0]):
+        return None
+    host = next((value for name, value in scope["headers"] if name == b"host"), b"")
+    if not host or names_this_machine(host):  # none, or empty: no browser's request
+        return None
+    return (
+        "Without a token, this server answers only requests for this machine (localhost, 127.0.0.1): "
+        f"Host {host.decode('latin-1')} names another, and a web page could reach this server by such a name "
+        "(DNS rebinding). Ask for localhost, or serve with --token"
+    )
+
+
+@lru_cache(maxsize=256)
+def is_loopback_ip(host: str) -> bool:
+    """Whether ``host`` is a loopback IP address (a name is not)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@lru_cache(maxsize=256)
+def names_this_machine(host_field: bytes) -> bool:
+    """Whether a Host field names this machine: ``localhost`` or a name under it (RFC 6761
+    6.3: always loopback), or a loopback address, with any port."""
+    host = host_field.decode("latin-1").lower()
+    name = host[1 : host.find("]")] if host.startswith("[") else host.rpartition(":")[0] or host
+    name = name.rstrip(".")
+    return name == "localhost" or name.endswith(".localhost") or is_loopback_ip(name)
+
+
 @lru_cache(maxsize=256)
 def is_loopback_address(host: str) -> bool:
     """Whether ``host`` is a loopback address (a name that is not an address counts as local).
@@ -4320,13 +4361,17 @@ class BlogAPI(Litestar):
       ``Vary: Accept-Encoding``, and ``Origin`` too with CORS on;
     - a CORS preflight that asks for what is not allowed gets a 400 in blog_api's error shape,
       saying what (``cors_preflight_refusal``), where Litestar's is plain text;
-    - a write a browser sends from a page on another site is a 403 (``cross_origin_refusal``).
+    - a write a browser sends from a page on another site is a 403 (``cross_origin_refusal``);
+    - without a token, a request on a loopback socket for a name not this machine's is a
+      421 (``misdirected_host``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.coded_bodies = CodedBodies()
         self.trusted_origins = frozenset(self.cors_config.allow_origins if self.cors_config else ())
+        config: Config = self.state.config
+        self.local_names_only = config.token is None and not config.allow_anonymous_writes
 
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -4363,6 +4408,9 @@ class BlogAPI(Litestar):
             await send(message)
 
         try:
+            if self.local_names_only and (refusal := misdirected_host(scope)):
+                await send_error(send_with_request_id, 421, refusal)
+                return
             if scope["method"] not in READ_METHODS and (
                 refusal := cross_origin_refusal(scope["headers"], self.trusted_origins)
             ):
@@ -4943,12 +4991,7 @@ LISTEN_ERROR_HINTS = {
 
 
 def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return host == "localhost" or is_loopback_ip(host)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3214,7 +3214,7 @@ async def post_through_a_proxy(address: tuple[str, int], forwarded_for: str | No
     sends it: with ``X-Forwarded-For`` naming its client (if any)."""
     reader, writer = await asyncio.open_connection(*address)
     body = json.dumps(SEED_POST).encode()
-    head = f"POST /api/posts HTTP/1.1\r\nHost: blog\r\nContent-Length: {len(body)}\r\n"
+    head = f"POST /api/posts HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n"
     if forwarded_for is not None:
         head += f"X-Forwarded-For: {forwarded_for}\r\n"
     writer.write(head.encode() + b"\r\n" + body)
@@ -4236,7 +4236,7 @@ def test_a_request_head_over_64_kib_is_refused_before_it_fills_memory(start_serv
                     connection.sendall(b"a" * 65_536)
             return connection.recv(1_000)
 
-    header = answer_to_a_head_that_never_ends(b"GET /api/posts HTTP/1.1\r\nHost: blog\r\nX-Long: ")
+    header = answer_to_a_head_that_never_ends(b"GET /api/posts HTTP/1.1\r\nHost: localhost\r\nX-Long: ")
     assert header.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
     detail = "Request Header Fields Too Large: a request's line and headers may take 64 KiB"
     assert header.endswith(json.dumps({"status_code": 431, "detail": detail}, separators=(",", ":")).encode())
@@ -4260,7 +4260,7 @@ def test_a_client_that_leaves_mid_body_is_a_499_in_the_access_line_not_a_500(sta
     server = start_server([sys.executable, "blog_api.py", "--port", str(port)], port)
     for head in [b"Content-Length: 100", b"Transfer-Encoding: chunked"]:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
-            connection.sendall(b"POST /api/posts HTTP/1.1\r\nHost: blog\r\n" + head + b"\r\n\r\n")
+            connection.sendall(b"POST /api/posts HTTP/1.1\r\nHost: localhost\r\n" + head + b"\r\n\r\n")
             connection.sendall(b"6\r\n" if b"chunked" in head else b"")
             connection.sendall(b'{"titl')
             connection.shutdown(socket.SHUT_WR)
@@ -5386,14 +5386,14 @@ def test_a_request_head_must_arrive_within_its_time(db_path: Path, monkeypatch) 
         async with serving(blog_api.BlogHttpProtocol, db_path) as address:
             silent = await asyncio.open_connection(*address)
             slow = await asyncio.open_connection(*address)
-            slow[1].write(b"GET /api/posts HTTP/1.1\r\nHost: blog\r\n")
+            slow[1].write(b"GET /api/posts HTTP/1.1\r\nHost: localhost\r\n")
             steady = await asyncio.open_connection(*address)
             steady[1].write(b"GET /api/posts HTTP/1.1\r\n")
             await asyncio.sleep(0.3)
-            steady[1].write(b"Host: blog\r\n\r\n")  # the whole head within 0.5 s
+            steady[1].write(b"Host: localhost\r\n\r\n")  # the whole head within 0.5 s
             assert (await read_response(steady[0])).startswith(b"HTTP/1.1 200 OK\r\n")
             await asyncio.sleep(0.7)  # idle between requests: not a head
-            steady[1].write(b"GET /api/posts HTTP/1.1\r\nHost: blog\r\n\r\n")
+            steady[1].write(b"GET /api/posts HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert (await read_response(steady[0])).startswith(b"HTTP/1.1 200 OK\r\n")
             timed_out = await asyncio.wait_for(slow[0].read(), 5)
             assert timed_out.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
@@ -5412,7 +5412,7 @@ def test_a_request_body_that_stops_arriving_is_cut_off_with_a_408(db_path: Path,
     that arrives slowly but steadily is taken."""
     monkeypatch.setattr(blog_api, "REQUEST_BODY_PAUSE_SECONDS", 0.5)
     body = msgspec.json.encode({"title": "Slow", "content": "x" * 100})
-    head = "POST /api/posts HTTP/1.1\r\nHost: blog\r\nContent-Type: application/json\r\n"
+    head = "POST /api/posts HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
     head += f"Content-Length: {len(body)}\r\n\r\n"
 
     async def check() -> None:
@@ -5448,7 +5448,7 @@ def test_a_body_answered_before_it_has_all_come_is_not_read_to_its_end(db_path: 
     answer: the server's side at once, the whole once what still comes has been dropped for
     ``LINGERING_CLOSE_SECONDS``, so that the client reads its 413 rather than a reset."""
     monkeypatch.setattr(blog_api, "LINGERING_CLOSE_SECONDS", 0.5)
-    head = b"POST /api/posts HTTP/1.1\r\nHost: blog\r\nContent-Type: application/json\r\n" + framing + b"\r\n\r\n"
+    head = b"POST /api/posts HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n" + framing + b"\r\n\r\n"
     piece = b"x" * 65_536
     if b"chunked" in framing:
         piece = b"10000\r\n" + piece + b"\r\n"
@@ -5489,7 +5489,7 @@ def test_a_body_that_comes_over_several_reads_keeps_its_connection_unless_answer
     body = json.dumps(SEED_POST).encode()
 
     def head(*fields: str) -> bytes:
-        lines = ["POST /api/posts HTTP/1.1", "Host: blog", f"Content-Length: {len(body)}", *fields]
+        lines = ["POST /api/posts HTTP/1.1", "Host: localhost", f"Content-Length: {len(body)}", *fields]
         return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
     async def check() -> None:
@@ -5525,7 +5525,7 @@ def test_a_shutdown_while_a_body_is_coming_ends_its_connection_after_the_answer(
     async def check() -> None:
         async with serving(Kept, db_path) as address:
             reader, writer = await asyncio.open_connection(*address)
-            writer.write(f"POST /api/posts HTTP/1.1\r\nHost: blog\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+            writer.write(f"POST /api/posts HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n".encode())
             await asyncio.sleep(0.1)
             connections[0].shutdown()
             writer.write(body)
@@ -5541,7 +5541,7 @@ def test_a_shutdown_while_a_body_is_coming_ends_its_connection_after_the_answer(
 @pytest.mark.parametrize(
     ("parts", "status"),
     [
-        ([b"GET /api/posts HTTP/1.1\r\nHost: blog\r\nX-Long: " + b"a" * 100_000 + b"\r\n\r\n"], "431"),
+        ([b"GET /api/posts HTTP/1.1\r\nHost: localhost\r\nX-Long: " + b"a" * 100_000 + b"\r\n\r\n"], "431"),
         ([b"GET /api/posts HTTP/1.1\r\nX-A: " + b"a" * 40_000, b"\r\nX-B: " + b"b" * 40_000 + b"\r\n\r\n"], "431"),
         ([b"GET /api/posts?q=" + b"a" * 50_000 + b" HTTP/1.1\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n"], "414"),
     ],
@@ -5579,43 +5579,43 @@ UNKNOWN_METHOD = "Not Implemented: the request's method is not one this server k
 @pytest.mark.parametrize(
     ("request_bytes", "status", "detail"),
     [
-        (b"BREW /api/posts HTTP/1.1\r\nHost: blog\r\n\r\n", "501 Not Implemented", UNKNOWN_METHOD),
+        (b"BREW /api/posts HTTP/1.1\r\nHost: localhost\r\n\r\n", "501 Not Implemented", UNKNOWN_METHOD),
         (
             b"GET /api/posts HTTP/1.1\r\nHost: bl\x01og\r\n\r\n",
             "400 Bad Request",
             f"{NOT_HTTP} (Invalid header value char)",
         ),
         (
-            b"GET http://[::1 HTTP/1.1\r\nHost: blog\r\n\r\n",
+            b"GET http://[::1 HTTP/1.1\r\nHost: localhost\r\n\r\n",
             "400 Bad Request",
             f"{NOT_HTTP} (invalid url b'http://[::1')",
         ),
         (
-            b"GET /api/posts?q=" + b"a" * 65_536 + b" HTTP/1.1\r\nHost: blog\r\n\r\n",
+            b"GET /api/posts?q=" + b"a" * 65_536 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
             "414 URI Too Long",
             "URI Too Long: a request's line and headers may take 64 KiB",
         ),
         (
-            b"GET /api/posts HTTP/1.1\r\nHost: blog\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"GET /api/posts HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             "400 Bad Request",
             f"{NOT_HTTP} (Duplicate Content-Length)",
         ),
         # RFC 9112 3.2: a server MUST answer 400 to these, which uvicorn served.
         (b"GET /api/posts HTTP/1.1\r\n\r\n", "400 Bad Request", ONE_HOST),
-        (b"GET /api/posts HTTP/1.1\r\nHost: blog\r\nHost: other\r\n\r\n", "400 Bad Request", ONE_HOST),
+        (b"GET /api/posts HTTP/1.1\r\nHost: localhost\r\nHost: other\r\n\r\n", "400 Bad Request", ONE_HOST),
         (b"GET /api/posts HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", "400 Bad Request", ONE_HOST),
         (b"GET /api/posts HTTP/1.1\r\nHost: blog/x\r\n\r\n", "400 Bad Request", NOT_A_HOST),
         (b"GET /api/posts HTTP/1.1\r\nHost: a b\r\n\r\n", "400 Bad Request", NOT_A_HOST),
-        (b"GET /api/posts HTTP/2.0\r\nHost: blog\r\n\r\n", "505 HTTP Version Not Supported", ONLY_HTTP_1),
+        (b"GET /api/posts HTTP/2.0\r\nHost: localhost\r\n\r\n", "505 HTTP Version Not Supported", ONLY_HTTP_1),
         # RFC 9112 6.1: a coding it does not know is a 501 (it was ignored, the body read as if
         # plain); Transfer-Encoding in HTTP/1.0 is faulty framing (a way to smuggle requests).
         (
-            b"POST /api/posts HTTP/1.1\r\nHost: blog\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            b"POST /api/posts HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
             "501 Not Implemented",
             "Not Implemented: the only transfer coding this server takes is chunked",
         ),
         (
-            b"POST /api/posts HTTP/1.0\r\nHost: blog\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST /api/posts HTTP/1.0\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             "400 Bad Request",
             "Bad Request: HTTP/1.0 has no Transfer-Encoding, so the body's length is not known (RFC 9112 6.1)",
         ),
@@ -5647,7 +5647,10 @@ def test_options_asterisk_names_every_method_the_server_takes(db_path: Path) -> 
     async def check() -> None:
         async with serving(blog_api.BlogHttpProtocol, db_path) as address:
             reader, writer = await asyncio.open_connection(*address)
-            writer.write(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\nGET * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            writer.write(
+                b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                b"GET * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            )
             answers = await asyncio.wait_for(reader.read(), 5)  # and the connection closes
             writer.close()
         options, refused = re.split(rb"(?=HTTP/1.1 )", answers)[1:]
@@ -5663,11 +5666,43 @@ def test_options_asterisk_names_every_method_the_server_takes(db_path: Path) -> 
     run(check())
 
 
+async def answer_for_host(address: tuple[str, int], host: bytes) -> bytes:
+    """The answer to ``GET /api/posts`` sent to ``address`` with ``Host: host``."""
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(b"GET /api/posts HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    answer = await asyncio.wait_for(read_response(reader), 5)
+    writer.close()
+    return answer
+
+
+def test_without_a_token_only_names_of_this_machine_are_served(db_path: Path) -> None:
+    """DNS rebinding: a page whose site points its own name at 127.0.0.1 once it has loaded
+    is this server's own page to the browser, and could read the drafts and write."""
+    with TestClient(create_app(Config(db_path=str(db_path)))) as client:  # not checked: no socket
+        create(client, published=False)
+
+    async def check() -> None:
+        async with serving(blog_api.BlogHttpProtocol, db_path) as address:
+            for host in (b"evil.example", b"evil.example:8000", b"192.168.1.7:8000", b"localhost.evil.example"):
+                refused = await answer_for_host(address, host)
+                head, _, body = refused.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 421 Misdirected Request\r\n"), host
+                detail = msgspec.json.decode(body)["detail"]
+                assert f"Host {host.decode()} names another" in detail and "--token" in detail
+            for host in (b"localhost", b"LOCALHOST:8000", b"app.localhost", b"127.0.0.1:8000", b"127.1.2.3", b"[::1]"):
+                served = await answer_for_host(address, host)
+                assert served.startswith(b"HTTP/1.1 200 OK\r\n") and b"x-total-count: 1\r\n" in served, host
+        async with serving(blog_api.BlogHttpProtocol, db_path, token="t" * 16) as address:
+            assert (await answer_for_host(address, b"evil.example")).startswith(b"HTTP/1.1 200 OK\r\n")
+
+    run(check())
+
+
 @pytest.mark.parametrize(
     "head",
     [
         b"GET /api/posts HTTP/1.0\r\n\r\n",
-        *(b"GET /api/posts HTTP/1.1\r\nHost: " + host + b"\r\n\r\n" for host in (b"blog.example", b"[::1]:8000")),
+        *(b"GET /api/posts HTTP/1.1\r\nHost: " + host + b"\r\n\r\n" for host in (b"blog.localhost", b"[::1]:8000")),
         b"GET /api/posts HTTP/1.1\r\nHost: 127.0.0.1:80\r\n\r\n",
         b"GET /api/posts HTTP/1.1\r\nHost:\r\n\r\n",  # empty: a target without an authority (RFC 9112 3.2)
     ],
@@ -5688,7 +5723,7 @@ def test_pipelined_requests_are_read_only_as_fast_as_they_are_answered(db_path: 
     however many wait: one client sending 4 MB of pipelined GETs without reading its
     answers grew the server by 235 MB. Here at most ``MAX_PIPELINED_REQUESTS`` wait, give or
     take what one slice of ``PIPELINE_SLICE_BYTES`` holds, and every request is answered."""
-    request = b"GET / HTTP/1.1\r\nHost: blog\r\n\r\n"
+    request = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
     count = 256 * 1024 // len(request)
     protocols, longest = [], [0]
 
@@ -5712,7 +5747,7 @@ def test_pipelined_requests_are_read_only_as_fast_as_they_are_answered(db_path: 
                 answers += await asyncio.wait_for(reader.read(2**20), 10)
             assert answers.count(b"HTTP/1.1 ") == count and answers.endswith(b'{"message":"Welcome to the Blog API"}')
             body = msgspec.json.encode({"title": "Pipelined", "content": "x" * 3000})  # bodies across slices
-            create = f"POST /api/posts HTTP/1.1\r\nHost: blog\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            create = f"POST /api/posts HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             writer.write((create + body) * 100)
             created = b""
             while created.count(b"HTTP/1.1 201 Created\r\n") < 100:
@@ -5728,9 +5763,9 @@ def test_pipelined_requests_are_read_only_as_fast_as_they_are_answered(db_path: 
     [
         (b"GET / HTTP/1.1\r\n\r\n", b"400 Bad Request"),  # no Host
         (b"GET / HTTP/1.1\r\nHost: bl\x01og\r\n\r\n", b"400 Bad Request"),  # not HTTP
-        (b"BREW / HTTP/1.1\r\nHost: blog\r\n\r\n", b"501 Not Implemented"),
+        (b"BREW / HTTP/1.1\r\nHost: localhost\r\n\r\n", b"501 Not Implemented"),
         (
-            b"GET / HTTP/1.1\r\nHost: blog\r\nX-Big: " + b"x" * 70_000 + b"\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"x" * 70_000 + b"\r\n\r\n",
             b"431 Request Header Fields Too Large",
         ),
     ],
@@ -5740,7 +5775,7 @@ def test_a_refused_request_is_answered_after_the_requests_pipelined_before_it(
 ) -> None:
     """The refusal went out at once, before the answers to the requests sent ahead of it, so
     a client read it as the answer to its first request, and never got the others."""
-    good = b"GET /api/posts?limit=1 HTTP/1.1\r\nHost: blog\r\n\r\n"
+    good = b"GET /api/posts?limit=1 HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
     async def check() -> None:
         async with serving(blog_api.BlogHttpProtocol, db_path) as address:
@@ -5757,8 +5792,8 @@ def test_a_body_that_is_not_valid_http_is_refused_at_once_after_the_requests_bef
     """A chunked body whose chunk size is not a number: the refusal waited for the answer to
     the very request it refuses, which never came, so after 20 s the client got a 408 saying
     its body had stopped arriving."""
-    get = b"GET /api/posts?limit=1 HTTP/1.1\r\nHost: blog\r\n\r\n"
-    broken = b"POST /api/posts HTTP/1.1\r\nHost: blog\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    get = b"GET /api/posts?limit=1 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    broken = b"POST /api/posts HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
 
     async def answers(address, sent: bytes) -> tuple[list[bytes], bytes]:
         reader, writer = await asyncio.open_connection(*address)
@@ -5789,7 +5824,7 @@ def test_a_client_that_stops_reading_its_answer_is_cut_off_one_that_reads_slowly
     with TestClient(create_app(Config(db_path=str(db_path)))) as client:
         for number in range(4):
             create(client, title=f"Long {number}", content=f"{number} " * 40_000)
-    page = b"GET /api/posts?limit=4 HTTP/1.1\r\nHost: blog\r\n\r\n"
+    page = b"GET /api/posts?limit=4 HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
     class SmallSendBuffer(blog_api.BlogHttpProtocol):
         def connection_made(self, transport) -> None:
@@ -5826,7 +5861,7 @@ def test_requests_sent_before_a_half_close_are_all_answered(db_path: Path) -> No
     still reads the answers: uvicorn closed at once, so such a POST created its post, and its
     201 was never sent. A request left incomplete, which can never be answered, is not waited for."""
     body = msgspec.json.encode({"title": "Half-closed", "content": "x"})
-    create = f"POST /api/posts HTTP/1.1\r\nHost: blog\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    create = f"POST /api/posts HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
 
     async def answers_after_half_close(address, sent: bytes) -> bytes:
         reader, writer = await asyncio.open_connection(*address)
@@ -5840,7 +5875,9 @@ def test_requests_sent_before_a_half_close_are_all_answered(db_path: Path) -> No
         async with serving(blog_api.BlogHttpProtocol, db_path) as address:
             alone = await answers_after_half_close(address, create)
             assert alone.startswith(b"HTTP/1.1 201 Created\r\n")
-            pipelined = await answers_after_half_close(address, create + b"GET / HTTP/1.1\r\nHost: blog\r\n\r\n" * 3)
+            pipelined = await answers_after_half_close(
+                address, create + b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n" * 3
+            )
             assert pipelined.count(b"HTTP/1.1 201 Created\r\n") == 1 and pipelined.count(b"HTTP/1.1 200 OK\r\n") == 3
             cut_short = create[: -len(body) // 2]  # a body that will never end
             assert await answers_after_half_close(address, cut_short) == b""
@@ -5856,10 +5893,10 @@ def test_a_request_that_asks_to_switch_protocols_is_served_whole_with_those_afte
     ignore Upgrade (RFC 9110 7.8), and does: the request is read to its end as any other."""
     body = msgspec.json.encode({"title": "Asked for h2c", "content": "x"})
     asks = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
-    head = b"POST /api/posts HTTP/1.1\r\nHost: blog\r\n" + asks
+    head = b"POST /api/posts HTTP/1.1\r\nHost: localhost\r\n" + asks
     sized = head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
     chunked = head + b"Transfer-Encoding: chunked\r\n\r\n", f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
-    get = b"GET / HTTP/1.1\r\nHost: blog\r\n"
+    get = b"GET / HTTP/1.1\r\nHost: localhost\r\n"
     websocket = get + b"Connection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n"
 
     async def answers(address, *sends: bytes) -> list[bytes]:
@@ -5887,7 +5924,7 @@ def test_a_response_is_dated_when_its_request_arrives_never_before_its_last_modi
     behind the clock, so a post just changed had a Last-Modified later than the Date of its
     GET (RFC 9110 8.8.2.1: it MUST NOT be). Here the loop never moves it."""
     body = msgspec.json.encode({"title": "Dated", "content": "x"})
-    create = f"POST /api/posts HTTP/1.1\r\nHost: blog\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    create = f"POST /api/posts HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
 
     async def check() -> None:
         async with serving(blog_api.BlogHttpProtocol, db_path, DATED_LONG_AGO) as address:
@@ -5899,7 +5936,7 @@ def test_a_response_is_dated_when_its_request_arrives_never_before_its_last_modi
             [location] = header_values(created, b"location")
             await asyncio.sleep(1.0 - time.time() % 1.0)  # a second later, on the same connection
             sent_at = time.time()
-            writer.write(b"GET " + location + b" HTTP/1.1\r\nHost: blog\r\n\r\n")
+            writer.write(b"GET " + location + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
             read = await read_response(reader)
             date = assert_dated_between(read, sent_at, time.time())
             [last_modified] = header_values(read, b"last-modified")
@@ -5937,7 +5974,7 @@ def test_a_bug_while_reading_a_request_is_a_logged_500(db_path: Path) -> None:
         async with serving(Failing, db_path) as address:
             with log_records("uvicorn.error") as records:  # once uvicorn has set up its logging
                 reader, writer = await asyncio.open_connection(*address)
-                writer.write(b"GET /api/posts HTTP/1.1\r\nHost: blog\r\n\r\n")
+                writer.write(b"GET /api/posts HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 answer = await asyncio.wait_for(reader.read(), 5)
                 writer.close()
             return answer, records
