@@ -4216,12 +4216,15 @@ def clearer_validation_errors(request: Request, exc: ValidationException) -> Res
     """Litestar's own 400, with what it says of a parameter in the client's terms: a header
     named as clients send it (``Idempotency-Key``, where Litestar names the handler's
     parameter, ``idempotency_key``: litestar-org/litestar#4215), and a query value's type,
-    range or choices said plainly (not ``Expected `int`, got `str``` or ``Expected `int` >= 1``)."""
+    range, choices or length said plainly (not ``Expected `int`, got `str```, ``Expected `int` >= 1``
+    or ``Expected `str` of length <= 255``)."""
     for error in exc.extra if isinstance(exc.extra, list) else []:
         if not isinstance(error, dict) or "key" not in error:
             continue
         if error.get("source") == "header":
             error["key"] = "-".join(word.capitalize() for word in error["key"].split("_"))
+            if too_long := TOO_LONG.fullmatch(error.get("message", "")):
+                error["message"] = f"Expected at most {too_long[1]} characters"
         elif error.get("source") == "query":
             message = error.get("message", "")
             if message.startswith("Invalid enum value") and error["key"] in QUERY_CHOICES:

@@ -4011,6 +4011,7 @@ def test_comments_honour_idempotency_keys_too(client: TestClient, db_path: Path)
 def test_a_bad_idempotency_key_is_a_400_naming_the_header(client: TestClient, db_path: Path) -> None:
     response = client.post("/api/posts", json=SEED_POST, headers={"Idempotency-Key": "k" * 256})
     assert_validation_error(response, key="Idempotency-Key", source="header")  # not idempotency_key
+    assert response.json()["extra"][0]["message"] == "Expected at most 255 characters"  # not `str` of length <= 255
     assert stored_posts(db_path) == []
     comment = client.post("/api/posts/x/comments", json=COMMENT, headers={"Idempotency-Key": ""})
     assert_validation_error(comment, key="Idempotency-Key", source="header")
