@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -80,7 +81,7 @@ def seed(db_path: Path, posts: int, rng: random.Random) -> None:
             post_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
             yield n + 1, post_id, f"post-{n + 1}", title, " ".join(body), published, created
 
-    with sqlite3.connect(db_path, isolation_level=None) as connection:
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as connection:
         connection.execute("PRAGMA synchronous = OFF")
         connection.execute("BEGIN")
         connection.executemany(

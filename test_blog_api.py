@@ -92,7 +92,7 @@ def create(client: TestClient, **fields) -> dict:
 
 def stored_rows(db_path: Path, table: str) -> list[dict]:
     """A table as another program sees it, in insertion order."""
-    with sqlite3.connect(db_path) as connection:
+    with closing(sqlite3.connect(db_path)) as connection, connection:
         connection.row_factory = sqlite3.Row
         return [dict(row) for row in connection.execute(f"SELECT * FROM {table} ORDER BY rowid")]
 
@@ -908,7 +908,7 @@ def writes_wait_for_each_other(monkeypatch, count: int) -> list[int]:
 
 
 def test_schema_is_applied_with_its_version_wal_and_indexes(client: TestClient, db_path: Path) -> None:
-    with sqlite3.connect(db_path) as connection:
+    with closing(sqlite3.connect(db_path)) as connection, connection:
         assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,)
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         indexes = {name for (name,) in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'index'")}
@@ -917,7 +917,7 @@ def test_schema_is_applied_with_its_version_wal_and_indexes(client: TestClient, 
 
 
 def test_schema_file_sets_the_version_the_code_expects(tmp_path: Path) -> None:
-    with sqlite3.connect(tmp_path / "x.db") as connection:
+    with closing(sqlite3.connect(tmp_path / "x.db")) as connection, connection:
         connection.executescript(blog_api.SCHEMA_PATH.read_text())
         connection.executescript(blog_api.SCHEMA_PATH.read_text())  # twice is harmless
         assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,)
@@ -1411,7 +1411,7 @@ def test_concurrent_writes_and_reads_all_land(db_path: Path, monkeypatch) -> Non
 
 
 def test_refuses_a_database_from_a_newer_schema(db_path: Path) -> None:
-    with sqlite3.connect(db_path) as connection:
+    with closing(sqlite3.connect(db_path)) as connection, connection:
         connection.execute("PRAGMA user_version = 99")
     with pytest.raises(blog_api.DatabaseError, match="schema version 99, newer"):
         run(open_database(db_path))
@@ -1419,14 +1419,14 @@ def test_refuses_a_database_from_a_newer_schema(db_path: Path) -> None:
 
 def test_refuses_a_database_made_by_another_program(db_path: Path) -> None:
     """The tutorial's SQLAlchemy app leaves a blog.db with its own posts table."""
-    with sqlite3.connect(db_path) as connection:
+    with closing(sqlite3.connect(db_path)) as connection, connection:
         connection.execute(
             "CREATE TABLE posts (id VARCHAR(36) NOT NULL, title VARCHAR(100) NOT NULL, content TEXT NOT NULL, "
             "published BOOLEAN NOT NULL, created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL, PRIMARY KEY (id))"
         )
     with pytest.raises(blog_api.DatabaseError, match=r"holds tables \(posts\) but no blog_api schema version"):
         run(open_database(db_path))
-    with sqlite3.connect(db_path) as connection:  # and leaves it as it was
+    with closing(sqlite3.connect(db_path)) as connection, connection:  # and leaves it as it was
         assert connection.execute("PRAGMA user_version").fetchone() == (0,)
 
 
@@ -1733,7 +1733,7 @@ def test_the_uvicorn_launcher_takes_blog_apis_protocol_by_name(start_server, tmp
 
 def test_startup_on_a_foreign_database_fails_with_a_clear_message(tmp_path: Path) -> None:
     foreign = tmp_path / "foreign.db"
-    with sqlite3.connect(foreign) as connection:
+    with closing(sqlite3.connect(foreign)) as connection, connection:
         connection.execute("CREATE TABLE posts (id TEXT)")
     result = run_blog_api("--port", str(free_port()), "--db", str(foreign), timeout=30)
     assert result.returncode != 0
@@ -2701,7 +2701,7 @@ def test_tags_are_replaced_on_update_and_kept_when_not_sent(client: TestClient) 
 
 
 def stored_tags(db_path: Path) -> list[str]:
-    with sqlite3.connect(db_path) as connection:
+    with closing(sqlite3.connect(db_path)) as connection, connection:
         return [name for (name,) in connection.execute("SELECT name FROM tags ORDER BY name")]
 
 
@@ -4488,7 +4488,7 @@ def test_read_only_refuses_a_missing_or_outdated_database(tmp_path: Path) -> Non
     with pytest.raises(blog_api.DatabaseError, match="unable to open database file"):
         run(open_database(tmp_path / "missing.db", read_only=True))
     old = tmp_path / "old.db"
-    with sqlite3.connect(old) as connection:
+    with closing(sqlite3.connect(old)) as connection, connection:
         connection.execute("CREATE TABLE t (x)")
     with pytest.raises(blog_api.DatabaseError, match="serve it once without --read-only"):
         run(open_database(old, read_only=True))
@@ -4519,7 +4519,7 @@ def test_a_backup_under_concurrent_writes_holds_every_post_acknowledged_before_i
     assert result.returncode == 0, result.stderr
     assert "integrity check: ok" in result.stdout
     assert statuses_during and set(statuses_during) == {201}  # a thread's failed assert would pass unseen
-    with sqlite3.connect(copy) as connection:
+    with closing(sqlite3.connect(copy)) as connection, connection:
         assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         copied = {row[0] for row in connection.execute("SELECT id FROM posts")}
     assert set(before) <= copied
@@ -4557,7 +4557,7 @@ def test_seed_adds_realistic_posts_the_same_for_the_same_seed(tmp_path: Path, ca
     assert "Seeded 60 posts" in capsys.readouterr().out
 
     def contents(path: Path) -> list:
-        with sqlite3.connect(path) as connection:
+        with closing(sqlite3.connect(path)) as connection, connection:
             posts = connection.execute("SELECT id, slug, title, content, published, created_at FROM posts ORDER BY pk")
             comments = connection.execute("SELECT id, author, body FROM comments ORDER BY pk")
             return [posts.fetchall(), comments.fetchall(), stored_tags(path)]
