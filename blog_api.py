@@ -287,7 +287,14 @@ class Config:
             )
         if self.rate_limit is not None and not RATE_LIMIT.match(self.rate_limit):
             raise ValueError(f"rate limit must look like 30/minute (or /second, /hour, /day), got {self.rate_limit!r}")
+        if ANY_ORIGIN in self.cors_origins and self.token is None:
+            raise ValueError(
+                "--cors-origin * needs --token: without one, a page on any site a user visits "
+                "could read the drafts, and write"
+            )
         for origin in self.cors_origins:
+            if origin == ANY_ORIGIN:
+                continue
             if not (match := ORIGIN.fullmatch(origin)) or match.group("port") == DEFAULT_PORTS[match.group("scheme")]:
                 raise ValueError(
                     "a CORS origin is a scheme and host as a browser sends them in Origin: lowercase, no path, no "
@@ -362,6 +369,8 @@ RATE_LIMIT = re.compile(r"^[1-9][0-9]*/(second|minute|hour|day)$")
 RATE_LIMIT_STORE = RateLimitConfig.store  # the name of the store Litestar keeps its counts in
 RATE_LIMIT_SWEEP_SECONDS = 60
 ORIGIN = re.compile(r"(?P<scheme>https?)://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
+ANY_ORIGIN = "*"
+"""``--cors-origin *``: browser code on any site may call the API (with the token to write)."""
 """An origin as browsers serialise it in Origin; another form (Blog.example, :443) never matches."""
 DEFAULT_PORTS = {"http": "80", "https": "443"}
 
@@ -4329,7 +4338,7 @@ def cross_origin_refusal(headers: list[tuple[bytes, bytes]], trusted_origins: Co
     if fetch_site is None and (origin is None or origin.partition(b"://")[2].lower() == (host or b"").lower()):
         return None
     page = origin.decode("latin-1") if origin is not None else None
-    if page in trusted_origins:
+    if page in trusted_origins or ANY_ORIGIN in trusted_origins:
         return None
     return (
         f"A write from a browser page on another site ({page or 'its origin unsaid'}) is refused: any page "
@@ -4908,7 +4917,8 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
         dest="cors_origins",
         action="append",
         metavar="URL",
-        help="let browser code from this origin call the API; repeatable (BLOG_API_CORS_ORIGINS, comma-separated)",
+        help="let browser code from this origin call the API, or from any with * (needs --token); repeatable "
+        "(BLOG_API_CORS_ORIGINS, comma-separated)",
     )
     parser.add_argument(
         "--debug",

@@ -3472,6 +3472,22 @@ def test_a_write_from_a_site_allowed_by_cors_is_taken(browser_facing: TestClient
     assert refused.status_code == 403
 
 
+def test_cors_for_any_origin_with_a_token(db_path: Path) -> None:
+    """``--cors-origin *``: browser code on any site may read, and write with the token."""
+    config = Config(db_path=str(db_path), token=TOKEN, cors_origins=("*",))
+    with TestClient(create_app(config)) as client:
+        from_anywhere = {"Origin": "https://any.example", "Sec-Fetch-Site": "cross-site"}
+        assert client.get("/api/posts", headers=from_anywhere).headers["access-control-allow-origin"] == "*"
+        preflight = {
+            **from_anywhere,
+            "Access-Control-Request-Method": "PUT",
+            "Access-Control-Request-Headers": "authorization",
+        }
+        assert client.options("/api/posts", headers=preflight).status_code == 204
+        assert client.post("/api/posts", json=SEED_POST, headers=from_anywhere).status_code == 401
+        assert client.post("/api/posts", json=SEED_POST, headers={**from_anywhere, **EDITOR}).status_code == 201
+
+
 def test_no_cors_unless_asked(client: TestClient) -> None:
     response = client.get("/api/posts", headers={"Origin": "https://blog.example"})
     assert "access-control-allow-origin" not in response.headers
@@ -3532,6 +3548,8 @@ def test_token_settings_from_flags_files_and_environment(tmp_path: Path) -> None
         (["--cors-origin", "https://blog.example:443"], "a CORS origin is a scheme and host"),
         (["--cors-origin", "http://blog.example:80"], "a CORS origin is a scheme and host"),
         (["--cors-origin", "https://bücher.example"], "a CORS origin is a scheme and host"),
+        (["--cors-origin", "*"], "--cors-origin * needs --token"),  # any page could read drafts, and write
+        (["--cors-origin", "*", "--read-only"], "--cors-origin * needs --token"),  # or read the drafts
         (["--token", "a token that has spaces"], "the token must be letters, digits and - . _ ~ + /"),
         (["--token", "tokén-in-utf-8-and-long"], "the token must be letters, digits and - . _ ~ + /"),  # never matches
         (["--token", "not-utf-8-and-long-\udce9"], "the token must be letters, digits and - . _ ~ + /"),  # a traceback
