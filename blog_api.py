@@ -369,9 +369,9 @@ RATE_LIMIT = re.compile(r"^[1-9][0-9]*/(second|minute|hour|day)$")
 RATE_LIMIT_STORE = RateLimitConfig.store  # the name of the store Litestar keeps its counts in
 RATE_LIMIT_SWEEP_SECONDS = 60
 ORIGIN = re.compile(r"(?P<scheme>https?)://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
+"""An origin as browsers serialise it in Origin; another form (Blog.example, :443) never matches."""
 ANY_ORIGIN = "*"
 """``--cors-origin *``: browser code on any site may call the API (with the token to write)."""
-"""An origin as browsers serialise it in Origin; another form (Blog.example, :443) never matches."""
 DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 
@@ -2926,6 +2926,11 @@ def is_loopback_ip(host: str) -> bool:
         return False
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name or an address, as --host takes it) is this machine's alone."""
+    return host == "localhost" or is_loopback_ip(host)
+
+
 @lru_cache(maxsize=256)
 def names_this_machine(host_field: bytes) -> bool:
     """Whether a Host field names this machine: ``localhost`` or a name under it (RFC 6761
@@ -2933,7 +2938,41 @@ def names_this_machine(host_field: bytes) -> bool:
     host = host_field.decode("latin-1").lower()
     name = host[1 : host.find("]")] if host.startswith("[") else host.rpartition(":")[0] or host
     name = name.rstrip(".")
-    return name == "localhost" or name.endswith(".localhost") or is_loopback_ip(name)
+    return is_loopback_host(name) or name.endswith(".localhost")
+
+
+SAME_SITE_FETCHES = (b"same-origin", b"none")
+"""What ``Sec-Fetch-Site`` says of a request the page's own site, or the user, made."""
+
+
+def cross_origin_refusal(headers: list[tuple[bytes, bytes]], trusted_origins: Collection[str]) -> str | None:
+    """Why a write is refused as one a browser sends from a page on another site, or None.
+
+    A POST whose body is not ``application/json`` is sent cross-site without a CORS
+    preflight, and blog_api reads any body as JSON: so any page the user visited could write
+    to a blog_api on their machine (which, without a token, takes writes from it). As Go's
+    ``net/http.CrossOriginProtection`` judges it: ``Sec-Fetch-Site`` where browsers send it
+    (all since 2023), else ``Origin`` against ``Host``; a request with neither (curl, scripts)
+    is no browser's, and an origin allowed by ``--cors-origin`` is trusted."""
+    fetch_site = origin = host = None
+    for name, value in headers:
+        if name == b"sec-fetch-site":
+            fetch_site = value
+        elif name == b"origin":
+            origin = value
+        elif name == b"host":
+            host = value
+    if fetch_site in SAME_SITE_FETCHES:
+        return None
+    if fetch_site is None and (origin is None or origin.partition(b"://")[2].lower() == (host or b"").lower()):
+        return None
+    page = origin.decode("latin-1") if origin is not None else None
+    if page in trusted_origins or ANY_ORIGIN in trusted_origins:
+        return None
+    return (
+        f"A write from a browser page on another site ({page or 'its origin unsaid'}) is refused: any page "
+        "a user visits could send one. Allow a site's pages to write with --cors-origin"
+    )
 
 
 @lru_cache(maxsize=256)
@@ -4312,40 +4351,6 @@ async def send_error(send: Send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-SAME_SITE_FETCHES = (b"same-origin", b"none")
-"""What ``Sec-Fetch-Site`` says of a request the page's own site, or the user, made."""
-
-
-def cross_origin_refusal(headers: list[tuple[bytes, bytes]], trusted_origins: Collection[str]) -> str | None:
-    """Why a write is refused as one a browser sends from a page on another site, or None.
-
-    A POST whose body is not ``application/json`` is sent cross-site without a CORS
-    preflight, and blog_api reads any body as JSON: so any page the user visited could write
-    to a blog_api on their machine (which, without a token, takes writes from it). As Go's
-    ``net/http.CrossOriginProtection`` judges it: ``Sec-Fetch-Site`` where browsers send it
-    (all since 2023), else ``Origin`` against ``Host``; a request with neither (curl, scripts)
-    is no browser's, and an origin allowed by ``--cors-origin`` is trusted."""
-    fetch_site = origin = host = None
-    for name, value in headers:
-        if name == b"sec-fetch-site":
-            fetch_site = value
-        elif name == b"origin":
-            origin = value
-        elif name == b"host":
-            host = value
-    if fetch_site in SAME_SITE_FETCHES:
-        return None
-    if fetch_site is None and (origin is None or origin.partition(b"://")[2].lower() == (host or b"").lower()):
-        return None
-    page = origin.decode("latin-1") if origin is not None else None
-    if page in trusted_origins or ANY_ORIGIN in trusted_origins:
-        return None
-    return (
-        f"A write from a browser page on another site ({page or 'its origin unsaid'}) is refused: any page "
-        "a user visits could send one. Allow a site's pages to write with --cors-origin"
-    )
-
-
 ID_IN_ANY_CASE = re.compile(rf"(?<=/){POST_ID_SHAPE}(?=/|$)", re.IGNORECASE)
 
 
@@ -5001,10 +5006,6 @@ LISTEN_ERROR_HINTS = {
     errno.EADDRNOTAVAIL: " (not an address of this machine)",
     errno.EACCES: " (ports below 1024 need more rights than this user has: give another --port)",
 }
-
-
-def is_loopback_host(host: str) -> bool:
-    return host == "localhost" or is_loopback_ip(host)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3209,18 +3209,23 @@ def test_without_a_token_writes_come_only_from_this_machine(db_path: Path) -> No
         assert client.post("/api/posts", json=SEED_POST).status_code == 201
 
 
+async def one_exchange(address: tuple[str, int], request: bytes) -> bytes:
+    """The response to ``request``, sent to ``address`` on a connection of its own."""
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(request)
+    response = await asyncio.wait_for(read_response(reader), 5)
+    writer.close()
+    return response
+
+
 async def post_through_a_proxy(address: tuple[str, int], forwarded_for: str | None) -> bytes:
     """The response to a create sent to ``address`` from 127.0.0.1, as a proxy on this machine
     sends it: with ``X-Forwarded-For`` naming its client (if any)."""
-    reader, writer = await asyncio.open_connection(*address)
     body = json.dumps(SEED_POST).encode()
     head = f"POST /api/posts HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n"
     if forwarded_for is not None:
         head += f"X-Forwarded-For: {forwarded_for}\r\n"
-    writer.write(head.encode() + b"\r\n" + body)
-    response = await asyncio.wait_for(read_response(reader), 5)
-    writer.close()
-    return response
+    return await one_exchange(address, head.encode() + b"\r\n" + body)
 
 
 def test_without_a_token_writes_passed_on_by_a_proxy_on_this_machine_come_only_from_it(db_path: Path) -> None:
@@ -5687,11 +5692,7 @@ def test_options_asterisk_names_every_method_the_server_takes(db_path: Path) -> 
 
 async def answer_for_host(address: tuple[str, int], host: bytes) -> bytes:
     """The answer to ``GET /api/posts`` sent to ``address`` with ``Host: host``."""
-    reader, writer = await asyncio.open_connection(*address)
-    writer.write(b"GET /api/posts HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
-    answer = await asyncio.wait_for(read_response(reader), 5)
-    writer.close()
-    return answer
+    return await one_exchange(address, b"GET /api/posts HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
 
 
 def test_without_a_token_only_names_of_this_machine_are_served(db_path: Path) -> None:
