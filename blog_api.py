@@ -4584,6 +4584,27 @@ async def database_lifespan(app: Litestar) -> AsyncIterator[None]:
         await db.close()
 
 
+NOT_RUNNING = (
+    "blog_api is not running: it opens its database when the app starts (its lifespan) and "
+    "closes it when it stops. Serve it with uvicorn, or test it with litestar.testing's "
+    "TestClient or AsyncTestClient, which start it (httpx's ASGITransport does not)"
+)
+
+
+def blog_provider(state: State) -> Callable[[], Blog]:
+    """The provider of the Blog that handlers use, which is open only while the app runs: an
+    app sent requests without its lifespan (httpx's ASGITransport), or after it stopped,
+    answers 503 saying so."""
+
+    def serving_blog() -> Blog:
+        try:
+            return state["blog"]
+        except KeyError:
+            raise ServiceUnavailableException(NOT_RUNNING) from None
+
+    return serving_blog
+
+
 def create_app(config: Config | None = None) -> Litestar:
     """A new app on ``config``'s database. Nothing is opened until the app starts."""
     config = config or Config()
@@ -4638,7 +4659,7 @@ def create_app(config: Config | None = None) -> Litestar:
         # The provider takes no arguments: one asking for ``state`` would cost a new State
         # object and a pass through the signature model on every request. And it reads the
         # Blog as an item: as an attribute, it is found only after an AttributeError.
-        dependencies={"blog": Provide(lambda: state["blog"], sync_to_thread=False)},
+        dependencies={"blog": Provide(blog_provider(state), sync_to_thread=False)},
         lifespan=[database_lifespan] if config.writes_per is None else [database_lifespan, forgetting_past_writers],
         state=state,
         middleware=middleware,

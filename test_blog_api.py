@@ -1354,6 +1354,30 @@ def test_an_app_serves_one_event_loop_and_may_start_again_after_it_stops(db_path
     assert len(stored_posts(db_path)) == 2
 
 
+def test_an_app_not_started_answers_503_saying_how_to_start_it(db_path: Path) -> None:
+    """httpx's ASGITransport runs no lifespan, so the database is never opened: each request
+    was a 500 with a KeyError logged; so was one after the app had stopped."""
+    app = create_app(Config(db_path=str(db_path)))
+
+    async def requests_without_lifespan() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return [await client.get("/api/posts"), await client.post("/api/posts", json=SEED_POST)]
+
+    before_start = run(requests_without_lifespan())
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200
+    for answer in before_start + run(requests_without_lifespan()):
+        assert answer.status_code == 503
+        assert "retry-after" not in answer.headers
+        assert answer.json()["detail"] == (
+            "blog_api is not running: it opens its database when the app starts (its lifespan) and "
+            "closes it when it stops. Serve it with uvicorn, or test it with litestar.testing's "
+            "TestClient or AsyncTestClient, which start it (httpx's ASGITransport does not)"
+        )
+    assert stored_posts(db_path) == []
+
+
 def test_a_cancelled_close_still_stops_every_connection_thread(db_path: Path) -> None:
     before = threading.active_count()
 
