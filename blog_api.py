@@ -3657,7 +3657,7 @@ class PostController(Controller):
             now=now,
             title_key=title_sort_key(data.title),
         )
-        location = f"{self.path}/{post_id}"
+        location = f"{request.scope.get('root_path', '')}{self.path}/{post_id}"
         headers = {"Location": location, "ETag": created_post_etag(post_id)}
         idempotent = IdempotentRequest.of(request, idempotency_key, data)
         if idempotent is None:
@@ -3866,7 +3866,7 @@ class CommentController(Controller):
             if not (inserted := connection.execute(INSERT_COMMENT, parameters).fetchall()):
                 raise post_not_found(post_id)
             [(found_id,)] = inserted  # the post's ID, where the path named its slug
-            location = f"/api/posts/{found_id}/comments/{comment_id}"
+            location = f"{request.scope.get('root_path', '')}/api/posts/{found_id}/comments/{comment_id}"
             body = msgspec.json.encode(comment_from_row((comment_id, found_id, data.author, data.body, now)))
             if idempotent:
                 idempotent.remember(connection, 201, location, body, now)
@@ -4299,11 +4299,17 @@ def unrouted(request: Request, exc: NotFoundException | MethodNotAllowedExceptio
     if exc.detail == HTTPStatus.NOT_FOUND.phrase:
         exc.detail = f"No such path: {path} (the API's paths are in /schema/openapi.json)"
     elif exc.detail == HTTPStatus.METHOD_NOT_ALLOWED.phrase:
-        allowed = request.app.allow_header(path)
+        allowed = request.app.allow_header(path_in_app(path, request.scope.get("root_path", "")))
         exc.detail = f"{path} does not take {request.scope['method']}; it takes {allowed}"
     response = create_exception_response(request, exc)
     response.media_type = MediaType.JSON  # not its route's: the docs' 404 for /schema/x.json was labelled HTML
     return response
+
+
+def path_in_app(path: str, root_path: str) -> str:
+    """A requested path as the app's routes name it: without the prefix the app is served
+    under (``root_path``: a proxy's, or an outer app's), taken off as Litestar's router does."""
+    return path.split(root_path, maxsplit=1)[-1] if root_path else path
 
 
 def server_options(request: Request) -> Response:
@@ -4406,6 +4412,7 @@ class BlogAPI(Litestar):
             scope = {**scope, "path": composed(scope["path"])}
         if not scope["path"].islower() and (path := lowercased_ids(scope["path"])) != scope["path"]:
             scope = {**scope, "path": path}
+        requested_path = scope["path"]  # routing replaces it with the path in the app
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status
@@ -4418,7 +4425,8 @@ class BlogAPI(Litestar):
                     VARIES_WITH if self.cors_config is None else VARIES_WITH_ORIGIN,
                 )
                 if status == 405 or scope["method"] == "OPTIONS":  # the answers that carry Allow
-                    headers = self.with_full_allow_header(headers, scope["path"])
+                    in_app = path_in_app(requested_path, scope.get("root_path", ""))
+                    headers = self.with_full_allow_header(headers, in_app)
                 message = {**message, "headers": headers}
             elif head and message["type"] == "http.response.body":
                 message = {**message, "body": b""}

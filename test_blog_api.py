@@ -339,6 +339,25 @@ def test_wrong_method_is_405_naming_the_methods_the_path_takes(client: TestClien
     assert client.delete("/api/tags").json()["detail"] == "/api/tags does not take DELETE; it takes GET, HEAD, OPTIONS"
 
 
+def test_an_app_under_a_root_path_names_its_urls_with_it(db_path: Path) -> None:
+    """Behind a proxy that serves the API under a prefix (``uvicorn --root-path /blog``), or
+    mounted in another app, Location left the prefix out (Link had it) and a 405 said the
+    path took only OPTIONS."""
+    with TestClient(create_app(Config(db_path=str(db_path))), root_path="/blog") as client:
+        created = client.post("/blog/api/posts", json=SEED_POST)
+        assert created.headers["location"] == f"/blog/api/posts/{created.json()['id']}"
+        assert client.get(created.headers["location"]).json() == created.json()
+        comment = client.post(f"{created.headers['location']}/comments", json={"author": "Ada", "body": "Hi"})
+        comment_url = f"/blog/api/posts/{created.json()['id']}/comments/{comment.json()['id']}"
+        assert comment.headers["location"] == comment_url
+        assert client.get(comment_url).json() == comment.json()
+        refused = client.delete("/blog/api/tags")
+        assert refused.status_code == 405
+        assert refused.headers["allow"] == "GET, HEAD, OPTIONS"
+        assert refused.json()["detail"] == "/blog/api/tags does not take DELETE; it takes GET, HEAD, OPTIONS"
+        assert client.options("/blog/api/tags").headers["allow"] == "GET, HEAD, OPTIONS"
+
+
 # --------------------------------------------------------------------------------------
 # Bad input: a clear 400 naming the problem, and nothing written
 # --------------------------------------------------------------------------------------
