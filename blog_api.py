@@ -114,7 +114,7 @@ from litestar.openapi.plugins import (
     SwaggerRenderPlugin,
     YamlRenderPlugin,
 )
-from litestar.openapi.spec import Components, Reference, Schema, SecurityScheme
+from litestar.openapi.spec import Components, Reference, Schema, SecurityScheme, Server
 from litestar.params import HeaderParameter, JSONBody, KwargDefinition, PathParameter, QueryParameter
 from litestar.response.base import ASGIResponse
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT, HTTP_304_NOT_MODIFIED
@@ -246,6 +246,9 @@ class Config:
     synchronous: str = "full"
     """SQLite's ``synchronous``: ``full`` (every acknowledged write survives power loss),
     ``normal`` (survives a crash of blog_api, not of the machine) or ``off`` (for benchmarks)."""
+    root_path: str = ""
+    """The path a proxy serves the API under (``/blog``), taking it off before passing each
+    request on: the URLs the API answers with (``Location``, ``Link``) carry it."""
 
     def __post_init__(self) -> None:
         if not self.db_path:
@@ -270,6 +273,11 @@ class Config:
             raise ValueError("several workers need a database file (not :memory:) and no --reload")
         if self.synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be full, normal or off, got {self.synchronous!r}")
+        if self.root_path and not ROOT_PATH.fullmatch(self.root_path):
+            raise ValueError(
+                "a root path is the path a proxy serves the API under, like /blog: a / and a name, or several, "
+                f"in the characters of a URL's path, without a / at the end; got {self.root_path!r}"
+            )
         if not 0 <= self.busy_timeout_ms <= MAX_BUSY_TIMEOUT_MS:
             raise ValueError(
                 f"busy timeout must be between 0 and {MAX_BUSY_TIMEOUT_MS} ms (SQLite's largest, 24 days), "
@@ -366,6 +374,7 @@ class Config:
 
 
 RATE_LIMIT = re.compile(r"^[1-9][0-9]*/(second|minute|hour|day)$")
+ROOT_PATH = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]+)+")  # RFC 3986's path segments, not percent-encoded
 RATE_LIMIT_STORE = RateLimitConfig.store  # the name of the store Litestar keeps its counts in
 RATE_LIMIT_SWEEP_SECONDS = 60
 ORIGIN = re.compile(r"(?P<scheme>https?)://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
@@ -4386,7 +4395,9 @@ class BlogAPI(Litestar):
       saying what (``cors_preflight_refusal``), where Litestar's is plain text;
     - a write a browser sends from a page on another site is a 403 (``cross_origin_refusal``);
     - without a token, a request on a loopback socket for a name not this machine's is a
-      421 (``misdirected_host``).
+      421 (``misdirected_host``);
+    - ``--root-path`` is the request's root path unless the server gave one (``uvicorn
+      --root-path``), so that it holds under any server.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -4395,11 +4406,14 @@ class BlogAPI(Litestar):
         self.trusted_origins = frozenset(self.cors_config.allow_origins if self.cors_config else ())
         config: Config = self.state.config
         self.local_names_only = config.token is None and not config.allow_anonymous_writes
+        self.root_path = config.root_path
 
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
+        if self.root_path and not scope.get("root_path"):  # as uvicorn --root-path sets them
+            scope = {**scope, "root_path": self.root_path, "path": self.root_path + scope["path"]}
         request_id = request_id_for(scope["headers"])
         context = REQUEST_ID.set(request_id)
         started = time.perf_counter()
@@ -4689,6 +4703,7 @@ def create_app(config: Config | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(
             title="Blog API",
             version=__version__,
+            servers=[Server(url=config.root_path or "/")],
             description="A blog's JSON API: posts with tags, slugs and comments.",
             render_plugins=[
                 SwaggerRenderPlugin(),
@@ -4980,6 +4995,13 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
         help="when a write is acknowledged: full = on disk, survives power loss; normal = survives a crash of "
         "blog_api only; off = for benchmarks (BLOG_API_SYNCHRONOUS; default %(default)s)",
     )
+    parser.add_argument(
+        "--root-path",
+        metavar="PATH",
+        default=defaults.root_path,
+        help="the path a proxy serves the API under, like /blog, which it takes off each request; the URLs "
+        "answered carry it (BLOG_API_ROOT_PATH)",
+    )
     args = parser.parse_args(argv)
     values = vars(args)
     token_file = values.pop("token_file")
@@ -5157,6 +5179,8 @@ def serve(argv: list[str]) -> None:
         logger.info("Anyone who can reach this server may write (--allow-anonymous-writes).")
     else:
         logger.info("No token: anyone on this machine may write; other machines may only read.")
+    if config.root_path:
+        logger.info("Served by a proxy under %s: Location and Link name URLs with it.", config.root_path)
     for warning in Config.unknown_env_variables():
         logger.warning(warning)
     server_options: dict[str, Any] = {"host": config.host, "port": config.port, "log_level": config.log_level}

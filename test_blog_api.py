@@ -328,6 +328,27 @@ def test_unknown_route_is_a_json_404_naming_the_path(client: TestClient, path: s
     }
 
 
+def test_root_path_gives_the_answers_urls_the_prefix_a_proxy_serves_them_under(db_path: Path) -> None:
+    """``--root-path /blog``, behind a proxy that serves the API at /blog/ and takes /blog off
+    each request: Location, Link and the OpenAPI document's server carry it."""
+    assert blog_api.parse_args(["--root-path", "/blog"], {}).root_path == "/blog"
+    assert Config.from_env({"BLOG_API_ROOT_PATH": "/blog"}).root_path == "/blog"
+    with TestClient(create_app(Config(db_path=str(db_path), root_path="/blog"))) as client:
+        first, second = create(client), create(client)
+        created = client.post("/api/posts", json=SEED_POST)
+        assert created.headers["location"] == f"/blog/api/posts/{created.json()['id']}"
+        page = client.get("/api/posts?limit=1&order=asc")
+        assert page.json() == [first]
+        assert page_links(page)["next"].startswith("/blog/api/posts?limit=1&order=asc&cursor=")
+        assert client.get(page_links(page)["next"].removeprefix("/blog")).json() == [second]
+        assert client.get("/schema/openapi.json").json()["servers"] == [{"url": "/blog"}]
+        assert client.get("/api/post").json()["detail"].startswith("No such path: /blog/api/post ")
+        assert client.delete("/api/tags").headers["allow"] == "GET, HEAD, OPTIONS"
+    with TestClient(create_app(Config(db_path=str(db_path), root_path="/blog")), root_path="/by-server") as client:
+        created = client.post("/by-server/api/posts", json=SEED_POST)  # the server's root path wins
+        assert created.headers["location"] == f"/by-server/api/posts/{created.json()['id']}"
+
+
 def test_wrong_method_is_405_naming_the_methods_the_path_takes(client: TestClient) -> None:
     response = client.post("/api/posts/some-id", json=SEED_POST)
     assert response.status_code == 405
@@ -1531,6 +1552,9 @@ def test_flags_override_environment_variables() -> None:
         (["--busy-timeout-ms", "-1"], {}, "busy timeout must be between 0 and 2147483647 ms"),
         # SQLite took it as 0: no wait for the lock at all, where a long one was asked for
         (["--busy-timeout-ms", "3000000000"], {}, "busy timeout must be between 0 and 2147483647 ms"),
+        (["--root-path", "blog"], {}, "a root path is the path a proxy serves the API under, like /blog"),
+        (["--root-path", "/blog/"], {}, "without a / at the end; got '/blog/'"),
+        ([], {"BLOG_API_ROOT_PATH": "/my blog"}, "in the characters of a URL's path"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(capsys, argv, environ, message) -> None:
