@@ -79,7 +79,7 @@ from litestar import Controller, Litestar, Request, Response, Router, delete, ge
 from litestar.config.compression import CompressionConfig
 from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
-from litestar.constants import DEFAULT_ALLOWED_CORS_HEADERS
+from litestar.constants import DEFAULT_ALLOWED_CORS_HEADERS, OPENAPI_JSON_HANDLER_NAME
 from litestar.datastructures import Headers, MutableScopeHeaders, ResponseHeader, State
 from litestar.di import NamedDependency, Provide
 from litestar.dto import MsgspecDTO
@@ -4606,6 +4606,28 @@ async def database_lifespan(app: Litestar) -> AsyncIterator[None]:
         await db.close()
 
 
+class FetchesDocumentUnderRootPath:
+    """For the docs pages that fetch the OpenAPI document, rather than carry it in the page:
+    its URL with the root path the app is served under (``--root-path``), which Litestar
+    leaves out, so that behind a proxy they asked for /schema/openapi.json outside the API."""
+
+    @staticmethod
+    def get_openapi_json_route(request: Request) -> str:
+        return request.scope.get("root_path", "") + request.app.route_reverse(OPENAPI_JSON_HANDLER_NAME)
+
+
+class ScalarDocs(FetchesDocumentUnderRootPath, ScalarRenderPlugin):
+    pass
+
+
+class RapidocDocs(FetchesDocumentUnderRootPath, RapidocRenderPlugin):
+    pass
+
+
+class StoplightDocs(FetchesDocumentUnderRootPath, StoplightRenderPlugin):
+    pass
+
+
 NOT_RUNNING = (
     "blog_api is not running: it opens its database when the app starts (its lifespan) and "
     "closes it when it stops. Serve it with uvicorn, or test it with litestar.testing's "
@@ -4708,9 +4730,9 @@ def create_app(config: Config | None = None) -> Litestar:
             render_plugins=[
                 SwaggerRenderPlugin(),
                 RedocRenderPlugin(),
-                ScalarRenderPlugin(),
-                RapidocRenderPlugin(),
-                StoplightRenderPlugin(),
+                ScalarDocs(),
+                RapidocDocs(),
+                StoplightDocs(),
                 YamlRenderPlugin(),
             ],
             openapi_router=Router(
