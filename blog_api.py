@@ -4463,7 +4463,7 @@ class BlogAPI(Litestar):
             await super().__call__({**scope, "method": "GET"} if head else scope, receive, send_with_request_id)
         finally:
             duration_ms = round((time.perf_counter() - started) * 1000, 2)
-            self.log_access(request_id, scope["method"], scope["path"], status, duration_ms)
+            self.log_access(request_id, scope["method"], requested_path, scope.get("root_path"), status, duration_ms)
             REQUEST_ID.reset(context)
 
     access_line_stream: TextIO | None = None
@@ -4475,8 +4475,11 @@ class BlogAPI(Litestar):
 
     _access_formatter = TextFormatter()
 
-    def log_access(self, request_id: str, method: str, path: str, status: int, duration_ms: float) -> None:
-        level = logging.DEBUG if path == "/health" else logging.INFO
+    def log_access(
+        self, request_id: str, method: str, path: str, root_path: str | None, status: int, duration_ms: float
+    ) -> None:
+        """One access line, naming the path as the client asked for it (root path included)."""
+        level = logging.DEBUG if path_in_app(path, root_path or "") == "/health" else logging.INFO
         path = escape_for_log(path)
         if self.access_line_stream is None:
             fields = {"method": method, "path": path, "status": status, "duration_ms": duration_ms}

@@ -4417,6 +4417,21 @@ def test_health_is_logged_only_at_debug_level(client: TestClient) -> None:
     assert record.levelno == logging.DEBUG and record.path == "/health"
 
 
+def test_access_lines_under_a_root_path_name_the_path_asked_for(db_path: Path) -> None:
+    """Routing replaces a request's path with the path in the app: a routed request was
+    logged without the root path, a 404 with it."""
+    app = create_app(Config(db_path=str(db_path), root_path="/blog"))
+    with TestClient(app) as client, log_records("blog_api.access") as records:
+        client.get("/api/posts")
+        client.get("/api/post")
+        client.get("/health")
+    assert [(record.path, record.status, record.levelno) for record in records] == [
+        ("/blog/api/posts", 200, logging.INFO),
+        ("/blog/api/post", 404, logging.INFO),
+        ("/blog/health", 200, logging.DEBUG),
+    ]
+
+
 @pytest.mark.parametrize(
     ("sent", "kept"),
     [("abc-123", True), ("a.b:c_d-e", True), ("x" * 64, True), ("x" * 65, False), ("has space", False),
