@@ -4479,7 +4479,8 @@ class BlogAPI(Litestar):
         self, request_id: str, method: str, path: str, root_path: str | None, status: int, duration_ms: float
     ) -> None:
         """One access line, naming the path as the client asked for it (root path included)."""
-        level = logging.DEBUG if path_in_app(path, root_path or "") == "/health" else logging.INFO
+        in_app = path_in_app(path, root_path) if root_path else path  # this runs for every request
+        level = logging.DEBUG if in_app == "/health" else logging.INFO
         path = escape_for_log(path)
         if self.access_line_stream is None:
             fields = {"method": method, "path": path, "status": status, "duration_ms": duration_ms}
