@@ -342,8 +342,8 @@ def test_root_path_gives_the_answers_urls_the_prefix_a_proxy_serves_them_under(d
         assert page_links(page)["next"].startswith("/blog/api/posts?limit=1&order=asc&cursor=")
         assert client.get(page_links(page)["next"].removeprefix("/blog")).json() == [second]
         assert client.get("/schema/openapi.json").json()["servers"] == [{"url": "/blog"}]
-        for page, attribute in [("rapidoc", "spec-url"), ("scalar", "data-url"), ("elements", "apiDescriptionUrl")]:
-            assert f'{attribute}="/blog/schema/openapi.json"' in client.get(f"/schema/{page}").text  # was /schema/…
+        for docs, attribute in [("rapidoc", "spec-url"), ("scalar", "data-url"), ("elements", "apiDescriptionUrl")]:
+            assert f'{attribute}="/blog/schema/openapi.json"' in client.get(f"/schema/{docs}").text  # was /schema/…
         assert client.get("/api/post").json()["detail"].startswith("No such path: /blog/api/post ")
         assert client.delete("/api/tags").headers["allow"] == "GET, HEAD, OPTIONS"
     with TestClient(create_app(Config(db_path=str(db_path), root_path="/blog")), root_path="/by-server") as client:
