@@ -4303,12 +4303,13 @@ def unrouted(request: Request, exc: NotFoundException | MethodNotAllowedExceptio
     Allowed``, saying what was not found or not allowed; a handler's own (``Post with ID x not
     found``, a read-only server's 405) as they are."""
     path = request.scope["path"]
-    if path == "*":  # RFC 9112 3.2.4: the asterisk form, for OPTIONS alone
+    in_app = path_in_app(path, request.scope.get("root_path", ""))  # under a root path, uvicorn's * is /blog*
+    if in_app == "*":  # RFC 9112 3.2.4: the asterisk form, for OPTIONS alone
         return server_options(request)
     if exc.detail == HTTPStatus.NOT_FOUND.phrase:
         exc.detail = f"No such path: {path} (the API's paths are in /schema/openapi.json)"
     elif exc.detail == HTTPStatus.METHOD_NOT_ALLOWED.phrase:
-        allowed = request.app.allow_header(path_in_app(path, request.scope.get("root_path", "")))
+        allowed = request.app.allow_header(in_app)
         exc.detail = f"{path} does not take {request.scope['method']}; it takes {allowed}"
     response = create_exception_response(request, exc)
     response.media_type = MediaType.JSON  # not its route's: the docs' 404 for /schema/x.json was labelled HTML

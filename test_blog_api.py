@@ -5331,14 +5331,21 @@ class RecordingTransport:
 
 @asynccontextmanager
 async def serving(
-    protocol_class, db_path: Path, default_headers=(), app: Litestar | None = None, **options
+    protocol_class,
+    db_path: Path,
+    default_headers=(),
+    app: Litestar | None = None,
+    server_root_path: str = "",
+    **options,
 ) -> AsyncIterator[tuple[str, int]]:
     """``app``, or the app on ``db_path`` (and ``options``, its Config's others), served over a
     real socket on 127.0.0.1 by uvicorn's ``protocol_class`` in this event loop: its address.
     uvicorn's server loop, which sets the ``default_headers`` of every response once a second,
-    does not run: they stay as given."""
+    does not run: they stay as given. ``server_root_path`` is uvicorn's ``--root-path``."""
     app = app or create_app(Config(db_path=str(db_path), **options))
-    config = blog_api.uvicorn.Config(app, http=protocol_class, lifespan="off", log_level="warning")
+    config = blog_api.uvicorn.Config(
+        app, http=protocol_class, lifespan="off", log_level="warning", root_path=server_root_path
+    )
     config.load()
     state = blog_api.uvicorn.server.ServerState()
     state.default_headers = list(default_headers)
@@ -5748,12 +5755,18 @@ def test_a_request_that_is_not_http_gets_a_json_error_naming_the_problem(
     run(check())
 
 
-def test_options_asterisk_names_every_method_the_server_takes(db_path: Path) -> None:
+@pytest.mark.parametrize(
+    "root_path",
+    [{}, {"root_path": "/blog"}, {"server_root_path": "/blog"}],
+    ids=["no root path", "--root-path", "uvicorn --root-path"],
+)
+def test_options_asterisk_names_every_method_the_server_takes(db_path: Path, root_path: dict[str, str]) -> None:
     """``OPTIONS *`` asks of the server as a whole (RFC 9110 9.3.7); no other method has a
-    resource at ``*`` (RFC 9112 3.2.4)."""
+    resource at ``*`` (RFC 9112 3.2.4). Under a root path, uvicorn makes its path ``/blog*``:
+    it was a 404 there, "No such path: /blog*"."""
 
     async def check() -> None:
-        async with serving(blog_api.BlogHttpProtocol, db_path) as address:
+        async with serving(blog_api.BlogHttpProtocol, db_path, **root_path) as address:
             reader, writer = await asyncio.open_connection(*address)
             writer.write(
                 b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n"
