@@ -2926,13 +2926,29 @@ def misdirected_host(scope: Scope) -> str | None:
     )
 
 
+def ip_address_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an IP address, or None for a name."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 @lru_cache(maxsize=256)
 def is_loopback_ip(host: str) -> bool:
-    """Whether ``host`` is a loopback IP address (a name is not)."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """Whether ``host`` is a loopback IP address (a name is not). Each address a server
+    listens on is parsed once, not on every request."""
+    address = ip_address_of(host)
+    return address is not None and address.is_loopback
+
+
+@lru_cache(maxsize=256)
+def is_loopback_address(host: str) -> bool:
+    """Whether ``host`` is a loopback address, where a name that is not an address counts as
+    local (a test client's, a Unix socket's path). Each address a server listens on, or its
+    clients write from, is parsed once, not on every write."""
+    address = ip_address_of(host)
+    return address is None or address.is_loopback
 
 
 def is_loopback_host(host: str) -> bool:
@@ -2982,16 +2998,6 @@ def cross_origin_refusal(headers: list[tuple[bytes, bytes]], trusted_origins: Co
         f"A write from a browser page on another site ({page or 'its origin unsaid'}) is refused: any page "
         "a user visits could send one. Allow a site's pages to write with --cors-origin"
     )
-
-
-@lru_cache(maxsize=256)
-def is_loopback_address(host: str) -> bool:
-    """Whether ``host`` is a loopback address (a name that is not an address counts as local).
-    Each address a server listens on, or its clients write from, is parsed once, not on every write."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return True
 
 
 def drafts_visible(request: Request) -> bool:
