@@ -67,7 +67,7 @@ from http import HTTPStatus
 from importlib.metadata import version as package_version
 from io import BytesIO
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Generic, Literal, TextIO, TypeVar, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Generic, Literal, NoReturn, TextIO, TypeVar, get_args, get_origin
 from urllib.parse import quote, urlencode
 from wsgiref.handlers import format_date_time
 
@@ -5123,10 +5123,21 @@ def seed(argv: list[str]) -> None:
         counts = seed_database(args.db_path, args.posts, args.random_seed)
     except DatabaseError as exc:
         sys.exit(f"blog_api seed: {exc}")
+    except sqlite3.Error as exc:  # a full disk, a lock held past the busy timeout
+        sys.exit(f"blog_api seed: cannot add posts to {args.db_path!r}: {exc}; nothing was added")
+    except KeyboardInterrupt:
+        exit_interrupted("blog_api seed: interrupted; nothing was added")
     print(
         f"Seeded {counted(counts['posts'], 'post')} ({counted(counts['drafts'], 'draft')}) and "
         f"{counted(counts['comments'], 'comment')} into {args.db_path} in {time.perf_counter() - started:.1f} s"
     )
+
+
+def exit_interrupted(message: str) -> NoReturn:
+    """End a command stopped by Ctrl-C with what it left behind, not a traceback, and the
+    exit status a shell gives a command killed by SIGINT (128 + 2)."""
+    print(message, file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
 
 
 def counted(number: int, noun: str) -> str:
@@ -5151,6 +5162,8 @@ def backup(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     try:
         integrity = backup_database(args.db_path, args.path)
+    except KeyboardInterrupt:
+        exit_interrupted(f"blog_api backup: interrupted; nothing was written to {args.path}")
     except DatabaseError as exc:
         sys.exit(f"blog_api backup: {exc}")
     except sqlite3.Error as exc:  # SQLite does not say which file; either may be at fault

@@ -1567,10 +1567,11 @@ def test_bad_settings_are_refused_with_a_clear_message(capsys, argv, environ, me
 
 
 def run_blog_api(
-    *arguments: str, timeout: float = 30, env: dict[str, str] | None = None
+    *arguments: str, timeout: float = 30, env: dict[str, str] | None = None, max_file_bytes: int | None = None
 ) -> subprocess.CompletedProcess:
     """``python blog_api.py <arguments>`` run to its end, as a user would, with its output
-    (and ``env`` added to the environment)."""
+    (and ``env`` added to the environment). With ``max_file_bytes``, no file it writes may
+    grow past that, as if the disk were full there."""
     return subprocess.run(
         [sys.executable, "blog_api.py", *arguments],
         cwd=PROJECT_DIR,
@@ -1578,7 +1579,14 @@ def run_blog_api(
         text=True,
         timeout=timeout,
         env={**os.environ, **(env or {})},
+        preexec_fn=None if max_file_bytes is None else partial(limit_file_size, max_file_bytes),
     )
+
+
+def limit_file_size(max_bytes: int) -> None:
+    """In a child before it runs: a write past ``max_bytes`` fails (EFBIG) rather than kill it."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
 
 
 @pytest.mark.parametrize("command", [[], ["seed"], ["backup", "{tmp}/copy.db"]], ids=["serve", "seed", "backup"])
@@ -4654,6 +4662,54 @@ def test_a_backup_refuses_to_overwrite_or_to_copy_nothing(tmp_path: Path) -> Non
         assert message in str(exit_info.value.code)
     assert existing.read_text() == "keep me"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["existing.db"]  # no copy, whole or partial
+
+
+def test_a_seed_that_fails_or_is_interrupted_says_so_and_adds_nothing(tmp_path: Path, capsys, monkeypatch) -> None:
+    db_path = tmp_path / "blog.db"
+    blog_api.main(["seed", "--posts", "10", "--db", str(db_path)])
+    full = run_blog_api(
+        "seed", "--posts", "3000", "--db", str(db_path), max_file_bytes=db_path.stat().st_size + 100_000
+    )
+    assert full.returncode == 1, full.stderr
+    failed_write = "(disk I/O error|database or disk is full)"  # SQLite's words for EFBIG and ENOSPC
+    assert re.fullmatch(
+        f"blog_api seed: cannot add posts to '{re.escape(str(db_path))}': {failed_write}; nothing was added\n",
+        full.stderr,
+    )
+    assert len(stored_posts(db_path)) == 10 and integrity(db_path) == "ok"
+
+    made = 0
+
+    def interrupted_at_the_50th_post(*arguments, **keywords):  # as Ctrl-C in the middle of the work
+        nonlocal made
+        made += 1
+        if made == 50:
+            raise KeyboardInterrupt
+        return demo_rows(*arguments, **keywords)
+
+    demo_rows = blog_api.demo_rows
+    monkeypatch.setattr(blog_api, "demo_rows", interrupted_at_the_50th_post)
+    with pytest.raises(SystemExit) as exit_info:
+        blog_api.main(["seed", "--posts", "100", "--db", str(db_path)])
+    assert exit_info.value.code == 130  # as a shell reports a command ended by SIGINT
+    assert capsys.readouterr().err == "blog_api seed: interrupted; nothing was added\n"
+    assert len(stored_posts(db_path)) == 10 and integrity(db_path) == "ok"
+
+
+def test_a_backup_interrupted_leaves_no_copy_whole_or_partial(tmp_path: Path, capsys, monkeypatch) -> None:
+    db_path, copy = tmp_path / "blog.db", tmp_path / "copy.db"
+    blog_api.main(["seed", "--posts", "10", "--db", str(db_path)])
+    capsys.readouterr()
+
+    def interrupted(self, target):  # Ctrl-C as the copy is about to take its name
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "rename", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        blog_api.main(["backup", str(copy), "--db", str(db_path)])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == f"blog_api backup: interrupted; nothing was written to {copy}\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["blog.db"]
 
 
 def test_seed_adds_realistic_posts_the_same_for_the_same_seed(tmp_path: Path, capsys, monkeypatch) -> None:
