@@ -303,7 +303,8 @@ class Config:
         for origin in self.cors_origins:
             if origin == ANY_ORIGIN:
                 continue
-            if not (match := ORIGIN.fullmatch(origin)) or match.group("port") == DEFAULT_PORTS[match.group("scheme")]:
+            port = (match := ORIGIN.fullmatch(origin)) and match.group("port")
+            if not match or port == DEFAULT_PORTS[match.group("scheme")] or (port and int(port) > 65535):
                 raise ValueError(
                     "a CORS origin is a scheme and host as a browser sends them in Origin: lowercase, no path, no "
                     f"default port (an international name in its xn-- form), like https://blog.example; got {origin!r}"
@@ -377,8 +378,8 @@ RATE_LIMIT = re.compile(r"^[1-9][0-9]*/(second|minute|hour|day)$")
 ROOT_PATH = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]+)+")  # RFC 3986's path segments, not percent-encoded
 RATE_LIMIT_STORE = RateLimitConfig.store  # the name of the store Litestar keeps its counts in
 RATE_LIMIT_SWEEP_SECONDS = 60
-ORIGIN = re.compile(r"(?P<scheme>https?)://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
-"""An origin as browsers serialise it in Origin; another form (Blog.example, :443) never matches."""
+ORIGIN = re.compile(r"(?P<scheme>https?)://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(?P<port>[1-9][0-9]{0,4}))?")
+"""An origin as browsers serialise it in Origin; another form (Blog.example, :443, :0800) never matches."""
 ANY_ORIGIN = "*"
 """``--cors-origin *``: browser code on any site may call the API (with the token to write)."""
 DEFAULT_PORTS = {"http": "80", "https": "443"}

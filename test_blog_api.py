@@ -3629,6 +3629,9 @@ def test_token_settings_from_flags_files_and_environment(tmp_path: Path) -> None
         (["--cors-origin", "https://Blog.example"], "a CORS origin is a scheme and host"),
         (["--cors-origin", "https://blog.example:443"], "a CORS origin is a scheme and host"),
         (["--cors-origin", "http://blog.example:80"], "a CORS origin is a scheme and host"),
+        (["--cors-origin", "http://blog.example:99999"], "a CORS origin is a scheme and host"),  # no such port
+        (["--cors-origin", "http://blog.example:0800"], "a CORS origin is a scheme and host"),
+        (["--cors-origin", "http://blog.example:0"], "a CORS origin is a scheme and host"),
         (["--cors-origin", "https://bücher.example"], "a CORS origin is a scheme and host"),
         (["--cors-origin", "*"], "--cors-origin * needs --token"),  # any page could read drafts, and write
         (["--cors-origin", "*", "--read-only"], "--cors-origin * needs --token"),  # or read the drafts
