@@ -3064,7 +3064,8 @@ def cors_preflight_refusal(cors: CORSConfig, headers: Headers) -> str | None:
         return None
     refused = []
     if not cors.is_origin_allowed(origin):
-        refused.append(f"the origin {origin} may not call this API from a browser (see --cors-origin)")
+        named = f"the origin {origin}" if origin else "an empty Origin"
+        refused.append(f"{named} may not call this API from a browser (see --cors-origin)")
     method = headers.get("access-control-request-method")
     if method and not cors.is_allow_all_methods and method not in cors.allow_methods:
         refused.append(f"the method {method} is not one this API allows (it allows {', '.join(cors.allow_methods)})")

@@ -3453,10 +3453,11 @@ def test_cors_preflight_from_an_allowed_origin(browser_facing: TestClient) -> No
     ("asked", "detail"),
     [
         ({"Origin": "https://evil.example"}, "the origin https://evil.example may not call this API from a browser"),
+        ({"Origin": ""}, "an empty Origin may not call this API from a browser"),  # was "the origin  may not"
         ({"Access-Control-Request-Method": "PROPFIND"}, "the method PROPFIND is not one this API allows (it allows "),
         ({"Access-Control-Request-Headers": "content-type, x-debug, cookie"}, "the headers x-debug, cookie are not"),
     ],
-    ids=["origin", "method", "headers"],
+    ids=["origin", "empty-origin", "method", "headers"],
 )
 def test_a_cors_preflight_refused_says_what_it_asked_that_is_not_allowed(
     browser_facing: TestClient, asked: dict, detail: str
