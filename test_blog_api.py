@@ -533,10 +533,17 @@ def test_update_refuses_bad_bodies_and_changes_nothing(client, db_path: Path, me
 
 def test_create_ignores_read_only_fields_echoed_back(client: TestClient, monkeypatch) -> None:
     fixed_clock(monkeypatch, 2_000_000)
-    echoed = {"id": "my-own-id", "created_at": "1999-01-01T00:00:00Z", "updated_at": 7}
+    echoed = {
+        "id": "my-own-id",
+        "created_at": "1999-01-01T00:00:00Z",
+        "updated_at": 7,
+        "comment_count": 5,
+        "version": 9,
+    }
     post = create(client, **echoed)
     assert post["id"] != "my-own-id" and uuid.UUID(post["id"]).version == 4
     assert post["created_at"] == post["updated_at"] == "1970-01-01T00:00:02.000000Z"
+    assert (post["comment_count"], post["version"]) == (0, 1)
 
 
 def test_put_of_a_whole_post_as_returned_ignores_its_read_only_fields(client: TestClient) -> None:
