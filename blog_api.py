@@ -200,6 +200,7 @@ REQUEST_HEAD_SECONDS = 20  # for them to arrive: nginx waits 60 s, Node.js 60 s,
 REQUEST_BODY_PAUSE_SECONDS = 20  # the longest a body may stop arriving: nginx's client_body_timeout is 60 s
 RESPONSE_READ_PAUSE_SECONDS = 20  # the longest a client may read none of its answer: nginx's send_timeout is 60 s
 LINGERING_CLOSE_SECONDS = 1.0  # reading and dropping what a client still sends, its connection closing: nginx's 5 s
+BODY_CUT_BEFORE_SHUTDOWN_ENDS_SECONDS = LINGERING_CLOSE_SECONDS + 0.5  # then a body still coming gets a 503
 MAX_PIPELINED_REQUESTS = 16  # parsed and waiting for the one being answered, on one connection
 PIPELINE_SLICE_BYTES = 4096  # what is parsed at a time, so that no read queues more than that holds
 FRAMING_FIELDS = (b"content-length", b"transfer-encoding")  # where a request's body ends (RFC 9112 6)
@@ -5433,6 +5434,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
     _head_timer: asyncio.TimerHandle | None = None
     _in_body = False
     _body_timer: asyncio.TimerHandle | None = None
+    _shutdown_timer: asyncio.TimerHandle | None = None
     _dated_second = 0
     _unparsed = b""
     _client_done = False
@@ -5521,10 +5523,25 @@ class BlogHttpProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown, which ends a connection after its answer: so too one
         whose request's body was still coming (else the body's end gave it back its keep-alive,
-        the connection stayed open, and the shutdown cancelled its next request: a 500)."""
+        the connection stayed open, and the shutdown cancelled its next request: a 500).
+
+        Such a body may go on coming while the shutdown waits for requests in flight; if it
+        has not all come shortly before the wait ends, its request gets a 503 saying to send it
+        again. uvicorn would cancel it there: a plain-text 500, and an error with a traceback
+        in the log, for a request that wrote nothing."""
         if self._keep_alive_after_body is not None:
             self._keep_alive_after_body = False
+        if self._in_body and (grace := self.config.timeout_graceful_shutdown) is not None:
+            cut_after = max(0.0, grace - BODY_CUT_BEFORE_SHUTDOWN_ENDS_SECONDS)
+            self._shutdown_timer = self.loop.call_later(cut_after, self._body_unfinished_at_shutdown)
         super().shutdown()
+
+    def _body_unfinished_at_shutdown(self) -> None:
+        self._shutdown_timer = None
+        if self.transport.is_closing() or not self._in_body or self.cycle.response_started:
+            return  # an answer begun before its body came closes the connection once sent
+        rule = "the server is shutting down, and this request's body had not all come; send it again"
+        self._refuse_head(503, "Service Unavailable", rule)  # its app sees the client leave: a 499
 
     def data_received(self, data: bytes) -> None:
         if self._unparsed:  # read as reading paused: it waits its turn
@@ -5702,9 +5719,13 @@ class BlogHttpProtocol(HttpToolsProtocol):
         self._body_timer = self.loop.call_later(REQUEST_BODY_PAUSE_SECONDS, self._body_timed_out)
 
     def _stop_body_timer(self) -> None:
+        """The body is no longer awaited (it has come, or its request is refused or gone)."""
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
+        if self._shutdown_timer is not None:
+            self._shutdown_timer.cancel()
+            self._shutdown_timer = None
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:

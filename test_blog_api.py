@@ -4979,6 +4979,31 @@ def test_64_clients_reading_and_writing_at_once(tmp_path: Path, start_server) ->
     assert integrity(db_path) == "ok"
 
 
+def test_a_body_still_coming_as_a_shutdown_ends_gets_a_503_not_a_500(tmp_path: Path, start_server) -> None:
+    """The shutdown waits a while for requests in flight, then uvicorn cancels them: one whose
+    body had not all come got a plain-text 500, and an error with a traceback in the log."""
+    db_path, port = tmp_path / "stop.db", free_port()
+    server = start_server([sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path)], port)
+    with socket.create_connection(("127.0.0.1", port)) as stalled:
+        stalled.sendall(b'POST /api/posts HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{"title"')
+        time.sleep(0.2)
+        server.process.send_signal(signal.SIGTERM)
+        stalled.settimeout(10)
+        answer = b"".join(iter(lambda: stalled.recv(65536), b""))
+    server.process.wait(timeout=10)
+    code, log = server.stop()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ") and header_values(head, b"connection") == [b"close"]
+    assert json.loads(body) == {
+        "status_code": 503,
+        "detail": "Service Unavailable: the server is shutting down, and this request's body had not all come; "
+        "send it again",
+    }
+    assert code == 0 and "Traceback" not in log and "ERROR" not in log, log
+    assert re.search(r"POST /api/posts 499 ", log)  # the client's request, not the server, went unfinished
+    assert stored_posts(db_path) == []
+
+
 def test_sigterm_during_load_finishes_in_flight_work_and_exits_cleanly(tmp_path: Path, start_server) -> None:
     db_path, port = tmp_path / "stop.db", free_port()
     server = start_server(
