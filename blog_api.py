@@ -194,7 +194,7 @@ MAX_COMMENT_BODY_BYTES = 128 * 1024
 as it sends of a body before finishing it: 100 bodies held open, 100 MB under the 1 MiB of
 other writes, 13 MB under this. A comment's most (100 and 10,000 characters) fits in it
 however it is written: 121,200 bytes as JSON escapes of astral characters (12 bytes each)."""
-GRACEFUL_SHUTDOWN_SECONDS = 3
+GRACEFUL_SHUTDOWN_SECONDS = 3  # that a shutdown waits for requests in flight, beyond the busy timeout
 MAX_REQUEST_HEAD_BYTES = 64 * 1024  # a request's line and headers: nginx takes 32 KiB, Node.js 16 KiB
 REQUEST_HEAD_SECONDS = 20  # for them to arrive: nginx waits 60 s, Node.js 60 s, Apache 20 to 40 s
 REQUEST_BODY_PAUSE_SECONDS = 20  # the longest a body may stop arriving: nginx's client_body_timeout is 60 s
@@ -310,6 +310,13 @@ class Config:
                     "a CORS origin is a scheme and host as a browser sends them in Origin: lowercase, no path, no "
                     f"default port (an international name in its xn-- form), like https://blog.example; got {origin!r}"
                 )
+
+    @property
+    def graceful_shutdown_seconds(self) -> float:
+        """How long a shutdown waits for requests in flight before uvicorn cancels them. A write
+        may wait the busy timeout for its lock: cancelled then, it was answered a 500 while its
+        write went on to be committed."""
+        return self.busy_timeout_ms / 1000 + GRACEFUL_SHUTDOWN_SECONDS
 
     @property
     def writes_per(self) -> tuple[Literal["second", "minute", "hour", "day"], int] | None:
@@ -5237,8 +5244,8 @@ def serve(argv: list[str]) -> None:
     server_options["http"] = BlogHttpProtocol
     server_options["ws"] = "none"  # blog_api serves no WebSocket: a request asking for one is plain HTTP
     # On SIGTERM or Ctrl-C: refuse new connections, let requests in flight finish (for up to
-    # this long), then close the pool, which checkpoints the WAL: out within 5 seconds.
-    server_options["timeout_graceful_shutdown"] = GRACEFUL_SHUTDOWN_SECONDS
+    # this long), then close the pool, which checkpoints the WAL.
+    server_options["timeout_graceful_shutdown"] = config.graceful_shutdown_seconds
     if (log_config := uvicorn_log_config(config)) is not None:
         server_options["log_config"] = log_config
     # uvicorn re-raises SIGTERM once it has shut down gracefully; without this handler that

@@ -4979,6 +4979,28 @@ def test_64_clients_reading_and_writing_at_once(tmp_path: Path, start_server) ->
     assert integrity(db_path) == "ok"
 
 
+def test_a_write_waiting_for_its_lock_at_shutdown_gets_its_real_answer(tmp_path: Path, start_server) -> None:
+    """The shutdown waited 3 s for requests in flight, a write may wait 5 s for its lock (the
+    busy timeout): one cancelled then was answered a plain-text 500, and committed after."""
+    db_path, port = tmp_path / "stop.db", free_port()
+    server = start_server([sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path)], port)
+    answers: list[httpx.Response] = []
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as other_program:
+        other_program.execute("BEGIN IMMEDIATE")  # holds the write lock
+        writing = threading.Thread(target=lambda: answers.append(httpx.post(server.url + "/api/posts", json=SEED_POST)))
+        writing.start()
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(blog_api.GRACEFUL_SHUTDOWN_SECONDS + 0.5)  # past what the shutdown waited
+        other_program.execute("ROLLBACK")
+        writing.join(timeout=10)
+    server.process.wait(timeout=10)
+    code, log = server.stop()
+    assert answers[0].status_code == 201, answers[0].text
+    assert [post["id"] for post in stored_posts(db_path)] == [answers[0].json()["id"]]
+    assert code == 0 and "Traceback" not in log and "ERROR" not in log, log
+
+
 def test_a_body_still_coming_as_a_shutdown_ends_gets_a_503_not_a_500(tmp_path: Path, start_server) -> None:
     """The shutdown waits a while for requests in flight, then uvicorn cancels them: one whose
     body had not all come got a plain-text 500, and an error with a traceback in the log."""
