@@ -195,6 +195,7 @@ as it sends of a body before finishing it: 100 bodies held open, 100 MB under th
 other writes, 13 MB under this. A comment's most (100 and 10,000 characters) fits in it
 however it is written: 121,200 bytes as JSON escapes of astral characters (12 bytes each)."""
 GRACEFUL_SHUTDOWN_SECONDS = 3  # that a shutdown waits for requests in flight, beyond the busy timeout
+MAX_GRACEFUL_SHUTDOWN_SECONDS = 30  # however long the busy timeout: Kubernetes kills a pod after 30 s
 MAX_REQUEST_HEAD_BYTES = 64 * 1024  # a request's line and headers: nginx takes 32 KiB, Node.js 16 KiB
 REQUEST_HEAD_SECONDS = 20  # for them to arrive: nginx waits 60 s, Node.js 60 s, Apache 20 to 40 s
 REQUEST_BODY_PAUSE_SECONDS = 20  # the longest a body may stop arriving: nginx's client_body_timeout is 60 s
@@ -315,8 +316,9 @@ class Config:
     def graceful_shutdown_seconds(self) -> float:
         """How long a shutdown waits for requests in flight before uvicorn cancels them. A write
         may wait the busy timeout for its lock: cancelled then, it was answered a 500 while its
-        write went on to be committed."""
-        return self.busy_timeout_ms / 1000 + GRACEFUL_SHUTDOWN_SECONDS
+        write went on to be committed. But a client sending a body slowly may hold the shutdown
+        that long too: at most ``MAX_GRACEFUL_SHUTDOWN_SECONDS``."""
+        return min(self.busy_timeout_ms / 1000 + GRACEFUL_SHUTDOWN_SECONDS, MAX_GRACEFUL_SHUTDOWN_SECONDS)
 
     @property
     def writes_per(self) -> tuple[Literal["second", "minute", "hour", "day"], int] | None:

@@ -5001,6 +5001,16 @@ def test_a_write_waiting_for_its_lock_at_shutdown_gets_its_real_answer(tmp_path:
     assert code == 0 and "Traceback" not in log and "ERROR" not in log, log
 
 
+@pytest.mark.parametrize(("busy_timeout_ms", "waited"), [("0", 3), ("5000", 8), ("600000", 30)])
+def test_a_shutdown_waits_as_long_as_a_write_may_wait_for_its_lock_but_not_for_ever(
+    monkeypatch, busy_timeout_ms: str, waited: float
+) -> None:
+    started: list[dict] = []
+    monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: started.append(options))
+    blog_api.main(["--db", ":memory:", "--port", "0", "--log-level", "warning", "--busy-timeout-ms", busy_timeout_ms])
+    assert [options["timeout_graceful_shutdown"] for options in started] == [waited]
+
+
 def test_a_body_still_coming_as_a_shutdown_ends_gets_a_503_not_a_500(tmp_path: Path, start_server) -> None:
     """The shutdown waits a while for requests in flight, then uvicorn cancels them: one whose
     body had not all come got a plain-text 500, and an error with a traceback in the log."""
