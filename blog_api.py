@@ -5374,6 +5374,10 @@ class RefusedHead(Exception):
 ONE_HOST = "a request must have one Host header (RFC 9112 3.2; one in HTTP/1.0 may have none)"
 NOT_A_HOST = "the Host header must be a host name or address, and a port if any"
 TRANSFER_CODING_IN_HTTP_1_0 = "HTTP/1.0 has no Transfer-Encoding, so the body's length is not known (RFC 9112 6.1)"
+ONLY_HTTP_1 = "this server speaks HTTP/1.1 (and 1.0)"
+HTTP_2_PREFACE = "Pause on PRI/Upgrade"
+"""What httptools says of ``PRI * HTTP/2.0``, the start of HTTP/2 sent with prior knowledge
+(``curl --http2-prior-knowledge``): an HTTP/2 request line, like any other a 505."""
 HOST = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 """RFC 3986's host (a name, an IPv4 address or an IPv6 one in brackets) and optional port."""
 
@@ -5682,7 +5686,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
         if hosts and not HOST.fullmatch(hosts[0]):
             raise RefusedHead(400, "Bad Request", NOT_A_HOST)
         if not version.startswith("1."):
-            raise RefusedHead(505, "HTTP Version Not Supported", "this server speaks HTTP/1.1 (and 1.0)")
+            raise RefusedHead(505, "HTTP Version Not Supported", ONLY_HTTP_1)
         if codings and version == "1.0":
             raise RefusedHead(400, "Bad Request", TRANSFER_CODING_IN_HTTP_1_0)
         if any(coding.strip() != b"chunked" for coding in codings):
@@ -5761,6 +5765,15 @@ class BlogHttpProtocol(HttpToolsProtocol):
             status, reason, rule = 501, "Not Implemented", "the request's method is not one this server knows"
         elif isinstance(problem, httptools.HttpParserInvalidURLError) and len(self.url) > HTTPTOOLS_MAX_URL_BYTES:
             status, reason, rule = 414, "URI Too Long", HEAD_TOO_LARGE  # too long for httptools: never measured
+        elif isinstance(problem, httptools.HttpParserInvalidURLError):  # httptools says "invalid url b'...'"
+            target = self.url.decode("latin-1")
+            status, reason, rule = (
+                400,
+                "Bad Request",
+                f"not a valid HTTP/1.1 request (its target {target!r} is not a URL)",
+            )
+        elif str(problem) == HTTP_2_PREFACE:
+            status, reason, rule = 505, "HTTP Version Not Supported", ONLY_HTTP_1
         else:
             status, reason, rule = 400, "Bad Request", f"not a valid HTTP/1.1 request ({problem or msg})"
         self._refuse(status, reason, rule)

@@ -5827,7 +5827,12 @@ UNKNOWN_METHOD = "Not Implemented: the request's method is not one this server k
         (
             b"GET http://[::1 HTTP/1.1\r\nHost: localhost\r\n\r\n",
             "400 Bad Request",
-            f"{NOT_HTTP} (invalid url b'http://[::1')",
+            f"{NOT_HTTP} (its target 'http://[::1' is not a URL)",  # was httptools's "invalid url b'http://[::1'"
+        ),
+        (
+            b"CONNECT localhost:8000 HTTP/1.1\r\nHost: localhost:8000\r\n\r\n",
+            "400 Bad Request",
+            f"{NOT_HTTP} (its target 'localhost:8000' is not a URL)",
         ),
         (
             b"GET /api/posts?q=" + b"a" * 65_536 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
@@ -5846,6 +5851,7 @@ UNKNOWN_METHOD = "Not Implemented: the request's method is not one this server k
         (b"GET /api/posts HTTP/1.1\r\nHost: blog/x\r\n\r\n", "400 Bad Request", NOT_A_HOST),
         (b"GET /api/posts HTTP/1.1\r\nHost: a b\r\n\r\n", "400 Bad Request", NOT_A_HOST),
         (b"GET /api/posts HTTP/2.0\r\nHost: localhost\r\n\r\n", "505 HTTP Version Not Supported", ONLY_HTTP_1),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "505 HTTP Version Not Supported", ONLY_HTTP_1),  # HTTP/2, prior knowledge
         # RFC 9112 6.1: a coding it does not know is a 501 (it was ignored, the body read as if
         # plain); Transfer-Encoding in HTTP/1.0 is faulty framing (a way to smuggle requests).
         (
