@@ -5765,13 +5765,11 @@ class BlogHttpProtocol(HttpToolsProtocol):
             status, reason, rule = 501, "Not Implemented", "the request's method is not one this server knows"
         elif isinstance(problem, httptools.HttpParserInvalidURLError) and len(self.url) > HTTPTOOLS_MAX_URL_BYTES:
             status, reason, rule = 414, "URI Too Long", HEAD_TOO_LARGE  # too long for httptools: never measured
-        elif isinstance(problem, httptools.HttpParserInvalidURLError):  # httptools says "invalid url b'...'"
+        elif isinstance(problem, httptools.HttpParserInvalidURLError) and str(problem).startswith("invalid url b"):
+            # parse_url's words, with the target as Python bytes; the parser's own say which character
             target = self.url.decode("latin-1")
-            status, reason, rule = (
-                400,
-                "Bad Request",
-                f"not a valid HTTP/1.1 request (its target {target!r} is not a URL)",
-            )
+            status, reason = 400, "Bad Request"
+            rule = f"not a valid HTTP/1.1 request (its target {target!r} is not a URL)"
         elif str(problem) == HTTP_2_PREFACE:
             status, reason, rule = 505, "HTTP Version Not Supported", ONLY_HTTP_1
         else:

@@ -5829,6 +5829,7 @@ UNKNOWN_METHOD = "Not Implemented: the request's method is not one this server k
             "400 Bad Request",
             f"{NOT_HTTP} (its target 'http://[::1' is not a URL)",  # was httptools's "invalid url b'http://[::1'"
         ),
+        (b"GET /\x7f HTTP/1.1\r\nHost: localhost\r\n\r\n", "400 Bad Request", f"{NOT_HTTP} (Invalid char in url path)"),
         (
             b"CONNECT localhost:8000 HTTP/1.1\r\nHost: localhost:8000\r\n\r\n",
             "400 Bad Request",
