@@ -1935,6 +1935,18 @@ class DatabaseError(Exception):
     """The database cannot be opened or used; the message says why, for a person."""
 
 
+def read_schema() -> str:
+    """schema.sql, which comes with blog_api.py: a copy of the module alone (embedded in a
+    demo, say) serves a database made already, but cannot make one."""
+    try:
+        return SCHEMA_PATH.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DatabaseError(
+            f"cannot read the schema {str(SCHEMA_PATH)!r} to make the database: {exc.strerror} "
+            "(schema.sql comes with blog_api.py: keep the two side by side)"
+        ) from None
+
+
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], T]
 """Statements to run on one connection, in its own thread: one hop however many there are."""
@@ -2344,7 +2356,7 @@ class Database:
             for older in range(version, SCHEMA_VERSION):
                 for statement in SCHEMA_UPGRADES.get(older, []):
                     connection.execute(statement)
-        for statement in sql_statements(SCHEMA_PATH.read_text(encoding="utf-8")):
+        for statement in sql_statements(read_schema()):
             connection.execute(statement)
 
     async def write(self, work: Work[T], *, together: Together | None = None, row: Any = None) -> T:

@@ -5164,6 +5164,18 @@ def test_a_database_that_cannot_be_used_is_refused_in_one_line(tmp_path: Path, f
     assert "Traceback" not in result.stderr
 
 
+def test_blog_api_py_without_its_schema_sql_says_so_in_one_line(tmp_path: Path) -> None:
+    """A copy of the module alone was a FileNotFoundError traceback at startup."""
+    (tmp_path / "blog_api.py").write_bytes((PROJECT_DIR / "blog_api.py").read_bytes())
+    command = [sys.executable, "blog_api.py", "--port", str(free_port()), "--db", "blog.db"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"blog_api: cannot read the schema {str(tmp_path / 'schema.sql')!r} to make the database: "
+        "No such file or directory (schema.sql comes with blog_api.py: keep the two side by side)"
+    )
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_port_in_use_is_refused_in_one_line_before_the_database_is_opened(tmp_path: Path, workers: str) -> None:
     with socket.socket() as taken:
