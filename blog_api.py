@@ -566,9 +566,19 @@ one) or a word in Persian what it is."""
 
 
 def normalized_tags(tags: list[str]) -> list[str]:
-    """The Tags type has checked the list (at most 10 tags of 1 to 30 characters);
-    normalising can only shorten a tag, and one left blank is dropped."""
-    return [name for name in dict.fromkeys(normalized_tag(tag) for tag in tags) if name]
+    """The Tags type has checked the list (at most 10 tags of 1 to 30 characters as sent);
+    one left blank is dropped. Normalising mostly shortens a tag, but may lengthen one: İ
+    lowercased is i and a combining dot, and a few characters compose to two (U+FB1D, יִ);
+    past 30 characters so, it was a 500 (the table's CHECK)."""
+    names = [name for name in dict.fromkeys(normalized_tag(tag) for tag in tags) if name]
+    for name in names:
+        if len(name) > MAX_TAG_LENGTH:
+            raise FieldError(
+                "tags",
+                f"Expected tags of at most {MAX_TAG_LENGTH} characters once lowercased and composed (NFC), "
+                f"as they are stored: {name!r} has {len(name)}",
+            )
+    return names
 
 
 def slug_words(text: str) -> list[str]:
@@ -589,8 +599,16 @@ def slug_words(text: str) -> list[str]:
 
 
 def checked_slug(slug: str) -> str:
-    """A slug a client sent, composed (NFC) as slugs are stored, once its rules are checked."""
+    """A slug a client sent, composed (NFC) as slugs are stored, once its rules are checked.
+    Composing may lengthen it (U+FB1D, יִ, is two characters composed): past 100 characters,
+    it could not be sent back, and past 120 it was a 500 (the table's CHECK)."""
     slug = composed(slug)
+    if len(slug) > MAX_SLUG_LENGTH:
+        raise FieldError(
+            "slug",
+            f"Expected at most {MAX_SLUG_LENGTH} characters once composed (NFC), as slugs are stored: "
+            f"this one has {len(slug)}",
+        )
     if UUID_SHAPE.match(slug):
         raise FieldError("slug", "Expected a slug that does not look like a post ID")
     if slug_words(slug) != slug.split("-"):  # a word of something else, or a hyphen too many

@@ -2675,6 +2675,8 @@ def test_a_write_to_a_slug_is_a_404_naming_the_posts_id(client: TestClient, db_p
         *("With Spaces", "UPPER", "Élan", "Привет", "a--b", "-a", "a-", "a_b", "a/b", "a·b", "🦀", "", "x" * 101),
         "\u0301a",  # a word may not begin with a mark
         "692381d2-9397-4eac-9b97-32598d648475",
+        "\ufb1d" * 60,  # 120 characters composed (U+FB1D is two): stored, and a PUT of the post as read was a 400
+        "\ufb1d" * 61,  # 122: a 500, the table's CHECK refusing it
     ],
 )
 def test_bad_slugs_are_refused_and_nothing_written(client: TestClient, db_path: Path, slug: str) -> None:
@@ -2772,8 +2774,10 @@ def test_up_to_ten_tags_are_accepted_and_duplicates_collapse(client: TestClient)
 
 @pytest.mark.parametrize(
     "tags",
-    [["x" * 31], [f"tag{n}" for n in range(11)], [""], ["ok", 5], "python"],
-    ids=["31 characters", "11 tags", "empty", "not a string", "not a list"],
+    [["x" * 31], [f"tag{n}" for n in range(11)], [""], ["ok", 5], "python", ["İ" * 30], ["\ufb1d" * 30]],
+    # 30 characters as sent, 60 lowercased (İ is i and a combining dot) or composed (U+FB1D is
+    # two): they were a 500, the table's CHECK refusing them.
+    ids=["31 characters", "11 tags", "empty", "not a string", "not a list", "31+ lowercased", "31+ composed"],
 )
 def test_bad_tags_are_refused_and_nothing_written(client: TestClient, db_path: Path, tags) -> None:
     assert_validation_error(client.post("/api/posts", json={**SEED_POST, "tags": tags}), key="tags")
