@@ -5606,7 +5606,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or not self._in_body or self.cycle.response_started:
             return  # an answer begun before its body came closes the connection once sent
         rule = "the server is shutting down, and this request's body had not all come; send it again"
-        self._refuse_head(503, "Service Unavailable", rule)  # its app sees the client leave: a 499
+        self._refuse_with_warning(503, "Service Unavailable", rule)  # its app sees the client leave: a 499
 
     def data_received(self, data: bytes) -> None:
         if self._unparsed:  # read as reading paused: it waits its turn
@@ -5667,7 +5667,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
         if not self._in_head:
             return
         if self._head_bytes > MAX_REQUEST_HEAD_BYTES:
-            self._refuse_head(*self._head_too_large_status(), HEAD_TOO_LARGE)
+            self._refuse_with_warning(*self._head_too_large_status(), HEAD_TOO_LARGE)
         elif self._head_timer is None:
             self._head_timer = self.loop.call_later(REQUEST_HEAD_SECONDS, self._head_timed_out)
 
@@ -5682,8 +5682,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            self.logger.warning("Invalid HTTP request received.")
-            self.send_400_response("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")  # which logs what, and from whom
         except httptools.HttpParserUpgrade as upgrade:
             if self._should_upgrade():  # to a WebSocket, under a uvicorn with them on
                 self.handle_websocket_upgrade()
@@ -5764,7 +5763,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         rule = f"a request's line and headers must arrive within {REQUEST_HEAD_SECONDS:g} s"
-        self._refuse_head(408, "Request Timeout", rule)
+        self._refuse_with_warning(408, "Request Timeout", rule)
 
     def _body_timed_out(self) -> None:
         self._body_timer = None
@@ -5799,21 +5798,23 @@ class BlogHttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """A request httptools cannot parse: uvicorn answers a plain-text 400 that says only
-        ``Invalid HTTP request received.``, and has logged that. This one is in blog_api's
-        error shape and says what httptools found wrong (in the exception being handled),
-        or is a 501 for a method it does not know (RFC 9110 9.1); uvicorn's callbacks parse
+        ``Invalid HTTP request received.``, and logs that, naming neither the problem nor the
+        client. Here the answer, in blog_api's error shape, and a warning naming the client say
+        what httptools found wrong (in the exception being handled), or it is a 501 for a
+        method it does not know (RFC 9110 9.1); uvicorn's callbacks parse
         the URL, and httptools reports what they raise as a callback error. Anything else a
         callback raises is a bug: a 500, logged with its traceback. The connection closes."""
         problem = sys.exception()
         if isinstance(problem, httptools.HttpParserCallbackError):  # raised in a callback of uvicorn's or ours
             problem = problem.__context__
         if isinstance(problem, RefusedHead):
-            self._refuse_head(*problem.args)
+            self._refuse_with_warning(*problem.args)
             return
         if problem is not None and not isinstance(problem, httptools.HttpParserError):  # a bug, not the client's
             self.logger.error("Error while reading a request", exc_info=problem)
-            status, reason, rule = 500, "Internal Server Error", "see the server's log"
-        elif isinstance(problem, httptools.HttpParserInvalidMethodError):
+            self._refuse(500, "Internal Server Error", "see the server's log")
+            return
+        if isinstance(problem, httptools.HttpParserInvalidMethodError):
             status, reason, rule = 501, "Not Implemented", "the request's method is not one this server knows"
         elif isinstance(problem, httptools.HttpParserInvalidURLError) and len(self.url) > HTTPTOOLS_MAX_URL_BYTES:
             status, reason, rule = 414, "URI Too Long", HEAD_TOO_LARGE  # too long for httptools: never measured
@@ -5826,9 +5827,9 @@ class BlogHttpProtocol(HttpToolsProtocol):
             status, reason, rule = 505, "HTTP Version Not Supported", ONLY_HTTP_1
         else:
             status, reason, rule = 400, "Bad Request", f"not a valid HTTP/1.1 request ({problem or msg})"
-        self._refuse(status, reason, rule)
+        self._refuse_with_warning(status, reason, rule)
 
-    def _refuse_head(self, status: int, reason: str, rule: str) -> None:
+    def _refuse_with_warning(self, status: int, reason: str, rule: str) -> None:
         self.logger.warning("%s: %s from %s", reason, rule, self._peer())
         self._refuse(status, reason, rule)
 

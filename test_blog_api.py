@@ -5923,16 +5923,19 @@ def test_a_request_that_is_not_http_gets_a_json_error_naming_the_problem(
 ) -> None:
     async def check() -> None:
         async with serving(blog_api.BlogHttpProtocol, db_path, DATED_LONG_AGO) as address:
-            reader, writer = await asyncio.open_connection(*address)
-            sent_at = time.time()
-            writer.write(request_bytes)
-            answer = await asyncio.wait_for(reader.read(), 5)  # and the connection closes
-            writer.close()
+            with log_records("uvicorn.error") as records:
+                reader, writer = await asyncio.open_connection(*address)
+                sent_at = time.time()
+                writer.write(request_bytes)
+                answer = await asyncio.wait_for(reader.read(), 5)  # and the connection closes
+                writer.close()
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(f"HTTP/1.1 {status}\r\n".encode()) and b"content-type: application/json" in head
         assert msgspec.json.decode(body) == {"status_code": int(status[:3]), "detail": detail}
         assert_dated_between(head, sent_at, time.time())  # RFC 9110 6.6.1: a 4xx MUST have a Date
         assert header_values(head, b"server") == [b"uvicorn"]
+        # One line saying what and from whom; it was "Invalid HTTP request received." alone, or before it.
+        assert [record.getMessage() for record in records] == [f"{detail} from 127.0.0.1"]
 
     run(check())
 
