@@ -1085,11 +1085,12 @@ FROM posts
 WHERE id = ?
 """
 
-# The slug if no post has it, else slug-N for a number N that no post has, where N - 1 is
-# taken: N = 2, 4, 8, ... while slug-N is taken (doubling), then from the last taken one, the
-# largest of the steps N/2, N/4, ... 1 whose slug is taken, added on (halving). A few lookups
-# in the slug index, however many posts share the title. slug-N is the slug cut to leave room
-# for -N within :max_length, trailing hyphens dropped.
+# The slug if no post has it, else slug-N for a number N no post has, where N - 1 is taken
+# (the next number while none has been freed). Doubling: N = 2, 4, 8, ... while slug-N is
+# taken; the last taken one, T, is followed by a free 2T. Halving: from T, try T + step for
+# step = T/2, T/4, ... 1, keeping each that is taken; then T + 1 is free. A few lookups in the
+# slug index, however many posts share the title. slug-N is the slug cut to leave room for -N
+# within :max_length, its trailing hyphens dropped.
 FIND_FREE_SLUG = """
 WITH RECURSIVE
   doubling(number) AS (
