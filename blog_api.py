@@ -5428,6 +5428,9 @@ ONE_HOST = "a request must have one Host header (RFC 9112 3.2; one in HTTP/1.0 m
 NOT_A_HOST = "the Host header must be a host name or address, and a port if any"
 TRANSFER_CODING_IN_HTTP_1_0 = "HTTP/1.0 has no Transfer-Encoding, so the body's length is not known (RFC 9112 6.1)"
 ONLY_HTTP_1 = "this server speaks HTTP/1.1 (and 1.0)"
+TLS_HANDSHAKE = b"\x16\x03"
+"""How a TLS connection begins (a handshake record, version 3.x): a client that asked for
+https:// here. It cannot read a plain answer, but the log line says what happened."""
 HTTP_2_PREFACE = "Pause on PRI/Upgrade"
 """What httptools says of ``PRI * HTTP/2.0``, the start of HTTP/2 sent with prior knowledge
 (``curl --http2-prior-knowledge``): an HTTP/2 request line, like any other a 505."""
@@ -5510,6 +5513,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
     _unsent = 0
     _framing_only = False
     _keep_alive_after_body: bool | None = None
+    _unparsable = b""  # the read in which httptools found a request it cannot parse
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(HeadWithBodyTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -5683,6 +5687,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
+            self._unparsable = data
             self.send_400_response("Invalid HTTP request received.")  # which logs what, and from whom
         except httptools.HttpParserUpgrade as upgrade:
             if self._should_upgrade():  # to a WebSocket, under a uvicorn with them on
@@ -5815,7 +5820,13 @@ class BlogHttpProtocol(HttpToolsProtocol):
             self.logger.error("Error while reading a request", exc_info=problem)
             self._refuse(500, "Internal Server Error", "see the server's log")
             return
-        if isinstance(problem, httptools.HttpParserInvalidMethodError):
+        if isinstance(problem, httptools.HttpParserInvalidMethodError) and self._unparsable.startswith(TLS_HANDSHAKE):
+            status, reason, rule = (
+                400,
+                "Bad Request",
+                "this is TLS (https://), and this server speaks plain HTTP (http://)",
+            )
+        elif isinstance(problem, httptools.HttpParserInvalidMethodError):
             status, reason, rule = 501, "Not Implemented", "the request's method is not one this server knows"
         elif isinstance(problem, httptools.HttpParserInvalidURLError) and len(self.url) > HTTPTOOLS_MAX_URL_BYTES:
             status, reason, rule = 414, "URI Too Long", HEAD_TOO_LARGE  # too long for httptools: never measured

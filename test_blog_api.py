@@ -5870,6 +5870,11 @@ UNKNOWN_METHOD = "Not Implemented: the request's method is not one this server k
     ("request_bytes", "status", "detail"),
     [
         (b"BREW /api/posts HTTP/1.1\r\nHost: localhost\r\n\r\n", "501 Not Implemented", UNKNOWN_METHOD),
+        (  # the start of a TLS ClientHello: https:// to this plain-HTTP server (it was the 501 above)
+            bytes.fromhex("160301020001000200030313") + bytes(32),
+            "400 Bad Request",
+            "Bad Request: this is TLS (https://), and this server speaks plain HTTP (http://)",
+        ),
         (
             b"GET /api/posts HTTP/1.1\r\nHost: bl\x01og\r\n\r\n",
             "400 Bad Request",
