@@ -5431,6 +5431,7 @@ ONLY_HTTP_1 = "this server speaks HTTP/1.1 (and 1.0)"
 TLS_HANDSHAKE = b"\x16\x03"
 """How a TLS connection begins (a handshake record, version 3.x): a client that asked for
 https:// here. It cannot read a plain answer, but the log line says what happened."""
+ONLY_PLAIN_HTTP = "this is TLS (https://), and this server speaks plain HTTP (http://)"
 HTTP_2_PREFACE = "Pause on PRI/Upgrade"
 """What httptools says of ``PRI * HTTP/2.0``, the start of HTTP/2 sent with prior knowledge
 (``curl --http2-prior-knowledge``): an HTTP/2 request line, like any other a 505."""
@@ -5821,11 +5822,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
             self._refuse(500, "Internal Server Error", "see the server's log")
             return
         if isinstance(problem, httptools.HttpParserInvalidMethodError) and self._unparsable.startswith(TLS_HANDSHAKE):
-            status, reason, rule = (
-                400,
-                "Bad Request",
-                "this is TLS (https://), and this server speaks plain HTTP (http://)",
-            )
+            status, reason, rule = 400, "Bad Request", ONLY_PLAIN_HTTP
         elif isinstance(problem, httptools.HttpParserInvalidMethodError):
             status, reason, rule = 501, "Not Implemented", "the request's method is not one this server knows"
         elif isinstance(problem, httptools.HttpParserInvalidURLError) and len(self.url) > HTTPTOOLS_MAX_URL_BYTES:
