@@ -5022,13 +5022,17 @@ def test_a_write_waiting_for_its_lock_at_shutdown_gets_its_real_answer(tmp_path:
     """The shutdown waited 3 s for requests in flight, a write may wait 5 s for its lock (the
     busy timeout): one cancelled then was answered a plain-text 500, and committed after."""
     db_path, port = tmp_path / "stop.db", free_port()
-    server = start_server([sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path)], port)
+    # A busy timeout of 8 s: the write, sent a second before the SIGTERM, waits for the lock
+    # well past the 3 s the shutdown waited, and gets it well before its own time is up.
+    command = [sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path), "--busy-timeout-ms", "8000"]
+    server = start_server(command, port)
     answers: list[httpx.Response] = []
     with closing(sqlite3.connect(db_path, isolation_level=None)) as other_program:
         other_program.execute("BEGIN IMMEDIATE")  # holds the write lock
-        writing = threading.Thread(target=lambda: answers.append(httpx.post(server.url + "/api/posts", json=SEED_POST)))
+        post = partial(httpx.post, server.url + "/api/posts", json=SEED_POST, timeout=30)
+        writing = threading.Thread(target=lambda: answers.append(post()))
         writing.start()
-        time.sleep(0.5)
+        time.sleep(1)
         server.process.send_signal(signal.SIGTERM)
         time.sleep(blog_api.GRACEFUL_SHUTDOWN_SECONDS + 0.5)  # past what the shutdown waited
         other_program.execute("ROLLBACK")
@@ -5057,7 +5061,7 @@ def test_a_body_still_coming_as_a_shutdown_ends_gets_a_503_not_a_500(tmp_path: P
     server = start_server([sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path)], port)
     with socket.create_connection(("127.0.0.1", port)) as stalled:
         stalled.sendall(b'POST /api/posts HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{"title"')
-        time.sleep(0.2)
+        time.sleep(0.5)
         server.process.send_signal(signal.SIGTERM)
         stalled.settimeout(10)
         answer = b"".join(iter(lambda: stalled.recv(65536), b""))
