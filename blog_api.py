@@ -4942,7 +4942,8 @@ def backup_database(source: str, target: str) -> str:
             [(integrity,)] = copy.execute("PRAGMA integrity_check")
         partial.rename(target_path)
     finally:
-        partial.unlink(missing_ok=True)
+        for leftover in ("", "-journal", "-wal", "-shm"):  # a copy that failed (a full disk) may leave its journal
+            partial.with_name(partial.name + leftover).unlink(missing_ok=True)
     return integrity
 
 

@@ -4746,6 +4746,19 @@ def test_a_seed_that_fails_or_is_interrupted_says_so_and_adds_nothing(tmp_path: 
     assert len(stored_posts(db_path)) == 10 and integrity(db_path) == "ok"
 
 
+def test_a_backup_that_fills_the_disk_leaves_no_copy_nor_its_journal(tmp_path: Path, capsys) -> None:
+    """The copy's rollback journal (copy.db.partial-journal) was left behind: by this copy, of
+    3,000 posts, stopped at 50 kB (a copy stopped sooner had written no journal yet)."""
+    db_path, copy = tmp_path / "blog.db", tmp_path / "copy.db"
+    blog_api.main(["seed", "--posts", "3000", "--db", str(db_path)])
+    capsys.readouterr()
+    full = run_blog_api("backup", str(copy), "--db", str(db_path), max_file_bytes=50_000)
+    assert full.returncode == 1, full.stderr
+    failed_write = "(disk I/O error|database or disk is full)"  # SQLite's words for EFBIG and ENOSPC
+    assert re.fullmatch(f"blog_api backup: cannot copy .*: {failed_write}\n", full.stderr)
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith("copy.db")]
+
+
 def test_a_backup_interrupted_leaves_no_copy_whole_or_partial(tmp_path: Path, capsys, monkeypatch) -> None:
     db_path, copy = tmp_path / "blog.db", tmp_path / "copy.db"
     blog_api.main(["seed", "--posts", "10", "--db", str(db_path)])
