@@ -1590,6 +1590,10 @@ def run_blog_api(
     )
 
 
+FAILED_WRITE = "(disk I/O error|database or disk is full)"
+"""What SQLite says when a file cannot grow: EFBIG (past ``max_file_bytes``), ENOSPC (a full disk)."""
+
+
 def limit_file_size(max_bytes: int) -> None:
     """In a child before it runs: a write past ``max_bytes`` fails (EFBIG) rather than kill it."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -4721,9 +4725,8 @@ def test_a_seed_that_fails_or_is_interrupted_says_so_and_adds_nothing(tmp_path: 
         "seed", "--posts", "3000", "--db", str(db_path), max_file_bytes=db_path.stat().st_size + 100_000
     )
     assert full.returncode == 1, full.stderr
-    failed_write = "(disk I/O error|database or disk is full)"  # SQLite's words for EFBIG and ENOSPC
     assert re.fullmatch(
-        f"blog_api seed: cannot add posts to '{re.escape(str(db_path))}': {failed_write}; nothing was added\n",
+        f"blog_api seed: cannot add posts to '{re.escape(str(db_path))}': {FAILED_WRITE}; nothing was added\n",
         full.stderr,
     )
     assert len(stored_posts(db_path)) == 10 and integrity(db_path) == "ok"
@@ -4754,8 +4757,7 @@ def test_a_backup_that_fills_the_disk_leaves_no_copy_nor_its_journal(tmp_path: P
     capsys.readouterr()
     full = run_blog_api("backup", str(copy), "--db", str(db_path), max_file_bytes=50_000)
     assert full.returncode == 1, full.stderr
-    failed_write = "(disk I/O error|database or disk is full)"  # SQLite's words for EFBIG and ENOSPC
-    assert re.fullmatch(f"blog_api backup: cannot copy .*: {failed_write}\n", full.stderr)
+    assert re.fullmatch(f"blog_api backup: cannot copy .*: {FAILED_WRITE}\n", full.stderr)
     assert not [path.name for path in tmp_path.iterdir() if path.name.startswith("copy.db")]
 
 
