@@ -1966,6 +1966,30 @@ def read_schema() -> str:
         ) from None
 
 
+def read_only_uri(path: str, *, immutable: bool = False) -> str:
+    """The URI that opens ``path`` without writing it; ``immutable``: as an unchanging file."""
+    return f"file:{quote(os.path.abspath(path))}?mode=ro" + ("&immutable=1" if immutable else "")
+
+
+def must_read_as_immutable(path: str) -> bool:
+    """Whether SQLite can read ``path`` only as an unchanging file (``immutable=1``): a WAL
+    database in a folder that cannot be written (a read-only mount, read-only media),
+    without its ``-shm`` file. SQLite reads a WAL database through that file, which it
+    makes beside the database for readers and writers to share, and fails with "unable to
+    open database file" when it cannot. With no ``-wal`` file beside it either (or an empty
+    one), every change is in the database file and no program has it open to write (a
+    writer would have made both): it is read as SQLite's documentation says read-only
+    media are. Any other failure is left for the caller's own open to report."""
+    try:
+        with closing(sqlite3.connect(read_only_uri(path), uri=True)) as connection:
+            connection.execute("SELECT 1 FROM sqlite_schema LIMIT 1")
+    except sqlite3.OperationalError as exc:
+        wal = Path(f"{path}-wal")
+        changes_not_in_file = wal.exists() and wal.stat().st_size > 0
+        return exc.sqlite_errorcode == sqlite3.SQLITE_CANTOPEN and Path(path).is_file() and not changes_not_in_file
+    return False
+
+
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], T]
 """Statements to run on one connection, in its own thread: one hop however many there are."""
@@ -2140,7 +2164,9 @@ class Database:
     ) -> None:
         self.path = path
         self.read_only = read_only
-        self._read_only_uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+        self.immutable = False
+        """Read as an unchanging file: a change made to it while open is not seen."""
+        self._read_only_uri = read_only_uri(path)
         self._synchronous_pragma = SYNCHRONOUS_PRAGMAS[synchronous]
         self._echo_sql = echo_sql
         self._serving: dict[int, str] = {}
@@ -2191,20 +2217,31 @@ class Database:
 
     def _why_not_opened(self) -> str:
         """What SQLite's "unable to open database file" may not say: a missing folder or file,
-        or a folder where the file should be."""
+        a folder where the file should be, or (read-only) a folder it cannot make a -shm in."""
         path = Path(self.path)
         if self.in_memory:
             return ""
         if path.is_dir():
             return f" (it is a folder; name a file in it, like {str(path / 'blog.db')!r})"
         if path.exists():
+            wal = Path(f"{self.path}-wal")
+            if self.read_only and wal.exists() and wal.stat().st_size > 0 and not Path(f"{self.path}-shm").exists():
+                return (
+                    f" (its folder cannot be written, and SQLite reads the changes in {wal.name!r} only through a "
+                    "-shm file it makes beside them: serve it from a folder that can be written)"
+                )
             return ""
         if not path.parent.is_dir():
             return f" (there is no folder {str(path.parent)!r})"
         return " (there is no such file; --read-only serves one that exists)" if self.read_only else ""
 
     async def _open_read_only(self) -> None:
-        """Readers only, opened read-only (``mode=ro``): the schema must already be current."""
+        """Readers only, opened read-only (``mode=ro``): the schema must already be current.
+        A database that SQLite can read only as an unchanging file (a read-only mount) is
+        read so (``immutable``)."""
+        if await asyncio.to_thread(must_read_as_immutable, self.path):
+            self.immutable = True
+            self._read_only_uri = read_only_uri(self.path, immutable=True)
         for _ in range(self._reader_count):
             reader = await self._connect(self._read_only_uri)
             await reader.execute("PRAGMA query_only = ON")
@@ -4660,6 +4697,13 @@ async def database_lifespan(app: Litestar) -> AsyncIterator[None]:
         write_lock=config.writers_take_turns,
     )
     await db.open()
+    if db.immutable:
+        logger.warning(
+            "serving %r as an unchanging file (SQLite's immutable=1): its folder cannot be written, and SQLite "
+            "reads a WAL database otherwise only with a -shm file beside it; change the file only while "
+            "blog_api is stopped",
+            config.db_path,
+        )
     app.state.db = db
     # As many lookups at once as there are readers: more would only wait for one.
     app.state.blog = Blog(
@@ -4937,7 +4981,11 @@ def backup_database(source: str, target: str) -> str:
         raise DatabaseError(f"there is no folder {str(target_path.parent)!r} to write {target!r} in")
     partial = target_path.with_name(f"{target_path.name}.partial")
     try:
-        with closing(sqlite3.connect(source)) as live, closing(sqlite3.connect(partial)) as copy:
+        if must_read_as_immutable(source):
+            live = sqlite3.connect(read_only_uri(source, immutable=True), uri=True)
+        else:
+            live = sqlite3.connect(source)
+        with closing(live), closing(sqlite3.connect(partial)) as copy:
             live.backup(copy)
             [(integrity,)] = copy.execute("PRAGMA integrity_check")
         partial.rename(target_path)

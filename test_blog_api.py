@@ -18,6 +18,7 @@ import random
 import re
 import resource
 import shlex
+import shutil
 import signal
 import socket
 import sqlite3
@@ -4661,6 +4662,72 @@ def test_read_only_refuses_a_missing_or_outdated_database(tmp_path: Path) -> Non
         connection.execute("CREATE TABLE t (x)")
     with pytest.raises(blog_api.DatabaseError, match="serve it once without --read-only"):
         run(open_database(old, read_only=True))
+
+
+def forbid_shm_file(db_path: Path) -> None:
+    """Make SQLite unable to create ``<db>-shm``, as in a folder that cannot be written (a
+    read-only mount): a link to a folder that does not exist, which root cannot create
+    through either (a chmod-ed folder would not stop root)."""
+    Path(f"{db_path}-shm").symlink_to(db_path.parent / "no-such-folder" / "shm")
+
+
+def test_read_only_serves_a_database_in_a_folder_that_cannot_be_written(db_path: Path) -> None:
+    """A backup served from a read-only mount, as the README's mirror: SQLite reads a WAL
+    database through a -shm file it makes beside it, and "unable to open database file"
+    stopped the server from starting."""
+    with TestClient(create_app(Config(db_path=str(db_path)))) as writable:
+        post = create(writable, tags=["python"])
+    forbid_shm_file(db_path)
+    digest = file_digest(db_path)
+    mirror = create_app(Config(db_path=str(db_path), read_only=True))  # sets up logging: then listen
+    with log_records() as records, TestClient(mirror) as client:
+        assert client.get(f"/api/posts/{post['id']}").json() == post
+        assert ids(client.get("/api/posts", params={"q": "litestar", "tag": "python"}).json()) == [post["id"]]
+        assert client.get("/health").json()["status"] == "ok"
+        assert client.post("/api/posts", json=SEED_POST).status_code == 405
+    assert file_digest(db_path) == digest
+    [warning] = [record.getMessage() for record in records if record.levelno == logging.WARNING]
+    assert warning == (
+        f"serving {str(db_path)!r} as an unchanging file (SQLite's immutable=1): its folder cannot be written, and "
+        "SQLite reads a WAL database otherwise only with a -shm file beside it; change the file only while "
+        "blog_api is stopped"
+    )
+
+
+def test_read_only_refuses_in_one_line_a_database_whose_wal_it_cannot_read(tmp_path: Path) -> None:
+    """A copy taken with its -wal (changes not yet in the database file) but without its
+    -shm, in a folder that cannot be written: reading the file alone would serve it without
+    those changes."""
+    live, copy = tmp_path / "live.db", tmp_path / "copy" / "blog.db"
+    with TestClient(create_app(Config(db_path=str(live)))) as writable:
+        create(writable)
+        with closing(sqlite3.connect(live)) as connection:
+            connection.execute("PRAGMA wal_autocheckpoint = 0")
+            with connection:
+                connection.execute("UPDATE posts SET title = 'only in the WAL'")
+            copy.parent.mkdir()
+            for suffix in ("", "-wal"):
+                shutil.copy(f"{live}{suffix}", f"{copy}{suffix}")
+    assert Path(f"{copy}-wal").stat().st_size > 0
+    forbid_shm_file(copy)
+    result = run_blog_api("--read-only", "--db", str(copy), "--port", str(free_port()))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"blog_api: cannot use the database {str(copy)!r}: unable to open database file (its folder cannot be "
+        "written, and SQLite reads the changes in 'blog.db-wal' only through a -shm file it makes beside them: "
+        "serve it from a folder that can be written)"
+    )
+
+
+def test_a_backup_copies_a_database_in_a_folder_that_cannot_be_written(db_path: Path, tmp_path: Path) -> None:
+    with TestClient(create_app(Config(db_path=str(db_path)))) as writable:
+        post = create(writable)
+    forbid_shm_file(db_path)
+    copy = tmp_path / "copy.db"
+    result = run_blog_api("backup", str(copy), "--db", str(db_path))
+    assert result.returncode == 0, result.stderr
+    assert "integrity check: ok" in result.stdout
+    assert [row["id"] for row in stored_posts(copy)] == [post["id"]]
 
 
 def test_a_backup_under_concurrent_writes_holds_every_post_acknowledged_before_it(tmp_path, start_server) -> None:
