@@ -2217,12 +2217,17 @@ class Database:
 
     def _why_not_opened(self) -> str:
         """What SQLite's "unable to open database file" may not say: a missing folder or file,
-        a folder where the file should be, or (read-only) a folder it cannot make a -shm in."""
+        a folder where the file should be, or one that cannot be written."""
         path = Path(self.path)
         if self.in_memory:
             return ""
         if path.is_dir():
             return f" (it is a folder; name a file in it, like {str(path / 'blog.db')!r})"
+        if not self.read_only and path.parent.is_dir() and not os.access(path.parent, os.W_OK):
+            return (
+                f" (the folder {str(path.parent)!r} cannot be written, and SQLite writes the database there with a "
+                "-wal and a -shm file beside it; --read-only serves a database made already as it is)"
+            )
         if path.exists():
             wal = Path(f"{self.path}-wal")
             if self.read_only and wal.exists() and wal.stat().st_size > 0 and not Path(f"{self.path}-shm").exists():
@@ -4979,6 +4984,8 @@ def backup_database(source: str, target: str) -> str:
         raise DatabaseError(f"{target!r} exists already; give a new path")
     if not target_path.parent.is_dir():
         raise DatabaseError(f"there is no folder {str(target_path.parent)!r} to write {target!r} in")
+    if not os.access(target_path.parent, os.W_OK):
+        raise DatabaseError(f"the folder {str(target_path.parent)!r} cannot be written; give a path in one that can")
     partial = target_path.with_name(f"{target_path.name}.partial")
     try:
         if must_read_as_immutable(source):

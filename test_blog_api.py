@@ -4777,6 +4777,8 @@ def test_a_backup_refuses_to_overwrite_or_to_copy_nothing(tmp_path: Path) -> Non
             ["backup", str(tmp_path / "gone" / "copy.db"), "--db", str(existing)],
             f"no folder {str(tmp_path / 'gone')!r}",
         ),
+        # /proc/sys is read-only to root as well (as a read-only mount is); it was a traceback
+        (["backup", "/proc/sys/copy.db", "--db", str(existing)], "the folder '/proc/sys' cannot be written"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             blog_api.main(argv)
@@ -5224,6 +5226,13 @@ def test_a_full_disk_is_a_503_and_corrupts_nothing(db_path: Path) -> None:
         # /proc takes no new files, whoever asks (a chmod-ed folder would not stop root).
         (["--db", "/proc/blog_api.db"], "cannot use the database '/proc/blog_api.db': unable to open database file"),
         (
+            # read-only to root as well, as a read-only mount is
+            ["--db", "/proc/sys/blog.db"],
+            "cannot use the database '/proc/sys/blog.db': unable to open database file (the folder '/proc/sys' "
+            "cannot be written, and SQLite writes the database there with a -wal and a -shm file beside it; "
+            "--read-only serves a database made already as it is)",
+        ),
+        (
             ["--db", "{tmp}/missing/blog.db"],
             "cannot use the database '{tmp}/missing/blog.db': unable to open database file "
             "(there is no folder '{tmp}/missing')",
@@ -5244,7 +5253,14 @@ def test_a_full_disk_is_a_503_and_corrupts_nothing(db_path: Path) -> None:
             "like '{tmp}/blog.db')",
         ),
     ],
-    ids=["nothing can be written", "missing folder", "missing folder, workers", "read-only, missing file", "folder"],
+    ids=[
+        "nothing can be written",
+        "read-only folder",
+        "missing folder",
+        "missing folder, workers",
+        "read-only, missing file",
+        "folder",
+    ],
 )
 def test_a_database_that_cannot_be_used_is_refused_in_one_line(tmp_path: Path, flags: list[str], message: str) -> None:
     flags = [flag.format(tmp=tmp_path) for flag in flags]
