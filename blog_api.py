@@ -5787,7 +5787,9 @@ class BlogHttpProtocol(HttpToolsProtocol):
         Host header, or with two, or one that is not a host (3.2: 400); a transfer coding
         other than chunked, which it ignored, reading the body as if plain (6.1: 501);
         Transfer-Encoding in HTTP/1.0, which has none, a way to smuggle a request past a proxy
-        (6.1: 400). And HTTP/2's version on a line of HTTP/1 text is not HTTP/2 (505)."""
+        (6.1: 400). Before those, a version other than 1.x (505): HTTP/2's on a line of HTTP/1
+        text is not HTTP/2, and a request line without one is HTTP/0.9's, which has no headers
+        (it was told that it needs a Host header)."""
         hosts, codings = [], []
         for name, value in self.headers:
             if name == b"host":
@@ -5795,12 +5797,12 @@ class BlogHttpProtocol(HttpToolsProtocol):
             elif name == b"transfer-encoding":
                 codings += value.lower().split(b",")
         version = self.parser.get_http_version()
+        if not version.startswith("1."):
+            raise RefusedHead(505, "HTTP Version Not Supported", ONLY_HTTP_1)
         if len(hosts) > 1 or (not hosts and version != "1.0"):
             raise RefusedHead(400, "Bad Request", ONE_HOST)
         if hosts and not HOST.fullmatch(hosts[0]):
             raise RefusedHead(400, "Bad Request", NOT_A_HOST)
-        if not version.startswith("1."):
-            raise RefusedHead(505, "HTTP Version Not Supported", ONLY_HTTP_1)
         if codings and version == "1.0":
             raise RefusedHead(400, "Bad Request", TRANSFER_CODING_IN_HTTP_1_0)
         if any(coding.strip() != b"chunked" for coding in codings):
