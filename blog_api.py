@@ -2252,8 +2252,8 @@ class Database:
             await reader.execute("PRAGMA query_only = ON")
             self._readers.append(reader)
             self._idle_readers.put_nowait(reader)
-        [(version,)] = await self.fetch_all(SELECT_SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
+        version = await self._call(self._readers[0], self._schema_version_of_ours)
+        if version != SCHEMA_VERSION:  # older: serving it once upgrades it
             raise DatabaseError(
                 f"the database {self.path!r} has schema version {version}, not {SCHEMA_VERSION}: serve it once "
                 "without --read-only to create or upgrade it"
@@ -2399,9 +2399,20 @@ class Database:
     def _apply_schema(self, connection: sqlite3.Connection) -> None:
         """Apply schema.sql to a new database, upgrade an older one, accept a current one,
         refuse anything else."""
-        [(version,)] = connection.execute("PRAGMA user_version").fetchall()
+        version = self._schema_version_of_ours(connection)
         if version == SCHEMA_VERSION:
             return
+        if version > 0:  # an older blog_api's database; a new one has nothing to upgrade
+            for older in range(version, SCHEMA_VERSION):
+                for statement in SCHEMA_UPGRADES.get(older, []):
+                    connection.execute(statement)
+        for statement in sql_statements(read_schema()):
+            connection.execute(statement)
+
+    def _schema_version_of_ours(self, connection: sqlite3.Connection) -> int:
+        """The database's schema version; a DatabaseError for one newer than this blog_api
+        knows, or for another program's database."""
+        [(version,)] = connection.execute(SELECT_SCHEMA_VERSION).fetchall()
         if version > SCHEMA_VERSION:
             raise DatabaseError(
                 f"the database {self.path!r} has schema version {version}, newer than this "
@@ -2413,12 +2424,7 @@ class Database:
                 "schema version, so another program made it (the tutorial's SQLAlchemy app, "
                 "perhaps); refusing to guess at its layout. Use --db to choose another file."
             )
-        if version > 0:  # an older blog_api's database; a new one has nothing to upgrade
-            for older in range(version, SCHEMA_VERSION):
-                for statement in SCHEMA_UPGRADES.get(older, []):
-                    connection.execute(statement)
-        for statement in sql_statements(read_schema()):
-            connection.execute(statement)
+        return version
 
     async def write(self, work: Work[T], *, together: Together | None = None, row: Any = None) -> T:
         """Run ``work`` on the writer connection inside a transaction, and return what it

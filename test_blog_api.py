@@ -1484,22 +1484,29 @@ def test_concurrent_writes_and_reads_all_land(db_path: Path, monkeypatch) -> Non
     assert max(batch_sizes) > 1  # they did overlap
 
 
-def test_refuses_a_database_from_a_newer_schema(db_path: Path) -> None:
+READ_WRITE_OR_READ_ONLY = pytest.mark.parametrize("read_only", [False, True], ids=["read-write", "read-only"])
+
+
+@READ_WRITE_OR_READ_ONLY
+def test_refuses_a_database_from_a_newer_schema(db_path: Path, read_only: bool) -> None:
+    """Read-only, it was told to be served once without --read-only, to be upgraded."""
     with closing(sqlite3.connect(db_path)) as connection, connection:
         connection.execute("PRAGMA user_version = 99")
-    with pytest.raises(blog_api.DatabaseError, match="schema version 99, newer"):
-        run(open_database(db_path))
+    with pytest.raises(blog_api.DatabaseError, match=r"schema version 99, newer .* run a newer blog_api$"):
+        run(open_database(db_path, read_only=read_only))
 
 
-def test_refuses_a_database_made_by_another_program(db_path: Path) -> None:
-    """The tutorial's SQLAlchemy app leaves a blog.db with its own posts table."""
+@READ_WRITE_OR_READ_ONLY
+def test_refuses_a_database_made_by_another_program(db_path: Path, read_only: bool) -> None:
+    """The tutorial's SQLAlchemy app leaves a blog.db with its own posts table (read-only, it
+    was told to be served once without --read-only, which refuses it)."""
     with closing(sqlite3.connect(db_path)) as connection, connection:
         connection.execute(
             "CREATE TABLE posts (id VARCHAR(36) NOT NULL, title VARCHAR(100) NOT NULL, content TEXT NOT NULL, "
             "published BOOLEAN NOT NULL, created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL, PRIMARY KEY (id))"
         )
     with pytest.raises(blog_api.DatabaseError, match=r"holds tables \(posts\) but no blog_api schema version"):
-        run(open_database(db_path))
+        run(open_database(db_path, read_only=read_only))
     with closing(sqlite3.connect(db_path)) as connection, connection:  # and leaves it as it was
         assert connection.execute("PRAGMA user_version").fetchone() == (0,)
 
@@ -4657,11 +4664,14 @@ def test_read_only_serves_reads_and_answers_405_to_every_write(db_path: Path) ->
 def test_read_only_refuses_a_missing_or_outdated_database(tmp_path: Path) -> None:
     with pytest.raises(blog_api.DatabaseError, match="unable to open database file"):
         run(open_database(tmp_path / "missing.db", read_only=True))
-    old = tmp_path / "old.db"
+    old, empty = tmp_path / "old.db", tmp_path / "empty.db"
     with closing(sqlite3.connect(old)) as connection, connection:
-        connection.execute("CREATE TABLE t (x)")
-    with pytest.raises(blog_api.DatabaseError, match="serve it once without --read-only"):
-        run(open_database(old, read_only=True))
+        connection.execute(f"PRAGMA user_version = {blog_api.SCHEMA_VERSION - 1}")  # an older blog_api's
+    with closing(sqlite3.connect(empty)) as connection, connection:
+        connection.execute("VACUUM")  # a file SQLite made, with nothing in it
+    for path, version in [(old, blog_api.SCHEMA_VERSION - 1), (empty, 0)]:
+        with pytest.raises(blog_api.DatabaseError, match=f"schema version {version}, not .* without --read-only"):
+            run(open_database(path, read_only=True))
 
 
 def forbid_shm_file(db_path: Path) -> None:
@@ -5487,7 +5497,7 @@ def test_reading_a_post_or_a_page_again_costs_no_hop_until_the_database_changes(
     assert changed[0].json()["title"] == "Changed" and changed[1].json()[0]["title"] == "Changed"
 
 
-@pytest.mark.parametrize("read_only", [False, True], ids=["read-write", "read-only"])
+@READ_WRITE_OR_READ_ONLY
 def test_what_another_process_commits_is_seen_by_the_next_read(db_path: Path, read_only: bool) -> None:
     """Another worker (--workers), or any program, may write the database: the cache is
     emptied by any commit, whoever makes it."""
