@@ -1966,6 +1966,17 @@ def read_schema() -> str:
         ) from None
 
 
+def database_moved_error(path: str) -> sqlite3.OperationalError:
+    """What SQLite raises when a rollback-journal database it writes has been moved, for the
+    same in WAL mode, which SQLite does not check (``Database.file_was_moved``)."""
+    error = sqlite3.OperationalError(
+        f"the database file {path!r} was deleted or replaced while blog_api served it: restart blog_api"
+    )
+    error.sqlite_errorcode = sqlite3.SQLITE_READONLY_DBMOVED
+    error.sqlite_errorname = "SQLITE_READONLY_DBMOVED"
+    return error
+
+
 def read_only_uri(path: str, *, immutable: bool = False) -> str:
     """The URI that opens ``path`` without writing it; ``immutable``: as an unchanging file."""
     return f"file:{quote(os.path.abspath(path))}?mode=ro" + ("&immutable=1" if immutable else "")
@@ -2186,6 +2197,8 @@ class Database:
         self._version_reader: sqlite3.Connection | None = None
         self._version_this_turn: int | None = None
         self._batches_committed = 0
+        self._file_identity: tuple[int, int] | None = None
+        self._file_moved = False
 
     async def open(self) -> None:
         """Open every connection and bring the schema up to date; on failure, close all."""
@@ -2198,6 +2211,9 @@ class Database:
                 self._version_reader = self._connect_version_reader()
                 return
             self._writer = await self._connect()  # first: SQLite's error names a missing folder
+            if not self.in_memory:
+                status = os.stat(self.path)
+                self._file_identity = (status.st_dev, status.st_ino)
             if self._write_lock is not None:
                 self._write_lock.open()
             self.cursor_secret = await self._call(self._writer, self._prepare_writer)
@@ -2278,6 +2294,8 @@ class Database:
             if committer is not None:
                 self._writes.put_nowait(None)
                 await committer
+            if self._writer is not None and self.file_was_moved():
+                await self._empty_wal_into_moved_file(self._writer)
             for connection in not_yet_closed:
                 await connection.close()
             # close() answers from the worker thread just before that thread returns; wait
@@ -2437,6 +2455,8 @@ class Database:
         if that leaves this one undone."""
         if self._committer is None:
             raise DatabaseError("the database is not open for writing")
+        if self._file_moved:
+            raise database_moved_error(self.path)
         answer = asyncio.get_running_loop().create_future()
         self._writes.put_nowait(QueuedWrite(work, answer, REQUEST_ID.get(), together, row))
         return await answer
@@ -2478,6 +2498,9 @@ class Database:
             outcomes = [(False, exc)] * len(batch)
         # Before any write is answered; and even after a failed batch, which may have committed.
         self._batches_committed += 1
+        if self.file_was_moved():  # committed to a file that is no longer the database: not acknowledged
+            moved = database_moved_error(self.path)
+            outcomes = [(False, moved if succeeded else value) for succeeded, value in outcomes]
         for queued, (succeeded, value) in zip(batch, outcomes, strict=True):
             if queued.answer.done():
                 continue
@@ -2485,6 +2508,39 @@ class Database:
                 queued.answer.set_result(value)
             else:
                 queued.answer.set_exception(value)
+
+    def file_was_moved(self) -> bool:
+        """Whether the database file was deleted (``rm blog.db``) or replaced (another file
+        renamed over it) since the writer opened it. SQLite does not notice, in WAL mode:
+        it goes on committing to the file it has open, which nothing will open again, and
+        writes acknowledged so were lost at the next start. Asked after each commit, on the
+        event loop (a stat, about a microsecond, per batch), and by /health; once moved,
+        every write is refused (503) until blog_api restarts on the file now there."""
+        if self._file_moved or self._file_identity is None:
+            return self._file_moved
+        try:
+            status = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            self._file_moved = True
+        else:
+            self._file_moved = (status.st_dev, status.st_ino) != self._file_identity
+        if self._file_moved:
+            logger.error("%s; writes are refused until then", database_moved_error(self.path))
+        return self._file_moved
+
+    async def _empty_wal_into_moved_file(self, writer: aiosqlite.Connection) -> None:
+        """Checkpoint the WAL into the file the writer has open, moved or deleted, and empty
+        it. Closing, SQLite leaves the WAL of a moved file where it was, beside the path:
+        a file renamed there since took its pages for its own at the next start (a database
+        that was neither), and a file renamed away lacked the writes acknowledged before."""
+        try:
+            [(busy, _, _)] = await writer.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            busy, reason = True, str(exc)
+        else:
+            reason = "the database stayed busy"
+        if busy:
+            logger.warning("could not empty the WAL of the moved database file %r: %s", self.path, reason)
 
     def _run_batch(self, batch: list[QueuedWrite], connection: sqlite3.Connection) -> list[tuple[bool, Any]]:
         """In the writer's thread: every write of the batch in one transaction, and the
@@ -2745,7 +2801,8 @@ class Coalescer(Generic[K, T]):
                 self._dispatch()
 
 
-# Primary result codes that mean "the database cannot serve now", not "blog_api has a bug".
+# Result codes that mean "the database cannot serve now", not "blog_api has a bug": primary
+# ones, and an extended one that says more than its primary (SQLITE_READONLY).
 UNAVAILABLE_ERROR_CODES = {
     sqlite3.SQLITE_BUSY: "The database is busy; try again shortly",
     sqlite3.SQLITE_LOCKED: "The database is busy; try again shortly",
@@ -2753,6 +2810,7 @@ UNAVAILABLE_ERROR_CODES = {
     sqlite3.SQLITE_IOERR: "The database's disk failed to read or write",
     sqlite3.SQLITE_READONLY: "The database is read-only",
     sqlite3.SQLITE_CANTOPEN: "The database file cannot be opened",
+    sqlite3.SQLITE_READONLY_DBMOVED: "The database file was deleted or replaced while the server ran: it must restart",
 }
 
 
@@ -4304,6 +4362,8 @@ class Health(msgspec.Struct):
 async def health(blog: NamedDependency[Blog]) -> Response[Health]:
     """200 once the database has really answered a query; 503 with the reason if not."""
     try:
+        if blog.db.file_was_moved():
+            raise database_moved_error(blog.db.path)
         [(schema_version,)] = await blog.db.fetch_all(SELECT_SCHEMA_VERSION)
     except (sqlite3.Error, DatabaseError) as exc:
         logger.warning("health check failed: %s", exc)
@@ -4335,7 +4395,8 @@ def unavailable_reason(exc: BaseException) -> str | None:
     """Why the database cannot serve now, or None if ``exc`` is not that kind of error."""
     if not isinstance(exc, sqlite3.OperationalError):
         return None
-    return UNAVAILABLE_ERROR_CODES.get(getattr(exc, "sqlite_errorcode", 0) & 0xFF)
+    code = getattr(exc, "sqlite_errorcode", 0)
+    return UNAVAILABLE_ERROR_CODES.get(code) or UNAVAILABLE_ERROR_CODES.get(code & 0xFF)
 
 
 def database_unavailable(request: Request, exc: sqlite3.OperationalError) -> Response:

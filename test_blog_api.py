@@ -5230,6 +5230,50 @@ def test_a_full_disk_is_a_503_and_corrupts_nothing(db_path: Path) -> None:
     assert len(stored_posts(db_path)) == 1 + written + 1
 
 
+@pytest.mark.parametrize("how", ["deleted", "replaced", "renamed"])
+def test_a_database_file_deleted_or_replaced_while_serving_acknowledges_no_write(
+    db_path: Path, tmp_path: Path, how: str
+) -> None:
+    """``rm blog.db``, another file renamed over it, or it renamed away, while the server
+    runs: SQLite, in WAL mode, went on committing to the file it had open, and answered 201
+    for posts that no start would ever find. And it left that file's WAL beside the path,
+    where the file renamed there took its pages for its own, and the file renamed away
+    lacked the post written before."""
+    other, archive = tmp_path / "other.db", tmp_path / "archive.db"
+    with TestClient(create_app(Config(db_path=str(other)))) as client:
+        create(client, title="In the other file")
+    app = create_app(Config(db_path=str(db_path)))
+    with log_records() as records, TestClient(app) as client:
+        before = create(client)
+        if how == "deleted":
+            db_path.unlink()
+        elif how == "replaced":
+            other.replace(db_path)
+        else:
+            db_path.rename(archive)
+        for _ in range(2):
+            response = client.post("/api/posts", json=SEED_POST)
+            assert response.status_code == 503
+            assert response.json()["detail"] == (
+                "The database file was deleted or replaced while the server ran: it must restart"
+            )
+        health = client.get("/health")
+        assert health.status_code == 503 and "was deleted or replaced" in health.json()["database"]
+    errors = [record.getMessage() for record in records if record.levelno >= logging.ERROR]
+    assert errors == [
+        f"the database file {str(db_path)!r} was deleted or replaced while blog_api served it: restart blog_api; "
+        "writes are refused until then"
+    ]
+    with TestClient(create_app(Config(db_path=str(db_path)))) as restarted:  # what is at the path now
+        assert restarted.get(f"/api/posts/{before['id']}").status_code == 404
+        titles = [post["title"] for post in restarted.get("/api/posts").json()]
+        assert titles == (["In the other file"] if how == "replaced" else [])
+    assert integrity(db_path) == "ok"
+    if how == "renamed":  # with the first write refused, committed to it before the move was seen
+        kept = [post["id"] for post in stored_posts(archive)]
+        assert len(kept) == 2 and before["id"] in kept
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
