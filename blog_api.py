@@ -1966,9 +1966,19 @@ def read_schema() -> str:
         ) from None
 
 
+def file_identity(path: str) -> tuple[int, int] | None:
+    """The file at ``path`` (its device and inode; None if there is none): another name for
+    it has the same, a file put in its place another."""
+    try:
+        status = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return status.st_dev, status.st_ino
+
+
 def database_moved_error(path: str) -> sqlite3.OperationalError:
     """What SQLite raises when a rollback-journal database it writes has been moved, for the
-    same in WAL mode, which SQLite does not check (``Database.file_was_moved``)."""
+    same in WAL mode, which SQLite does not check (``Database.moved_file``)."""
     error = sqlite3.OperationalError(
         f"the database file {path!r} was deleted or replaced while blog_api served it: restart blog_api"
     )
@@ -2197,8 +2207,9 @@ class Database:
         self._version_reader: sqlite3.Connection | None = None
         self._version_this_turn: int | None = None
         self._batches_committed = 0
-        self._file_identity: tuple[int, int] | None = None
-        self._file_moved = False
+        self._file_identities: dict[str, tuple[int, int]] = {}
+        """The database file's, its WAL's and its shared index's, as the writer opened them."""
+        self._moved_file: str | None = None
 
     async def open(self) -> None:
         """Open every connection and bring the schema up to date; on failure, close all."""
@@ -2211,12 +2222,12 @@ class Database:
                 self._version_reader = self._connect_version_reader()
                 return
             self._writer = await self._connect()  # first: SQLite's error names a missing folder
-            if not self.in_memory:
-                status = os.stat(self.path)
-                self._file_identity = (status.st_dev, status.st_ino)
             if self._write_lock is not None:
                 self._write_lock.open()
             self.cursor_secret = await self._call(self._writer, self._prepare_writer)
+            if not self.in_memory:  # in WAL mode now, with its two files
+                files = (self.path, f"{self.path}-wal", f"{self.path}-shm")
+                self._file_identities = {path: identity for path in files if (identity := file_identity(path))}
             for _ in range(self._reader_count):
                 reader = await self._connect()
                 await reader.execute("PRAGMA query_only = ON")
@@ -2294,7 +2305,7 @@ class Database:
             if committer is not None:
                 self._writes.put_nowait(None)
                 await committer
-            if self._writer is not None and self.file_was_moved():
+            if self._writer is not None and self.moved_file() is not None:
                 await self._empty_wal_into_moved_file(self._writer)
             for connection in not_yet_closed:
                 await connection.close()
@@ -2455,8 +2466,8 @@ class Database:
         if that leaves this one undone."""
         if self._committer is None:
             raise DatabaseError("the database is not open for writing")
-        if self._file_moved:
-            raise database_moved_error(self.path)
+        if self._moved_file is not None:
+            raise database_moved_error(self._moved_file)
         answer = asyncio.get_running_loop().create_future()
         self._writes.put_nowait(QueuedWrite(work, answer, REQUEST_ID.get(), together, row))
         return await answer
@@ -2498,9 +2509,10 @@ class Database:
             outcomes = [(False, exc)] * len(batch)
         # Before any write is answered; and even after a failed batch, which may have committed.
         self._batches_committed += 1
-        if self.file_was_moved():  # committed to a file that is no longer the database: not acknowledged
-            moved = database_moved_error(self.path)
+        if (moved_file := self.moved_file()) is not None:  # committed where no start will look: not acknowledged
+            moved = database_moved_error(moved_file)
             outcomes = [(False, moved if succeeded else value) for succeeded, value in outcomes]
+            await self._empty_wal_into_moved_file(self._require_writer())
         for queued, (succeeded, value) in zip(batch, outcomes, strict=True):
             if queued.answer.done():
                 continue
@@ -2509,30 +2521,29 @@ class Database:
             else:
                 queued.answer.set_exception(value)
 
-    def file_was_moved(self) -> bool:
-        """Whether the database file was deleted (``rm blog.db``) or replaced (another file
-        renamed over it) since the writer opened it. SQLite does not notice, in WAL mode:
-        it goes on committing to the file it has open, which nothing will open again, and
-        writes acknowledged so were lost at the next start. Asked after each commit, on the
-        event loop (a stat, about a microsecond, per batch), and by /health; once moved,
-        every write is refused (503) until blog_api restarts on the file now there."""
-        if self._file_moved or self._file_identity is None:
-            return self._file_moved
-        try:
-            status = os.stat(self.path)
-        except (FileNotFoundError, NotADirectoryError):
-            self._file_moved = True
-        else:
-            self._file_moved = (status.st_dev, status.st_ino) != self._file_identity
-        if self._file_moved:
-            logger.error("%s; writes are refused until then", database_moved_error(self.path))
-        return self._file_moved
+    def moved_file(self) -> str | None:
+        """The database file, its WAL or its shared index, whichever was deleted (``rm
+        blog.db``, ``rm blog.db-wal``) or replaced (another file renamed over it) since the
+        writer opened them; None while none was. SQLite does not notice, in WAL mode: it goes on committing to
+        the files it has open, which nothing will open again, and writes acknowledged so
+        were lost at the next start. Asked after each commit, on the event loop (three
+        stats, a few microseconds, per batch), and by /health; once moved, every write is
+        refused (503) until blog_api restarts on the files now there."""
+        if self._moved_file is None:
+            self._moved_file = next(
+                (path for path, identity in self._file_identities.items() if file_identity(path) != identity), None
+            )
+            if self._moved_file is not None:
+                logger.error("%s; writes are refused until then", database_moved_error(self._moved_file))
+        return self._moved_file
 
     async def _empty_wal_into_moved_file(self, writer: aiosqlite.Connection) -> None:
-        """Checkpoint the WAL into the file the writer has open, moved or deleted, and empty
-        it. Closing, SQLite leaves the WAL of a moved file where it was, beside the path:
-        a file renamed there since took its pages for its own at the next start (a database
-        that was neither), and a file renamed away lacked the writes acknowledged before."""
+        """Checkpoint the WAL the writer has open into the database file it has open, moved
+        or not, and empty it: as soon as a move is seen, and at shutdown. Closing, SQLite
+        leaves the WAL of a moved file where it was, beside the path: a file renamed there
+        since took its pages for its own at the next start (a database that was neither),
+        and a file renamed away lacked the writes acknowledged before. A WAL deleted holds
+        the writes acknowledged since the last checkpoint, which a crash then lost."""
         try:
             [(busy, _, _)] = await writer.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
@@ -4362,8 +4373,8 @@ class Health(msgspec.Struct):
 async def health(blog: NamedDependency[Blog]) -> Response[Health]:
     """200 once the database has really answered a query; 503 with the reason if not."""
     try:
-        if blog.db.file_was_moved():
-            raise database_moved_error(blog.db.path)
+        if (moved_file := blog.db.moved_file()) is not None:
+            raise database_moved_error(moved_file)
         [(schema_version,)] = await blog.db.fetch_all(SELECT_SCHEMA_VERSION)
     except (sqlite3.Error, DatabaseError) as exc:
         logger.warning("health check failed: %s", exc)

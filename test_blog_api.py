@@ -5269,9 +5269,34 @@ def test_a_database_file_deleted_or_replaced_while_serving_acknowledges_no_write
         titles = [post["title"] for post in restarted.get("/api/posts").json()]
         assert titles == (["In the other file"] if how == "replaced" else [])
     assert integrity(db_path) == "ok"
-    if how == "renamed":  # with the first write refused, committed to it before the move was seen
+    if how == "renamed":  # with the write refused, committed to it before the move was seen
         kept = [post["id"] for post in stored_posts(archive)]
         assert len(kept) == 2 and before["id"] in kept
+
+
+@pytest.mark.parametrize("suffix", ["-wal", "-shm"])
+def test_a_wal_or_shared_index_deleted_while_serving_refuses_writes_and_keeps_those_acknowledged(
+    db_path: Path, tmp_path: Path, suffix: str
+) -> None:
+    """``rm blog.db-wal`` (taken for a temporary file) while the server runs: SQLite went on
+    committing to the WAL it had open, and answered 201 for posts that, with those written
+    before since the last checkpoint, were in no file a start would read: a crash lost them
+    all. Now the WAL is emptied into the database file as soon as that is seen."""
+    app = create_app(Config(db_path=str(db_path)))
+    with log_records() as records, TestClient(app) as client:
+        before = create(client)
+        Path(f"{db_path}{suffix}").unlink()
+        response = client.post("/api/posts", json=SEED_POST)
+        assert response.status_code == 503 and "deleted or replaced" in response.json()["detail"]
+        assert client.get("/health").status_code == 503
+        as_a_crash_leaves_it = tmp_path / "alone.db"  # the database file, without the WAL
+        shutil.copy(db_path, as_a_crash_leaves_it)
+        assert before["id"] in [post["id"] for post in stored_posts(as_a_crash_leaves_it)]
+    errors = [record.getMessage() for record in records if record.levelno >= logging.ERROR]
+    assert errors == [
+        f"the database file {str(db_path) + suffix!r} was deleted or replaced while blog_api served it: "
+        "restart blog_api; writes are refused until then"
+    ]
 
 
 @pytest.mark.parametrize(
