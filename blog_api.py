@@ -1987,6 +1987,12 @@ def database_moved_error(path: str) -> sqlite3.OperationalError:
     return error
 
 
+def beside(path: str, suffix: str) -> str:
+    """The name of the database's ``-wal`` or ``-shm`` file (``suffix``): beside the file
+    itself, where a symbolic link at ``path`` leads, as SQLite makes them."""
+    return os.path.realpath(path) + suffix
+
+
 def read_only_uri(path: str, *, immutable: bool = False) -> str:
     """The URI that opens ``path`` without writing it; ``immutable``: as an unchanging file."""
     return f"file:{quote(os.path.abspath(path))}?mode=ro" + ("&immutable=1" if immutable else "")
@@ -2005,7 +2011,7 @@ def must_read_as_immutable(path: str) -> bool:
         with closing(sqlite3.connect(read_only_uri(path), uri=True)) as connection:
             connection.execute("SELECT 1 FROM sqlite_schema LIMIT 1")
     except sqlite3.OperationalError as exc:
-        wal = Path(f"{path}-wal")
+        wal = Path(beside(path, "-wal"))
         changes_not_in_file = wal.exists() and wal.stat().st_size > 0
         return exc.sqlite_errorcode == sqlite3.SQLITE_CANTOPEN and Path(path).is_file() and not changes_not_in_file
     return False
@@ -2226,7 +2232,7 @@ class Database:
                 self._write_lock.open()
             self.cursor_secret = await self._call(self._writer, self._prepare_writer)
             if not self.in_memory:  # in WAL mode now, with its two files
-                files = (self.path, f"{self.path}-wal", f"{self.path}-shm")
+                files = (self.path, beside(self.path, "-wal"), beside(self.path, "-shm"))
                 self._file_identities = {path: identity for path in files if (identity := file_identity(path))}
             for _ in range(self._reader_count):
                 reader = await self._connect()
@@ -2256,8 +2262,13 @@ class Database:
                 "-wal and a -shm file beside it; --read-only serves a database made already as it is)"
             )
         if path.exists():
-            wal = Path(f"{self.path}-wal")
-            if self.read_only and wal.exists() and wal.stat().st_size > 0 and not Path(f"{self.path}-shm").exists():
+            wal = Path(beside(self.path, "-wal"))
+            if (
+                self.read_only
+                and wal.exists()
+                and wal.stat().st_size > 0
+                and not Path(beside(self.path, "-shm")).exists()
+            ):
                 return (
                     f" (its folder cannot be written, and SQLite reads the changes in {wal.name!r} only through a "
                     "-shm file it makes beside them: serve it from a folder that can be written)"

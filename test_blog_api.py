@@ -5274,15 +5274,22 @@ def test_a_database_file_deleted_or_replaced_while_serving_acknowledges_no_write
         assert len(kept) == 2 and before["id"] in kept
 
 
-@pytest.mark.parametrize("suffix", ["-wal", "-shm"])
+@pytest.mark.parametrize(
+    ("suffix", "linked"), [("-wal", False), ("-shm", False), ("-wal", True)], ids=["WAL", "shm", "WAL, linked"]
+)
 def test_a_wal_or_shared_index_deleted_while_serving_refuses_writes_and_keeps_those_acknowledged(
-    db_path: Path, tmp_path: Path, suffix: str
+    db_path: Path, tmp_path: Path, suffix: str, linked: bool
 ) -> None:
     """``rm blog.db-wal`` (taken for a temporary file) while the server runs: SQLite went on
     committing to the WAL it had open, and answered 201 for posts that, with those written
     before since the last checkpoint, were in no file a start would read: a crash lost them
-    all. Now the WAL is emptied into the database file as soon as that is seen."""
-    app = create_app(Config(db_path=str(db_path)))
+    all. Now the WAL is emptied into the database file as soon as that is seen. With the
+    path a symbolic link, SQLite's files are beside the file it leads to."""
+    served = db_path
+    if linked:
+        served = tmp_path / "link.db"
+        served.symlink_to(db_path)
+    app = create_app(Config(db_path=str(served)))
     with log_records() as records, TestClient(app) as client:
         before = create(client)
         Path(f"{db_path}{suffix}").unlink()
