@@ -5230,6 +5230,14 @@ def test_a_full_disk_is_a_503_and_corrupts_nothing(db_path: Path) -> None:
     assert len(stored_posts(db_path)) == 1 + written + 1
 
 
+def moved_file_logged(path: Path | str) -> str:
+    """The one ERROR line of a server whose database file at ``path`` moved under it."""
+    return (
+        f"the database file {str(path)!r} was deleted or replaced while blog_api served it: restart blog_api; "
+        "writes are refused until then"
+    )
+
+
 @pytest.mark.parametrize("how", ["deleted", "replaced", "renamed"])
 def test_a_database_file_deleted_or_replaced_while_serving_acknowledges_no_write(
     db_path: Path, tmp_path: Path, how: str
@@ -5260,10 +5268,7 @@ def test_a_database_file_deleted_or_replaced_while_serving_acknowledges_no_write
         health = client.get("/health")
         assert health.status_code == 503 and "was deleted or replaced" in health.json()["database"]
     errors = [record.getMessage() for record in records if record.levelno >= logging.ERROR]
-    assert errors == [
-        f"the database file {str(db_path)!r} was deleted or replaced while blog_api served it: restart blog_api; "
-        "writes are refused until then"
-    ]
+    assert errors == [moved_file_logged(db_path)]
     with TestClient(create_app(Config(db_path=str(db_path)))) as restarted:  # what is at the path now
         assert restarted.get(f"/api/posts/{before['id']}").status_code == 404
         titles = [post["title"] for post in restarted.get("/api/posts").json()]
@@ -5300,10 +5305,7 @@ def test_a_wal_or_shared_index_deleted_while_serving_refuses_writes_and_keeps_th
         shutil.copy(db_path, as_a_crash_leaves_it)
         assert before["id"] in [post["id"] for post in stored_posts(as_a_crash_leaves_it)]
     errors = [record.getMessage() for record in records if record.levelno >= logging.ERROR]
-    assert errors == [
-        f"the database file {str(db_path) + suffix!r} was deleted or replaced while blog_api served it: "
-        "restart blog_api; writes are refused until then"
-    ]
+    assert errors == [moved_file_logged(f"{db_path}{suffix}")]
 
 
 @pytest.mark.parametrize(
