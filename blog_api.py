@@ -1976,11 +1976,18 @@ def file_identity(path: str) -> tuple[int, int] | None:
     return status.st_dev, status.st_ino
 
 
+def database_file_identities(path: str) -> dict[str, tuple[int, int]]:
+    """The database file's identity, by its absolute path (a relative one changes with the
+    working folder's name), and its WAL's and shared index's, those that exist."""
+    files = (os.path.abspath(path), beside(path, "-wal"), beside(path, "-shm"))
+    return {name: identity for name in files if (identity := file_identity(name))}
+
+
 def database_moved_error(path: str) -> sqlite3.OperationalError:
     """What SQLite raises when a rollback-journal database it writes has been moved, for the
     same in WAL mode, which SQLite does not check (``Database.moved_file``)."""
     error = sqlite3.OperationalError(
-        f"the database file {path!r} was deleted or replaced while blog_api served it: restart blog_api"
+        f"the database file {path!r} was moved, replaced or deleted while blog_api served it: restart blog_api"
     )
     error.sqlite_errorcode = sqlite3.SQLITE_READONLY_DBMOVED
     error.sqlite_errorname = "SQLITE_READONLY_DBMOVED"
@@ -2232,8 +2239,7 @@ class Database:
                 self._write_lock.open()
             self.cursor_secret = await self._call(self._writer, self._prepare_writer)
             if not self.in_memory:  # in WAL mode now, with its two files
-                files = (self.path, beside(self.path, "-wal"), beside(self.path, "-shm"))
-                self._file_identities = {path: identity for path in files if (identity := file_identity(path))}
+                self._file_identities = database_file_identities(self.path)
             for _ in range(self._reader_count):
                 reader = await self._connect()
                 await reader.execute("PRAGMA query_only = ON")
@@ -2533,12 +2539,13 @@ class Database:
                 queued.answer.set_exception(value)
 
     def moved_file(self) -> str | None:
-        """The database file, its WAL or its shared index, whichever was deleted (``rm
-        blog.db``, ``rm blog.db-wal``) or replaced (another file renamed over it) since the
-        writer opened them; None while none was. SQLite does not notice, in WAL mode: it goes on committing to
-        the files it has open, which nothing will open again, and writes acknowledged so
-        were lost at the next start. Asked after each commit, on the event loop (three
-        stats, a few microseconds, per batch), and by /health; once moved, every write is
+        """The database file, its WAL or its shared index, whichever is no longer at the
+        path the writer opened it by: moved (renamed, or its folder renamed), replaced
+        (another file renamed over it) or deleted (``rm blog.db``, ``rm blog.db-wal``);
+        None while none is. SQLite does not notice, in WAL mode: it goes on committing to
+        the files it has open, where no start will look, and writes acknowledged so were
+        lost at the next start. Asked after each commit, on the event loop (three stats, a
+        few microseconds, per batch), and by /health; once one has moved, every write is
         refused (503) until blog_api restarts on the files now there."""
         if self._moved_file is None:
             self._moved_file = next(
@@ -2832,7 +2839,8 @@ UNAVAILABLE_ERROR_CODES = {
     sqlite3.SQLITE_IOERR: "The database's disk failed to read or write",
     sqlite3.SQLITE_READONLY: "The database is read-only",
     sqlite3.SQLITE_CANTOPEN: "The database file cannot be opened",
-    sqlite3.SQLITE_READONLY_DBMOVED: "The database file was deleted or replaced while the server ran: it must restart",
+    sqlite3.SQLITE_READONLY_DBMOVED: "The database file was moved, replaced or deleted while the server ran: "
+    "it must restart",
 }
 
 

@@ -5233,7 +5233,7 @@ def test_a_full_disk_is_a_503_and_corrupts_nothing(db_path: Path) -> None:
 def moved_file_logged(path: Path | str) -> str:
     """The one ERROR line of a server whose database file at ``path`` moved under it."""
     return (
-        f"the database file {str(path)!r} was deleted or replaced while blog_api served it: restart blog_api; "
+        f"the database file {str(path)!r} was moved, replaced or deleted while blog_api served it: restart blog_api; "
         "writes are refused until then"
     )
 
@@ -5263,10 +5263,10 @@ def test_a_database_file_deleted_or_replaced_while_serving_acknowledges_no_write
             response = client.post("/api/posts", json=SEED_POST)
             assert response.status_code == 503
             assert response.json()["detail"] == (
-                "The database file was deleted or replaced while the server ran: it must restart"
+                "The database file was moved, replaced or deleted while the server ran: it must restart"
             )
         health = client.get("/health")
-        assert health.status_code == 503 and "was deleted or replaced" in health.json()["database"]
+        assert health.status_code == 503 and "was moved, replaced or deleted" in health.json()["database"]
     errors = [record.getMessage() for record in records if record.levelno >= logging.ERROR]
     assert errors == [moved_file_logged(db_path)]
     with TestClient(create_app(Config(db_path=str(db_path)))) as restarted:  # what is at the path now
@@ -5277,6 +5277,26 @@ def test_a_database_file_deleted_or_replaced_while_serving_acknowledges_no_write
     if how == "renamed":  # with the write refused, committed to it before the move was seen
         kept = [post["id"] for post in stored_posts(archive)]
         assert len(kept) == 2 and before["id"] in kept
+
+
+def test_the_folder_of_a_relative_path_renamed_under_a_server_is_a_move(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--db blog.db``, and the folder it runs in renamed: SQLite holds the files by the
+    path it resolved at the start (its reads fail with "disk I/O error" after), and a
+    start at that path would not find them. The post acknowledged before is in them."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    app = create_app(Config(db_path="blog.db"))
+    with log_records() as records, TestClient(app) as client:
+        before = create(client)
+        folder.rename(tmp_path / "site-renamed")
+        assert client.post("/api/posts", json=SEED_POST).status_code == 503
+        assert client.get("/health").status_code == 503
+    errors = [record.getMessage() for record in records if record.levelno >= logging.ERROR]
+    assert errors == [moved_file_logged(folder / "blog.db")]
+    assert before["id"] in [post["id"] for post in stored_posts(tmp_path / "site-renamed" / "blog.db")]
 
 
 @pytest.mark.parametrize(
@@ -5299,7 +5319,7 @@ def test_a_wal_or_shared_index_deleted_while_serving_refuses_writes_and_keeps_th
         before = create(client)
         Path(f"{db_path}{suffix}").unlink()
         response = client.post("/api/posts", json=SEED_POST)
-        assert response.status_code == 503 and "deleted or replaced" in response.json()["detail"]
+        assert response.status_code == 503 and "moved, replaced or deleted" in response.json()["detail"]
         assert client.get("/health").status_code == 503
         as_a_crash_leaves_it = tmp_path / "alone.db"  # the database file, without the WAL
         shutil.copy(db_path, as_a_crash_leaves_it)
