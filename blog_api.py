@@ -5426,6 +5426,8 @@ def serve(argv: list[str]) -> None:
         # done once, not in a race between them.
         try:
             asyncio.run(check_database(config))
+        except KeyboardInterrupt:  # while another program holds the lock, say, or a long upgrade
+            exit_interrupted("blog_api: interrupted while opening the database, before serving")
         except DatabaseError as exc:
             sys.exit(f"blog_api: {exc}")
     raise_open_file_limit()

@@ -5378,6 +5378,36 @@ def test_a_database_that_cannot_be_used_is_refused_in_one_line(tmp_path: Path, f
     assert "Traceback" not in result.stderr
 
 
+def wait_until_it_has_open(pid: int, path: Path, timeout: float = 30) -> None:
+    """Until process ``pid`` has the file at ``path`` open (Linux's /proc)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with suppress(OSError):  # a file closed while looked at
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd")):
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} did not open {path} within {timeout} s")
+
+
+def test_ctrl_c_while_the_database_is_opened_says_so_in_one_line(db_path: Path) -> None:
+    """Ctrl-C while the startup waits for a lock another program holds (up to the busy
+    timeout) was a KeyboardInterrupt traceback; seed and backup said one line already."""
+    with TestClient(create_app(Config(db_path=str(db_path)))):
+        pass
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as holder:
+        holder.execute("BEGIN IMMEDIATE")  # startup's schema check must wait for it
+        command = [sys.executable, "blog_api.py", "--port", str(free_port()), "--db", str(db_path)]
+        starting = subprocess.Popen(command, cwd=PROJECT_DIR, stderr=subprocess.PIPE, text=True)
+        wait_until_it_has_open(starting.pid, db_path)
+        starting.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        holder.execute("ROLLBACK")  # the wait then ends at once, not at the busy timeout
+        _, stderr = starting.communicate(timeout=30)
+    assert starting.returncode == 130 and "Traceback" not in stderr
+    assert stderr.splitlines() == ["blog_api: interrupted while opening the database, before serving"]
+    assert integrity(db_path) == "ok"
+
+
 def test_blog_api_py_without_its_schema_sql_says_so_in_one_line(tmp_path: Path) -> None:
     """A copy of the module alone was a FileNotFoundError traceback at startup."""
     (tmp_path / "blog_api.py").write_bytes((PROJECT_DIR / "blog_api.py").read_bytes())
