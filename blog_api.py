@@ -1976,6 +1976,18 @@ def file_identity(path: str) -> tuple[int, int] | None:
     return status.st_dev, status.st_ino
 
 
+def beside(path: str, suffix: str) -> str:
+    """The name of the database's ``-wal`` or ``-shm`` file (``suffix``): beside the file
+    itself, where a symbolic link at ``path`` leads, as SQLite makes them."""
+    return os.path.realpath(path) + suffix
+
+
+def wal_holds_changes(path: str) -> bool:
+    """Whether the database at ``path`` has a WAL with changes not yet in its file."""
+    wal = Path(beside(path, "-wal"))
+    return wal.exists() and wal.stat().st_size > 0
+
+
 def database_file_identities(path: str) -> dict[str, tuple[int, int]]:
     """The database file's identity, by its absolute path (a relative one changes with the
     working folder's name), and its WAL's and shared index's, those that exist."""
@@ -1992,12 +2004,6 @@ def database_moved_error(path: str) -> sqlite3.OperationalError:
     error.sqlite_errorcode = sqlite3.SQLITE_READONLY_DBMOVED
     error.sqlite_errorname = "SQLITE_READONLY_DBMOVED"
     return error
-
-
-def beside(path: str, suffix: str) -> str:
-    """The name of the database's ``-wal`` or ``-shm`` file (``suffix``): beside the file
-    itself, where a symbolic link at ``path`` leads, as SQLite makes them."""
-    return os.path.realpath(path) + suffix
 
 
 def read_only_uri(path: str, *, immutable: bool = False) -> str:
@@ -2018,9 +2024,7 @@ def must_read_as_immutable(path: str) -> bool:
         with closing(sqlite3.connect(read_only_uri(path), uri=True)) as connection:
             connection.execute("SELECT 1 FROM sqlite_schema LIMIT 1")
     except sqlite3.OperationalError as exc:
-        wal = Path(beside(path, "-wal"))
-        changes_not_in_file = wal.exists() and wal.stat().st_size > 0
-        return exc.sqlite_errorcode == sqlite3.SQLITE_CANTOPEN and Path(path).is_file() and not changes_not_in_file
+        return exc.sqlite_errorcode == sqlite3.SQLITE_CANTOPEN and Path(path).is_file() and not wal_holds_changes(path)
     return False
 
 
@@ -2268,15 +2272,10 @@ class Database:
                 "-wal and a -shm file beside it; --read-only serves a database made already as it is)"
             )
         if path.exists():
-            wal = Path(beside(self.path, "-wal"))
-            if (
-                self.read_only
-                and wal.exists()
-                and wal.stat().st_size > 0
-                and not Path(beside(self.path, "-shm")).exists()
-            ):
+            if self.read_only and wal_holds_changes(self.path) and not Path(beside(self.path, "-shm")).exists():
+                wal = Path(beside(self.path, "-wal")).name
                 return (
-                    f" (its folder cannot be written, and SQLite reads the changes in {wal.name!r} only through a "
+                    f" (its folder cannot be written, and SQLite reads the changes in {wal!r} only through a "
                     "-shm file it makes beside them: serve it from a folder that can be written)"
                 )
             return ""
