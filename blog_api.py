@@ -2321,8 +2321,7 @@ class Database:
             if committer is not None:
                 self._writes.put_nowait(None)
                 await committer
-            if self._writer is not None and self.moved_file() is not None:
-                await self._empty_wal_into_moved_file(self._writer)
+            await self.moved_file()  # seen now, its WAL is emptied before the connections close
             for connection in not_yet_closed:
                 await connection.close()
             # close() answers from the worker thread just before that thread returns; wait
@@ -2525,10 +2524,9 @@ class Database:
             outcomes = [(False, exc)] * len(batch)
         # Before any write is answered; and even after a failed batch, which may have committed.
         self._batches_committed += 1
-        if (moved_file := self.moved_file()) is not None:  # committed where no start will look: not acknowledged
+        if (moved_file := await self.moved_file()) is not None:  # committed where no start looks: not acknowledged
             moved = database_moved_error(moved_file)
             outcomes = [(False, moved if succeeded else value) for succeeded, value in outcomes]
-            await self._empty_wal_into_moved_file(self._require_writer())
         for queued, (succeeded, value) in zip(batch, outcomes, strict=True):
             if queued.answer.done():
                 continue
@@ -2537,26 +2535,29 @@ class Database:
             else:
                 queued.answer.set_exception(value)
 
-    def moved_file(self) -> str | None:
+    async def moved_file(self) -> str | None:
         """The database file, its WAL or its shared index, whichever is no longer at the
         path the writer opened it by: moved (renamed, or its folder renamed), replaced
         (another file renamed over it) or deleted (``rm blog.db``, ``rm blog.db-wal``);
         None while none is. SQLite does not notice, in WAL mode: it goes on committing to
         the files it has open, where no start will look, and writes acknowledged so were
         lost at the next start. Asked after each commit, on the event loop (three stats, a
-        few microseconds, per batch), and by /health; once one has moved, every write is
-        refused (503) until blog_api restarts on the files now there."""
+        few microseconds, per batch), by /health and at shutdown. Where it is first seen, the
+        WAL is emptied into the database file (``_empty_wal_into_moved_file``); from then
+        on, every write is refused (503) until blog_api restarts on the files now there."""
         if self._moved_file is None:
             self._moved_file = next(
                 (path for path, identity in self._file_identities.items() if file_identity(path) != identity), None
             )
             if self._moved_file is not None:
                 logger.error("%s; writes are refused until then", database_moved_error(self._moved_file))
+                if self._writer is not None:
+                    await self._empty_wal_into_moved_file(self._writer)
         return self._moved_file
 
     async def _empty_wal_into_moved_file(self, writer: aiosqlite.Connection) -> None:
         """Checkpoint the WAL the writer has open into the database file it has open, moved
-        or not, and empty it: as soon as a move is seen, and at shutdown. Closing, SQLite
+        or not, and empty it, as soon as a move is seen. Closing, SQLite
         leaves the WAL of a moved file where it was, beside the path: a file renamed there
         since took its pages for its own at the next start (a database that was neither),
         and a file renamed away lacked the writes acknowledged before. A WAL deleted holds
@@ -4391,7 +4392,7 @@ class Health(msgspec.Struct):
 async def health(blog: NamedDependency[Blog]) -> Response[Health]:
     """200 once the database has really answered a query; 503 with the reason if not."""
     try:
-        if (moved_file := blog.db.moved_file()) is not None:
+        if (moved_file := await blog.db.moved_file()) is not None:
             raise database_moved_error(moved_file)
         [(schema_version,)] = await blog.db.fetch_all(SELECT_SCHEMA_VERSION)
     except (sqlite3.Error, DatabaseError) as exc:

@@ -5279,6 +5279,21 @@ def test_a_database_file_deleted_or_replaced_while_serving_acknowledges_no_write
         assert len(kept) == 2 and before["id"] in kept
 
 
+def test_a_wal_deleted_and_seen_by_health_is_emptied_into_the_database_file_at_once(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """Seen by /health before any write, the WAL deleted was emptied only at shutdown: a
+    crash before it lost the writes acknowledged since the last checkpoint."""
+    app = create_app(Config(db_path=str(db_path)))
+    with TestClient(app) as client:
+        before = create(client)
+        Path(f"{db_path}-wal").unlink()
+        assert client.get("/health").status_code == 503
+        as_a_crash_leaves_it = tmp_path / "alone.db"  # the database file, without the WAL
+        shutil.copy(db_path, as_a_crash_leaves_it)
+        assert [post["id"] for post in stored_posts(as_a_crash_leaves_it)] == [before["id"]]
+
+
 def test_the_folder_of_a_relative_path_renamed_under_a_server_is_a_move(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
