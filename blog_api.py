@@ -68,7 +68,7 @@ from importlib.metadata import version as package_version
 from io import BytesIO
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, Literal, NoReturn, TextIO, TypeVar, get_args, get_origin
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, quote_from_bytes, urlencode
 from wsgiref.handlers import format_date_time
 
 import aiosqlite
@@ -5592,6 +5592,23 @@ HTTP_2_PREFACE = "Pause on PRI/Upgrade"
 (``curl --http2-prior-knowledge``): an HTTP/2 request line, like any other a 505."""
 HOST = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 """RFC 3986's host (a name, an IPv4 address or an IPv6 one in brackets) and optional port."""
+REQUEST_LINE_END = re.compile(rb" HTTP/1\.[01]\r?$")
+ASCII_BYTES = bytes(range(128))
+NOT_IN_A_URL = "a URL holds only printable ASCII, anything else percent-encoded"
+
+
+def with_target_percent_encoded(read: bytes) -> bytes:
+    """``read``, which begins a request, with the bytes past ASCII in its request line
+    percent-encoded, as a URL holds UTF-8: ``curl 'http://…/api/posts?q=café'`` sends the é
+    of a query as it is (it encodes only the path), which httptools refused as no URL
+    (RFC 3986). nginx takes such a target, and a browser encodes it so (the WHATWG URL
+    standard). Only a request line that came whole, ending in HTTP/1's version: the rest is
+    httptools' to refuse."""
+    line_end = read.find(b"\n")
+    line = read[:line_end]
+    if line_end < 0 or line.isascii() or not REQUEST_LINE_END.search(line):
+        return read
+    return quote_from_bytes(line, safe=ASCII_BYTES).encode() + read[line_end:]
 
 
 class BlogHttpProtocol(HttpToolsProtocol):
@@ -5620,6 +5637,8 @@ class BlogHttpProtocol(HttpToolsProtocol):
       the connection closes after it: uvicorn read the rest of such a body to drop it,
       however long, so a client that went on sending 100 GB after its 413 was read at
       600 MB/s for as long as it liked.
+    - **A target with UTF-8 as it is** (``curl`` sends a query so) is read as if
+      percent-encoded (``with_target_percent_encoded``), where httptools refused it.
     - **A request httptools cannot parse** gets a 400 that says what is wrong (``Invalid
       header value char``), or a 501 for a method it does not know, where uvicorn answers
       ``Invalid HTTP request received.`` in plain text. And one that HTTP/1.1 says to refuse,
@@ -5816,6 +5835,8 @@ class BlogHttpProtocol(HttpToolsProtocol):
             return
         if (second := int(time.time())) != self._dated_second and self.config.date_header:
             self._date_responses(second)
+        if not data.isascii() and not (self._in_head or self._in_body):  # a request line may hold UTF-8
+            data = with_target_percent_encoded(data)
         self._read_length = len(data)
         if self._in_head:  # a head that goes on: all of this read may be its
             self._head_bytes += len(data)
@@ -5991,6 +6012,8 @@ class BlogHttpProtocol(HttpToolsProtocol):
             rule = f"not a valid HTTP/1.1 request (its target {target!r} is not a URL)"
         elif str(problem) == HTTP_2_PREFACE:
             status, reason, rule = 505, "HTTP Version Not Supported", ONLY_HTTP_1
+        elif str(problem).startswith("Invalid char in url"):  # a control character, say
+            status, reason, rule = 400, "Bad Request", f"not a valid HTTP/1.1 request ({problem}: {NOT_IN_A_URL})"
         else:
             status, reason, rule = 400, "Bad Request", f"not a valid HTTP/1.1 request ({problem or msg})"
         self._refuse_with_warning(status, reason, rule)

@@ -6114,6 +6114,30 @@ def test_a_request_head_over_64_kib_is_refused_however_it_arrives(db_path: Path,
     run(check())
 
 
+def test_a_target_with_utf_8_as_curl_sends_it_is_read_as_percent_encoded(client: TestClient, db_path: Path) -> None:
+    """``curl 'http://…/api/posts?q=café'`` sends a query's é as it is (its path it encodes):
+    httptools refused that, 400 "Invalid char in url query"."""
+    cafe = create(client, title="Café au lait", tags=["été"])
+    iodine = create(client, title="Йод")
+
+    async def get_each(targets: list[bytes]) -> list[bytes]:
+        async with serving(blog_api.BlogHttpProtocol, db_path) as address:
+            reader, writer = await asyncio.open_connection(*address)
+            answers = []
+            for target in targets:
+                writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                answers.append(await asyncio.wait_for(read_response(reader), 5))
+            writer.close()
+        return answers
+
+    targets = ["/api/posts?q=café", "/api/posts?tag=été", "/api/posts/йод", "/api/posts?q=йод&tag=été"]
+    answers = run(get_each([target.encode() for target in targets]))
+    assert [answer.split(b"\r\n", 1)[0] for answer in answers] == [b"HTTP/1.1 200 OK"] * 4
+    bodies = [msgspec.json.decode(answer.partition(b"\r\n\r\n")[2]) for answer in answers]
+    assert ids(bodies[0]) == ids(bodies[1]) == [cafe["id"]]
+    assert bodies[2]["id"] == iodine["id"] and bodies[3] == []  # Йод has no tag été
+
+
 NOT_HTTP = "Bad Request: not a valid HTTP/1.1 request"
 ONE_HOST = "Bad Request: a request must have one Host header (RFC 9112 3.2; one in HTTP/1.0 may have none)"
 NOT_A_HOST = "Bad Request: the Host header must be a host name or address, and a port if any"
@@ -6140,7 +6164,11 @@ UNKNOWN_METHOD = "Not Implemented: the request's method is not one this server k
             "400 Bad Request",
             f"{NOT_HTTP} (its target 'http://[::1' is not a URL)",  # was httptools's "invalid url b'http://[::1'"
         ),
-        (b"GET /\x7f HTTP/1.1\r\nHost: localhost\r\n\r\n", "400 Bad Request", f"{NOT_HTTP} (Invalid char in url path)"),
+        (
+            b"GET /\x7f HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            "400 Bad Request",
+            f"{NOT_HTTP} (Invalid char in url path: a URL holds only printable ASCII, anything else percent-encoded)",
+        ),
         (
             b"CONNECT localhost:8000 HTTP/1.1\r\nHost: localhost:8000\r\n\r\n",
             "400 Bad Request",
