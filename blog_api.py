@@ -121,6 +121,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT, HTTP_304_NOT
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from litestar.typing import FieldDefinition
 from msgspec import UNSET, Meta, UnsetType
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.supervisors import Multiprocess
@@ -202,6 +203,7 @@ REQUEST_BODY_PAUSE_SECONDS = 20  # the longest a body may stop arriving: nginx's
 RESPONSE_READ_PAUSE_SECONDS = 20  # the longest a client may read none of its answer: nginx's send_timeout is 60 s
 LINGERING_CLOSE_SECONDS = 1.0  # reading and dropping what a client still sends, its connection closing: nginx's 5 s
 BODY_CUT_BEFORE_SHUTDOWN_ENDS_SECONDS = LINGERING_CLOSE_SECONDS + 0.5  # then a body still coming gets a 503
+FORCED_EXIT_SECONDS = 1.0  # that a second Ctrl-C leaves requests inside the app to end, before it closes it
 MAX_PIPELINED_REQUESTS = 16  # parsed and waiting for the one being answered, on one connection
 PIPELINE_SLICE_BYTES = 4096  # what is parsed at a time, so that no read queues more than that holds
 FRAMING_FIELDS = (b"content-length", b"transfer-encoding")  # where a request's body ends (RFC 9112 6)
@@ -5473,7 +5475,7 @@ def serve(argv: list[str]) -> None:
         server_config = TcpServerConfig("blog_api:app", workers=config.workers, **server_options)
         Multiprocess(server_config, sockets=[server_config.bind_socket()]).run()
     else:
-        uvicorn.run(blog, **server_options)
+        serve_in_this_process(blog, **server_options)
 
 
 ASYNCIO_WRITELINES_IGNORES_FLOW_CONTROL = (3, 12) <= sys.version_info < (3, 12, 9) or (
@@ -5788,6 +5790,13 @@ class BlogHttpProtocol(HttpToolsProtocol):
         rule = "the server is shutting down, and this request's body had not all come; send it again"
         self._refuse_with_warning(503, "Service Unavailable", rule)  # its app sees the client leave: a 499
 
+    def cut_off_at_forced_exit(self) -> None:
+        """A second Ctrl-C (uvicorn's force quit): a body still coming is answered 503 now, as
+        it is when the graceful wait ends, so that its request no longer waits for it."""
+        if self._shutdown_timer is not None:
+            self._shutdown_timer.cancel()
+        self._body_unfinished_at_shutdown()
+
     def data_received(self, data: bytes) -> None:
         if self._unparsed:  # read as reading paused: it waits its turn
             self._unparsed += data
@@ -6098,6 +6107,35 @@ class TcpServerConfig(uvicorn.Config):
         if bound.family not in (socket.AF_INET, socket.AF_INET6) or bound.proto != 0:
             return bound
         return socket.socket(bound.family, bound.type, socket.IPPROTO_TCP, fileno=bound.detach())
+
+
+class ServerClosingAtForcedExit(uvicorn.Server):
+    """uvicorn's server, but a second Ctrl-C (its "CTRL+C to force quit") still closes the app.
+    uvicorn then stops waiting for the requests in flight and skips the app's shutdown, and
+    Python's exit cancelled both: for a request whose body was still coming, a plain-text 500
+    and ~50 lines of traceback at ERROR; for the app, ~50 more, its database left unclosed.
+    Here a body still coming is answered 503 (``BlogHttpProtocol.cut_off_at_forced_exit``),
+    the requests inside the app get ``FORCED_EXIT_SECONDS`` to end, and the app shuts down
+    as after one Ctrl-C."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        if not self.force_exit or self.lifespan.shutdown_event.is_set():
+            return  # one Ctrl-C, or the second came as the app was shutting down: uvicorn waited for it
+        for connection in list(self.server_state.connections):
+            connection.cut_off_at_forced_exit()
+        if self.server_state.tasks:
+            await asyncio.wait(set(self.server_state.tasks), timeout=FORCED_EXIT_SECONDS)
+        await self.lifespan.shutdown()
+
+
+def serve_in_this_process(app: Litestar, **options: Any) -> None:
+    """``uvicorn.run(app, **options)``, on a server that closes the app at a second Ctrl-C too."""
+    server = ServerClosingAtForcedExit(uvicorn.Config(app, **options))
+    with suppress(KeyboardInterrupt):  # the Ctrl-C it shut down for, raised again once it has
+        server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
 
 
 async def check_database(config: Config) -> None:

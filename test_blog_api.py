@@ -3398,7 +3398,7 @@ def test_startup_refuses_a_public_address_without_a_token(
     monkeypatch, capsys, tmp_path: Path, argv, starts: bool
 ) -> None:
     started: list[dict] = []
-    monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: started.append(options))
+    monkeypatch.setattr(blog_api, "serve_in_this_process", lambda app, **options: started.append(options))
     # 192.0.2.10 (kept for documentation, RFC 5737) is no address of this machine: no real binding.
     monkeypatch.setattr(blog_api, "why_not_listenable", lambda config: None)
     argv = [*argv, "--db", str(tmp_path / "blog.db")]  # startup checks the database: not one in the project
@@ -5143,7 +5143,7 @@ def test_a_shutdown_waits_as_long_as_a_write_may_wait_for_its_lock_but_not_for_e
     monkeypatch, busy_timeout_ms: str, waited: float
 ) -> None:
     started: list[dict] = []
-    monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: started.append(options))
+    monkeypatch.setattr(blog_api, "serve_in_this_process", lambda app, **options: started.append(options))
     blog_api.main(["--db", ":memory:", "--port", "0", "--log-level", "warning", "--busy-timeout-ms", busy_timeout_ms])
     assert [options["timeout_graceful_shutdown"] for options in started] == [waited]
 
@@ -5171,6 +5171,31 @@ def test_a_body_still_coming_as_a_shutdown_ends_gets_a_503_not_a_500(tmp_path: P
     assert code == 0 and "Traceback" not in log and "ERROR" not in log, log
     assert re.search(r"POST /api/posts 499 ", log)  # the client's request, not the server, went unfinished
     assert stored_posts(db_path) == []
+
+
+def test_a_second_ctrl_c_answers_a_body_still_coming_and_closes_the_database(tmp_path: Path, start_server) -> None:
+    """uvicorn's "CTRL+C to force quit" skipped the app's shutdown, and Python's exit cancelled
+    it and the request mid-way: a plain-text 500 and two tracebacks at ERROR, and the
+    database left with its WAL."""
+    db_path, port = tmp_path / "stop.db", free_port()
+    server = start_server([sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path)], port)
+    post = httpx.post(server.url + "/api/posts", json=SEED_POST)
+    with socket.create_connection(("127.0.0.1", port)) as stalled:
+        stalled.sendall(b'POST /api/posts HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{"title"')
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGINT)  # the shutdown waits for the body
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGINT)
+        stalled.settimeout(10)
+        answer = b"".join(iter(lambda: stalled.recv(65536), b""))
+    server.process.wait(timeout=10)
+    code, log = server.stop()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ") and json.loads(body)["detail"].endswith("send it again")
+    assert code == 0 and "Traceback" not in log and "ERROR" not in log, log
+    assert "Application shutdown complete." in log
+    assert [row["id"] for row in stored_posts(db_path)] == [post.json()["id"]]
+    assert not Path(f"{db_path}-wal").exists()  # the last connection to close merges and removes it
 
 
 def test_sigterm_during_load_finishes_in_flight_work_and_exits_cleanly(tmp_path: Path, start_server) -> None:
@@ -5902,14 +5927,14 @@ def test_closing_sends_the_held_write_first_and_a_gone_peer_gets_nothing() -> No
 def test_port_0_is_not_announced_as_the_port(monkeypatch, capsys) -> None:
     """The system picks the port as uvicorn binds (uvicorn's own line names it): the startup
     lines said http://127.0.0.1:0, for the service and its docs."""
-    monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: None)
+    monkeypatch.setattr(blog_api, "serve_in_this_process", lambda app, **options: None)
     blog_api.main(["--db", ":memory:", "--port", "0"])
     said = capsys.readouterr().err
     assert "API docs: http://127.0.0.1:<port>/schema/swagger" in said and "127.0.0.1:0" not in said
 
 
 def test_a_misspelt_environment_variable_is_warned_of_at_startup(monkeypatch, capsys) -> None:
-    monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: None)
+    monkeypatch.setattr(blog_api, "serve_in_this_process", lambda app, **options: None)
     monkeypatch.setenv("BLOG_API_CORS_ORIGIN", "https://blog.example")  # the flag is --cors-origin
     monkeypatch.setenv("BLOG_API_SOMETHING_ELSE", "1")
     blog_api.main(["--db", ":memory:", "--port", "0"])  # 8000 may be in use
@@ -6581,7 +6606,7 @@ def test_a_bug_while_reading_a_request_is_a_logged_500(db_path: Path) -> None:
 
 def test_python_blog_api_py_serves_with_its_own_protocol_and_no_websockets(monkeypatch) -> None:
     started: list[dict] = []
-    monkeypatch.setattr(blog_api.uvicorn, "run", lambda app, **options: started.append(options))
+    monkeypatch.setattr(blog_api, "serve_in_this_process", lambda app, **options: started.append(options))
     blog_api.main(["--db", ":memory:", "--port", "0", "--log-level", "warning"])
     assert [(options["http"], options["ws"]) for options in started] == [(blog_api.BlogHttpProtocol, "none")]
 
