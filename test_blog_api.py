@@ -5148,20 +5148,28 @@ def test_a_shutdown_waits_as_long_as_a_write_may_wait_for_its_lock_but_not_for_e
     assert [options["timeout_graceful_shutdown"] for options in started] == [waited]
 
 
+def answer_to_a_body_stalled_at_shutdown(server: Server, port: int, *signals: signal.Signals) -> tuple[bytes, bytes]:
+    """The head and body of the answer to a POST whose body stops coming, once the server is
+    sent each of ``signals`` half a second apart; and the server has then ended."""
+    with socket.create_connection(("127.0.0.1", port)) as stalled:
+        stalled.sendall(b'POST /api/posts HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{"title"')
+        for sent in signals:
+            time.sleep(0.5)
+            server.process.send_signal(sent)
+        stalled.settimeout(10)
+        answer = b"".join(iter(lambda: stalled.recv(65536), b""))
+    server.process.wait(timeout=10)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
 def test_a_body_still_coming_as_a_shutdown_ends_gets_a_503_not_a_500(tmp_path: Path, start_server) -> None:
     """The shutdown waits a while for requests in flight, then uvicorn cancels them: one whose
     body had not all come got a plain-text 500, and an error with a traceback in the log."""
     db_path, port = tmp_path / "stop.db", free_port()
     server = start_server([sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path)], port)
-    with socket.create_connection(("127.0.0.1", port)) as stalled:
-        stalled.sendall(b'POST /api/posts HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{"title"')
-        time.sleep(0.5)
-        server.process.send_signal(signal.SIGTERM)
-        stalled.settimeout(10)
-        answer = b"".join(iter(lambda: stalled.recv(65536), b""))
-    server.process.wait(timeout=10)
+    head, body = answer_to_a_body_stalled_at_shutdown(server, port, signal.SIGTERM)
     code, log = server.stop()
-    head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503 ") and header_values(head, b"connection") == [b"close"]
     assert json.loads(body) == {
         "status_code": 503,
@@ -5180,17 +5188,8 @@ def test_a_second_ctrl_c_answers_a_body_still_coming_and_closes_the_database(tmp
     db_path, port = tmp_path / "stop.db", free_port()
     server = start_server([sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path)], port)
     post = httpx.post(server.url + "/api/posts", json=SEED_POST)
-    with socket.create_connection(("127.0.0.1", port)) as stalled:
-        stalled.sendall(b'POST /api/posts HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{"title"')
-        time.sleep(0.5)
-        server.process.send_signal(signal.SIGINT)  # the shutdown waits for the body
-        time.sleep(0.5)
-        server.process.send_signal(signal.SIGINT)
-        stalled.settimeout(10)
-        answer = b"".join(iter(lambda: stalled.recv(65536), b""))
-    server.process.wait(timeout=10)
+    head, body = answer_to_a_body_stalled_at_shutdown(server, port, signal.SIGINT, signal.SIGINT)  # the first waits
     code, log = server.stop()
-    head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503 ") and json.loads(body)["detail"].endswith("send it again")
     assert code == 0 and "Traceback" not in log and "ERROR" not in log, log
     assert "Application shutdown complete." in log
