@@ -120,6 +120,7 @@ from litestar.response.base import ASGIResponse
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT, HTTP_304_NOT_MODIFIED
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from litestar.typing import FieldDefinition
+from litestar.utils import normalize_path
 from msgspec import UNSET, Meta, UnsetType
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.flow_control import FlowControl
@@ -4720,6 +4721,8 @@ class BlogAPI(Litestar):
         (litestar#4169)."""
         if self._allowed_methods is None:
             self._allowed_methods = allowed_methods_by_path(self.routes)
+        if path != "*":
+            path = normalize_path(path)  # as routing reads it: /api/posts/ and /api//posts are /api/posts
         methods = {"OPTIONS"}
         for pattern, served in self._allowed_methods:
             if path == "*" or pattern.fullmatch(path):

@@ -363,6 +363,17 @@ def test_wrong_method_is_405_naming_the_methods_the_path_takes(client: TestClien
     assert client.delete("/api/tags").json()["detail"] == "/api/tags does not take DELETE; it takes GET, HEAD, OPTIONS"
 
 
+@pytest.mark.parametrize("path", ["/api/posts/", "/api//posts", "/api/posts/%2F"])
+def test_a_path_routed_as_another_names_that_ones_methods(client: TestClient, path: str) -> None:
+    """Routing reads /api/posts/ (and //, and %2F decoded) as /api/posts; the Allow header and
+    a 405's message took them as paths of their own, which take OPTIONS alone."""
+    assert client.get(path).status_code == 200  # the list
+    refused = client.delete(path)
+    assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD, OPTIONS, POST"
+    assert refused.json()["detail"].endswith("does not take DELETE; it takes GET, HEAD, OPTIONS, POST")
+    assert client.options(path).headers["allow"] == "GET, HEAD, OPTIONS, POST"
+
+
 def test_an_app_under_a_root_path_names_its_urls_with_it(db_path: Path) -> None:
     """Behind a proxy that serves the API under a prefix (``uvicorn --root-path /blog``), or
     mounted in another app, Location left the prefix out (Link had it) and a 405 said the
