@@ -1850,6 +1850,8 @@ def listing_from_query(
             raise query_error(request, "q", message)
         search = search_sql(terms)
     tags = tuple(dict.fromkeys(normalized_tag(name) for name in tag or ()))  # one that cannot exist matches nothing
+    if "" in tags:  # ?tag=$TAG with TAG unset, say: it matched nothing, a page as empty as a right one
+        raise query_error(request, "tag", "Expected a tag's name, not a blank one")
     if len(tags) > MAX_TAGS:
         raise query_error(request, "tag", f"Expected at most {MAX_TAGS} tags: a post has no more")
     if cursor is not None and offset:

@@ -2958,11 +2958,21 @@ def test_a_tag_filter_takes_ten_tags_at_most_and_its_links_name_each_once(client
     assert all(parse_qs(urlsplit(url).query)["tag"] == ["python"] for url in links.values())
 
 
-@pytest.mark.parametrize("tag", ["", "x" * 31, "no-such-tag"])
+@pytest.mark.parametrize("tag", ["x" * 31, "no-such-tag"])
 def test_a_tag_filter_that_no_post_can_have_matches_nothing(client: TestClient, tag: str) -> None:
     create(client, tags=["python"])
     response = client.get("/api/posts", params={"tag": tag})
     assert response.status_code == 200 and response.json() == [] and response.headers["x-total-count"] == "0"
+
+
+@pytest.mark.parametrize("params", [[("tag", "")], [("tag", "python"), ("tag", " ")], [("tag", "\u00ad")]])
+def test_a_blank_tag_filter_is_a_400_not_an_empty_page(client: TestClient, params: list) -> None:
+    """``?tag=`` (a script's ``?tag=$TAG`` with TAG unset) answered an empty page, as a
+    right query with no posts would."""
+    create(client, tags=["python"])
+    response = client.get("/api/posts", params=params)
+    assert_validation_error(response, key="tag", source="query")
+    assert response.json()["extra"][0]["message"] == "Expected a tag's name, not a blank one"
 
 
 def test_a_page_is_read_in_one_hop_whatever_its_tags_and_comments(db_path: Path, monkeypatch) -> None:
