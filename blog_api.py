@@ -204,6 +204,7 @@ REQUEST_BODY_PAUSE_SECONDS = 20  # the longest a body may stop arriving: nginx's
 RESPONSE_READ_PAUSE_SECONDS = 20  # the longest a client may read none of its answer: nginx's send_timeout is 60 s
 LINGERING_CLOSE_SECONDS = 1.0  # reading and dropping what a client still sends, its connection closing: nginx's 5 s
 BODY_CUT_BEFORE_SHUTDOWN_ENDS_SECONDS = LINGERING_CLOSE_SECONDS + 0.5  # then a body still coming gets a 503
+UNREAD_CUT_BEFORE_SHUTDOWN_ENDS_SECONDS = 0.5  # then an answer the client has not read is cut off
 FORCED_EXIT_SECONDS = 1.0  # that a second Ctrl-C leaves requests inside the app to end, before it closes it
 MAX_PIPELINED_REQUESTS = 16  # parsed and waiting for the one being answered, on one connection
 PIPELINE_SLICE_BYTES = 4096  # what is parsed at a time, so that no read queues more than that holds
@@ -5686,6 +5687,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
     _in_body = False
     _body_timer: asyncio.TimerHandle | None = None
     _shutdown_timer: asyncio.TimerHandle | None = None
+    _unread_timer: asyncio.TimerHandle | None = None
     _dated_second = 0
     _unparsed = b""
     _client_done = False
@@ -5706,6 +5708,8 @@ class BlogHttpProtocol(HttpToolsProtocol):
         self._stop_head_timer()
         self._stop_body_timer()
         self._stop_send_timer()
+        if self._unread_timer is not None:
+            self._unread_timer.cancel()
         super().connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -5780,13 +5784,26 @@ class BlogHttpProtocol(HttpToolsProtocol):
         Such a body may go on coming while the shutdown waits for requests in flight; if it
         has not all come shortly before the wait ends, its request gets a 503 saying to send it
         again. uvicorn would cancel it there: a plain-text 500, and an error with a traceback
-        in the log, for a request that wrote nothing."""
+        in the log, for a request that wrote nothing.
+
+        And an answer the client has still not read as the wait ends is cut off, with a
+        warning naming the client: the wait was for it, and uvicorn logged that it timed out
+        as an error, "Cancel 0 running task(s)", naming nothing."""
         if self._keep_alive_after_body is not None:
             self._keep_alive_after_body = False
-        if self._in_body and (grace := self.config.timeout_graceful_shutdown) is not None:
-            cut_after = max(0.0, grace - BODY_CUT_BEFORE_SHUTDOWN_ENDS_SECONDS)
-            self._shutdown_timer = self.loop.call_later(cut_after, self._body_unfinished_at_shutdown)
+        if (grace := self.config.timeout_graceful_shutdown) is not None:
+            if self._in_body:
+                cut_after = max(0.0, grace - BODY_CUT_BEFORE_SHUTDOWN_ENDS_SECONDS)
+                self._shutdown_timer = self.loop.call_later(cut_after, self._body_unfinished_at_shutdown)
+            cut_after = max(0.0, grace - UNREAD_CUT_BEFORE_SHUTDOWN_ENDS_SECONDS)
+            self._unread_timer = self.loop.call_later(cut_after, self._answer_unread_at_shutdown)
         super().shutdown()
+
+    def _answer_unread_at_shutdown(self) -> None:
+        self._unread_timer = None
+        if self.transport.get_write_buffer_size():
+            self.logger.warning("Shutting down: %s has not read all of its answer; cut off", self._peer())
+            self.transport.abort()
 
     def _body_unfinished_at_shutdown(self) -> None:
         self._shutdown_timer = None

@@ -5218,6 +5218,26 @@ def test_a_second_ctrl_c_answers_a_body_still_coming_and_closes_the_database(tmp
     assert not Path(f"{db_path}-wal").exists()  # the last connection to close merges and removes it
 
 
+def test_an_answer_not_read_as_a_shutdown_ends_is_cut_off_with_a_warning(tmp_path: Path, start_server) -> None:
+    """The shutdown waits for a client still reading its answer; when the wait timed out,
+    uvicorn logged "ERROR: Cancel 0 running task(s), timeout graceful shutdown exceeded"."""
+    db_path, port = tmp_path / "stop.db", free_port()
+    command = [sys.executable, "blog_api.py", "--port", str(port), "--db", str(db_path), "--busy-timeout-ms", "0"]
+    server = start_server(command, port)  # the shutdown waits 3 s
+    with httpx.Client(base_url=server.url) as client:
+        for number in range(100):  # a page of 10 MB: more than the kernel's buffers hold
+            client.post("/api/posts", json={"title": f"Long {number}", "content": "x" * 100_000})
+    with socket.create_connection(("127.0.0.1", port)) as not_reading:
+        not_reading.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        not_reading.sendall(b"GET /api/posts?limit=100 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(timeout=10)
+    code, log = server.stop()
+    assert code == 0 and "ERROR" not in log, log
+    assert "WARNING:  Shutting down: 127.0.0.1 has not read all of its answer; cut off" in log
+
+
 def test_sigterm_during_load_finishes_in_flight_work_and_exits_cleanly(tmp_path: Path, start_server) -> None:
     db_path, port = tmp_path / "stop.db", free_port()
     server = start_server(
