@@ -1905,12 +1905,17 @@ def parse_moment(request: Request, name: str, value: str | None) -> int | None:
         message = "Expected an RFC 3339 date-time with an offset, like 2025-03-12T10:42:35Z"
         if rfc3339_moment(PLUS_READ_AS_SPACE.sub("+", value)) is not None:
             message += "; a + in a query string is read as a space: send it as %2B"
+        elif rfc3339_moment(LEAP_SECOND.sub(":59", value)) is not None:
+            message += "; a leap second (:60) is not taken here: send :59"
         raise query_error(request, name, message)
     return (moment - EPOCH) // timedelta(microseconds=1)
 
 
 PLUS_READ_AS_SPACE = re.compile(r" (?=\d\d:\d\d$)")
 """Where ``+05:00``, typed into a URL as it is, leaves a space: a query string's ``+`` is one."""
+LEAP_SECOND = re.compile(r"(?<=[Tt ]\d\d:\d\d):60(?=[.Zz+ -])")
+"""The seconds of a leap second (``23:59:60Z``), valid in RFC 3339, which Python's datetime
+cannot hold (Go's RFC 3339 parser refuses them too)."""
 
 
 def rfc3339_moment(value: str) -> datetime | None:

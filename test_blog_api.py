@@ -2449,6 +2449,17 @@ def test_an_offset_whose_plus_was_read_as_a_space_is_told_to_send_it_as_2b(clien
     assert response.json()["extra"][0]["message"].endswith("like 2025-03-12T10:42:35Z")
 
 
+def test_a_leap_second_in_a_query_date_is_refused_saying_so(client: TestClient) -> None:
+    """``2016-12-31T23:59:60Z`` is valid RFC 3339; the 400 said only to send RFC 3339."""
+    response = client.get("/api/posts?created_after=2016-12-31T23:59:60Z")
+    assert_validation_error(response, key="created_after", source="query")
+    assert response.json()["extra"][0]["message"] == (
+        "Expected an RFC 3339 date-time with an offset, like 2025-03-12T10:42:35Z; "
+        "a leap second (:60) is not taken here: send :59"
+    )
+    assert client.get("/api/posts?created_after=2016-12-31T23:59:59Z").status_code == 200
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
