@@ -5616,12 +5616,15 @@ def with_target_percent_encoded(read: bytes) -> bytes:
     of a query as it is (it encodes only the path), which httptools refused as no URL
     (RFC 3986). nginx takes such a target, and a browser encodes it so (the WHATWG URL
     standard). Only a request line that came whole, ending in HTTP/1's version: the rest is
-    httptools' to refuse."""
-    line_end = read.find(b"\n")
-    line = read[:line_end]
+    httptools' to refuse. Empty lines before it are skipped, as httptools skips them."""
+    start = 0
+    while read.startswith(b"\r\n", start):
+        start += 2
+    line_end = read.find(b"\n", start)
+    line = read[start:line_end]
     if line_end < 0 or line.isascii() or not REQUEST_LINE_END.search(line):
         return read
-    return quote_from_bytes(line, safe=ASCII_BYTES).encode() + read[line_end:]
+    return read[:start] + quote_from_bytes(line, safe=ASCII_BYTES).encode() + read[line_end:]
 
 
 class BlogHttpProtocol(HttpToolsProtocol):
