@@ -17,8 +17,9 @@ Read top to bottom, one section per concern:
     Demo data and backups     python blog_api.py seed | backup
     main()                    python blog_api.py [serve]: uvicorn with one send per response,
                               bounded request heads, bodies, pipelines and unread answers, the
-                              refusals HTTP/1.1 asks for, in our shape (BlogHttpProtocol), and
-                              --workers (TcpServerConfig)
+                              refusals HTTP/1.1 asks for, in our shape (BlogHttpProtocol),
+                              --workers (TcpServerConfig), and a second Ctrl-C that still
+                              closes the app (ServerClosingAtForcedExit)
 
     python blog_api.py                   # serve on http://127.0.0.1:8000
     uvicorn blog_api:app                 # the same app, configured from BLOG_API_* variables
