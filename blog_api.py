@@ -751,7 +751,10 @@ IdempotencyKey = Annotated[
 # should not be asked to believe it can.
 TagFilter = Annotated[
     list[str],
-    QueryParameter(description=f"Only posts with this tag; repeat it for posts with all of them (up to {MAX_TAGS})."),
+    QueryParameter(
+        description=f"Only posts with this tag; repeat it for posts with all of them (up to {MAX_TAGS}). "
+        "A blank one is a 400."
+    ),
 ]
 PublishedFilter = Annotated[
     bool | None,
