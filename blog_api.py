@@ -228,7 +228,8 @@ MIN_TOKEN_LENGTH = 16  # 96 bits as base64; the README's token (24 random bytes)
 class Config:
     """Everything that can be configured, from CLI flags or ``BLOG_API_*`` variables."""
 
-    db_path: str = "blog.db"
+    db_path: str | os.PathLike[str] = "blog.db"
+    """A file's path, as text or a ``pathlib.Path`` (kept as text), or ``:memory:``."""
     host: str = "127.0.0.1"
     port: int = 8000
     reload: bool = False
@@ -258,6 +259,9 @@ class Config:
     request on: the URLs the API answers with (``Location``, ``Link``) carry it."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "db_path", os.fspath(self.db_path))  # frozen: set as dataclasses do
+        if isinstance(self.cors_origins, str):
+            raise ValueError(f"cors_origins is a tuple of origins, like ({self.cors_origins!r},), not one string")
         if not self.db_path:
             raise ValueError("the database path must not be empty (use :memory: for a database in memory)")
         if not self.db_path.isprintable():

@@ -81,7 +81,7 @@ def logging_switches_restored(monkeypatch) -> None:
 @pytest.fixture
 def client(db_path: Path) -> Iterator[TestClient]:
     """A fresh app on a temporary database, started and stopped around the test."""
-    with TestClient(create_app(Config(db_path=str(db_path))), raise_server_exceptions=False) as test_client:
+    with TestClient(create_app(Config(db_path=db_path)), raise_server_exceptions=False) as test_client:
         yield test_client
 
 
@@ -334,7 +334,7 @@ def test_root_path_gives_the_answers_urls_the_prefix_a_proxy_serves_them_under(d
     each request: Location, Link and the OpenAPI document's server carry it."""
     assert blog_api.parse_args(["--root-path", "/blog"], {}).root_path == "/blog"
     assert Config.from_env({"BLOG_API_ROOT_PATH": "/blog"}).root_path == "/blog"
-    with TestClient(create_app(Config(db_path=str(db_path), root_path="/blog"))) as client:
+    with TestClient(create_app(Config(db_path=db_path, root_path="/blog"))) as client:
         first, second = create(client), create(client)
         created = client.post("/api/posts", json=SEED_POST)
         assert created.headers["location"] == f"/blog/api/posts/{created.json()['id']}"
@@ -347,7 +347,7 @@ def test_root_path_gives_the_answers_urls_the_prefix_a_proxy_serves_them_under(d
             assert f'{attribute}="/blog/schema/openapi.json"' in client.get(f"/schema/{docs}").text  # was /schema/…
         assert client.get("/api/post").json()["detail"].startswith("No such path: /blog/api/post ")
         assert client.delete("/api/tags").headers["allow"] == "GET, HEAD, OPTIONS"
-    with TestClient(create_app(Config(db_path=str(db_path), root_path="/blog")), root_path="/by-server") as client:
+    with TestClient(create_app(Config(db_path=db_path, root_path="/blog")), root_path="/by-server") as client:
         created = client.post("/by-server/api/posts", json=SEED_POST)  # the server's root path wins
         assert created.headers["location"] == f"/by-server/api/posts/{created.json()['id']}"
 
@@ -378,7 +378,7 @@ def test_an_app_under_a_root_path_names_its_urls_with_it(db_path: Path) -> None:
     """Behind a proxy that serves the API under a prefix (``uvicorn --root-path /blog``), or
     mounted in another app, Location left the prefix out (Link had it) and a 405 said the
     path took only OPTIONS."""
-    with TestClient(create_app(Config(db_path=str(db_path))), root_path="/blog") as client:
+    with TestClient(create_app(Config(db_path=db_path)), root_path="/blog") as client:
         created = client.post("/blog/api/posts", json=SEED_POST)
         assert created.headers["location"] == f"/blog/api/posts/{created.json()['id']}"
         assert client.get(created.headers["location"]).json() == created.json()
@@ -749,7 +749,7 @@ def test_a_body_that_is_not_json_at_all_is_told_it_must_be(client: TestClient, s
 
 
 def test_busy_database_is_503_with_retry_after_and_writes_nothing(db_path: Path) -> None:
-    app = create_app(Config(db_path=str(db_path), busy_timeout_ms=50))
+    app = create_app(Config(db_path=db_path, busy_timeout_ms=50))
     with TestClient(app) as client:
         other = sqlite3.connect(db_path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
@@ -1002,9 +1002,9 @@ def test_schema_statements_split_like_the_sqlite_shell() -> None:
 
 
 def test_restarting_on_the_same_database_keeps_the_posts(db_path: Path) -> None:
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         post = create(client)
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         assert client.get(f"/api/posts/{post['id']}").json() == post
 
 
@@ -1136,7 +1136,7 @@ def send_together(
     answers, and how many writes each call of ``blog_api.<together>`` was given."""
 
     async def send() -> tuple[list[httpx.Response], list[int]]:
-        async with concurrent_client(create_app(Config(db_path=str(db_path)))) as client:
+        async with concurrent_client(create_app(Config(db_path=db_path))) as client:
             created = [(await client.post("/api/posts", json=post)).json() for post in seed]
             batch = requests(created)
             batch_sizes = writes_wait_for_each_other(monkeypatch, len(batch))
@@ -1161,7 +1161,7 @@ def test_posts_created_together_are_inserted_in_one_call_each_with_its_tags(db_p
     responses, sizes = create_together(db_path, monkeypatch, posts)
     assert sizes == [6]  # one call for the six: a few statements, not three per post
     assert [response.status_code for response in responses] == [201] * 6
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         for n, response in enumerate(responses):
             created = response.json()
             assert created["slug"] == f"batch-{n}" and created["tags"] == posts[n]["tags"]
@@ -1208,7 +1208,7 @@ def test_updates_of_different_posts_sent_together_are_applied_in_one_call(db_pat
     responses, sizes = send_together(db_path, monkeypatch, "update_posts", updates, seed)
     assert sizes == [5]  # one call for the five
     assert [response.status_code for response in responses] == [200] * 5
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         for n, response in enumerate(responses):
             updated = response.json()
             assert (updated["title"], updated["tags"], updated["version"]) == (
@@ -1394,7 +1394,7 @@ def test_closing_stops_every_connection_thread(db_path: Path) -> None:
 def test_an_app_started_and_stopped_leaves_no_thread_behind(db_path: Path) -> None:
     before = threading.active_count()
     for _ in range(3):  # as a demo embedding the API might, one app after another
-        with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+        with TestClient(create_app(Config(db_path=db_path))) as client:
             assert client.get("/api/posts").status_code == 200
     assert threading.active_count() == before
 
@@ -1403,7 +1403,7 @@ def test_an_app_serves_one_event_loop_and_may_start_again_after_it_stops(db_path
     """Started a second time while it served (a second TestClient around it), the app
     swapped its database for one on the second client's loop, and the first client's next
     write waited for ever; now the second start fails, and the first serves on."""
-    app = create_app(Config(db_path=str(db_path)))
+    app = create_app(Config(db_path=db_path))
     with TestClient(app) as first:
         assert first.post("/api/posts", json=SEED_POST).status_code == 201
         with pytest.raises(BaseExceptionGroup) as started_twice, TestClient(app):
@@ -1418,7 +1418,7 @@ def test_an_app_serves_one_event_loop_and_may_start_again_after_it_stops(db_path
 def test_an_app_not_started_answers_503_saying_how_to_start_it(db_path: Path) -> None:
     """httpx's ASGITransport runs no lifespan, so the database is never opened: each request
     was a 500 with a KeyError logged; so was one after the app had stopped."""
-    app = create_app(Config(db_path=str(db_path)))
+    app = create_app(Config(db_path=db_path))
 
     async def requests_without_lifespan() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
@@ -1479,11 +1479,20 @@ def test_in_memory_database_serves_the_whole_api() -> None:
         assert client.get("/api/posts").json() == []
 
 
+def test_config_takes_the_database_path_as_a_pathlib_path(db_path: Path) -> None:
+    config = Config(db_path=db_path)  # was an AttributeError: 'PosixPath' object has no attribute 'isprintable'
+    assert config == Config(db_path=str(db_path))
+    with TestClient(create_app(config)) as client:
+        post = create(client)
+    with closing(sqlite3.connect(db_path)) as connection:
+        assert connection.execute("SELECT id FROM posts").fetchall() == [(post["id"],)]
+
+
 def test_concurrent_writes_and_reads_all_land(db_path: Path, monkeypatch) -> None:
     batch_sizes = count_batches(monkeypatch)
 
     async def burst() -> list[dict]:
-        async with concurrent_client(create_app(Config(db_path=str(db_path)))) as client:
+        async with concurrent_client(create_app(Config(db_path=db_path))) as client:
             creates = [client.post("/api/posts", json={**SEED_POST, "title": f"post {n}"}) for n in range(40)]
             reads = [client.get("/api/posts") for _ in range(20)]
             responses = await asyncio.gather(*creates, *reads)
@@ -2244,12 +2253,12 @@ PRAGMA user_version = 1;
 
 
 def test_a_version_1_database_is_upgraded_and_its_search_index_kept(db_path: Path) -> None:
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         old = create(client, title="Written before")
     with closing(sqlite3.connect(db_path, isolation_level=None)) as connection:
         connection.executescript(VERSION_3_TAG_COUNTS + VERSION_2_COMMENT_TRIGGERS + VERSION_1_SEARCH_TRIGGERS)
         connection.execute("UPDATE posts SET title = 'Renamed under version one', updated_at = updated_at + 1")
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         new = create(client, title="Written after")
         assert ids(client.get("/api/posts", params={"q": "renamed version"}).json()) == [old["id"]]
         assert ids(client.get("/api/posts", params={"q": "written"}).json()) == [new["id"]]
@@ -2262,13 +2271,13 @@ def test_a_version_1_database_is_upgraded_and_its_search_index_kept(db_path: Pat
 
 def test_a_version_2_database_is_upgraded_and_its_comments_move_last_modified(db_path: Path, monkeypatch) -> None:
     fixed_clock(monkeypatch, 1_741_776_155_700_944)  # 2025, long before the upgrade
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         post = create(client)
         comment = comment_on(client, post)
     with closing(sqlite3.connect(db_path, isolation_level=None)) as connection:
         connection.executescript(VERSION_3_TAG_COUNTS + VERSION_2_COMMENT_TRIGGERS)
     upgrade_began = datetime.now(UTC).replace(microsecond=0)
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         url = f"/api/posts/{post['id']}"
         upgraded = client.get(url)
         assert upgraded.json()["comment_count"] == 1 and upgraded.json()["updated_at"] == post["updated_at"]
@@ -2283,14 +2292,14 @@ def test_a_version_2_database_is_upgraded_and_its_comments_move_last_modified(db
 
 
 def test_a_version_3_database_is_upgraded_with_its_tags_and_comments_counted(db_path: Path) -> None:
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         commented = create(client, tags=["python", "sqlite"])
         create(client, tags=["python"], published=False)
         comment_on(client, commented)
         comment_on(client, commented)
     with closing(sqlite3.connect(db_path, isolation_level=None)) as connection:
         connection.executescript(VERSION_3_TAG_COUNTS)
-    with TestClient(create_app(Config(db_path=str(db_path), token=TOKEN))) as secured:
+    with TestClient(create_app(Config(db_path=db_path, token=TOKEN))) as secured:
         assert secured.get(f"/api/posts/{commented['id']}").json()["comment_count"] == 2
         assert secured.get("/api/tags").json() == [
             {"name": "python", "post_count": 1},
@@ -2306,14 +2315,14 @@ def test_a_version_3_database_is_upgraded_with_its_tags_and_comments_counted(db_
 
 
 def test_a_post_another_program_wrote_is_searchable_once_blog_api_starts(db_path: Path) -> None:
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         create(client)
     with closing(sqlite3.connect(db_path, isolation_level=None)) as other:
         other.execute(
             "INSERT INTO posts (id, slug, title, content, created_at, updated_at) VALUES (?, ?, 'Outsider', 'B', 1, 1)",
             (str(uuid.uuid4()), "outsider"),
         )
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         assert [post["title"] for post in client.get("/api/posts", params={"q": "outsider"}).json()] == ["Outsider"]
     assert search_index_problem(db_path) is None
 
@@ -2328,12 +2337,12 @@ def stored_title_keys(db_path: Path) -> dict[str, str]:
 
 
 def test_a_version_4_database_is_upgraded_and_sorts_titles_by_their_letters(db_path: Path) -> None:
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         for title in ("zebra", "Émile", "apple"):
             create(client, title=title)
     with closing(sqlite3.connect(db_path, isolation_level=None)) as connection:
         connection.executescript(VERSION_4_TITLES_IN_NOCASE)
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         assert titles_in_title_order(client) == ["apple", "Émile", "zebra"]  # NOCASE: Émile last
     assert stored_title_keys(db_path) == {"zebra": "zebra", "Émile": "emile", "apple": "apple"}
     with closing(sqlite3.connect(db_path)) as connection:
@@ -2345,7 +2354,7 @@ def test_a_version_4_database_is_upgraded_and_sorts_titles_by_their_letters(db_p
 def test_a_title_another_program_writes_or_changes_is_sorted_once_blog_api_writes(db_path: Path) -> None:
     """The sort key is made in Python, which another program does not run: a post it writes
     or retitles has none until blog_api next writes or starts."""
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         renamed = create(client, title="banana")
     with closing(sqlite3.connect(db_path, isolation_level=None)) as other:
         other.execute(
@@ -2354,7 +2363,7 @@ def test_a_title_another_program_writes_or_changes_is_sorted_once_blog_api_write
         )
         other.execute("UPDATE posts SET title = 'Ötzi' WHERE id = ?", (renamed["id"],))
     assert stored_title_keys(db_path) == {"Émile": "", "Ötzi": ""}
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         assert titles_in_title_order(client) == ["Émile", "Ötzi"]
         with closing(sqlite3.connect(db_path, isolation_level=None)) as other:
             other.execute("UPDATE posts SET title = 'Ärger' WHERE title = 'Ötzi'")
@@ -2533,10 +2542,10 @@ def test_a_cursor_from_another_database_is_refused(tmp_path: Path, monkeypatch) 
 
 
 def test_cursors_stay_valid_across_restarts(db_path: Path, monkeypatch) -> None:
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         posts = create_many(client, monkeypatch, 5)
         cursor = next_cursor(client, "/api/posts?limit=2")
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         response = client.get("/api/posts", params={"limit": 2, "cursor": cursor})
         assert ids(response.json()) == ids(posts[::-1][2:4])
 
@@ -2987,7 +2996,7 @@ def test_a_blank_tag_filter_is_a_400_not_an_empty_page(client: TestClient, param
 
 
 def test_a_page_is_read_in_one_hop_whatever_its_tags_and_comments(db_path: Path, monkeypatch) -> None:
-    with TestClient(create_app(Config(db_path=str(db_path), echo_sql=True))) as client:
+    with TestClient(create_app(Config(db_path=db_path, echo_sql=True))) as client:
         for n in range(25):
             create(client, title=f"post {n}", tags=["a", "b", f"t{n}"])
         hops = counting_hops(monkeypatch)
@@ -3246,7 +3255,7 @@ EDITOR = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture
 def secured(db_path: Path) -> Iterator[TestClient]:
     """An app that needs a token to write."""
-    app = create_app(Config(db_path=str(db_path), token=TOKEN))
+    app = create_app(Config(db_path=db_path, token=TOKEN))
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
 
@@ -3362,7 +3371,7 @@ def test_anyone_may_comment_on_a_published_post(secured: TestClient) -> None:
 
 def test_without_a_token_writes_come_only_from_this_machine(db_path: Path) -> None:
     remote = "http://203.0.113.7"  # the server's address, as the test client makes the scope
-    with TestClient(create_app(Config(db_path=str(db_path))), base_url="http://127.0.0.1") as client:
+    with TestClient(create_app(Config(db_path=db_path)), base_url="http://127.0.0.1") as client:
         response = client.post(f"{remote}/api/posts", json=SEED_POST)
         assert response.status_code == 403 and "--token" in response.json()["detail"]
         assert client.get(f"{remote}/api/posts").status_code == 200
@@ -3371,7 +3380,7 @@ def test_without_a_token_writes_come_only_from_this_machine(db_path: Path) -> No
         assert comment.status_code == 201  # anyone may comment, as with a token
         assert client.delete(f"{remote}{comment.headers['location']}").status_code == 403
         assert client.delete(f"{remote}/api/posts/{post['id']}").status_code == 403
-    open_app = create_app(Config(db_path=str(db_path), allow_anonymous_writes=True))
+    open_app = create_app(Config(db_path=db_path, allow_anonymous_writes=True))
     with TestClient(open_app, base_url=remote) as client:
         assert client.post("/api/posts", json=SEED_POST).status_code == 201
 
@@ -3450,7 +3459,7 @@ def test_startup_refuses_a_public_address_without_a_token(
 
 
 def test_writes_over_the_rate_limit_are_429_with_retry_after(db_path: Path) -> None:
-    with TestClient(create_app(Config(db_path=str(db_path), rate_limit="2/minute"))) as client:
+    with TestClient(create_app(Config(db_path=db_path, rate_limit="2/minute"))) as client:
         assert [client.post("/api/posts", json=SEED_POST).status_code for _ in range(2)] == [201, 201]
         response = client.post("/api/posts", json=SEED_POST)
         assert response.status_code == 429
@@ -3462,7 +3471,7 @@ def test_writes_over_the_rate_limit_are_429_with_retry_after(db_path: Path) -> N
 
 def test_writes_with_a_wrong_token_count_against_the_rate_limit(db_path: Path) -> None:
     """Else guessing the token would go unslowed by it."""
-    with TestClient(create_app(Config(db_path=str(db_path), token=TOKEN, rate_limit="2/minute"))) as client:
+    with TestClient(create_app(Config(db_path=db_path, token=TOKEN, rate_limit="2/minute"))) as client:
         wrong = {"Authorization": "Bearer not-the-token-at-all-0000"}
         assert [client.post("/api/posts", json=SEED_POST, headers=wrong).status_code for _ in range(2)] == [401, 401]
         right = client.post("/api/posts", json=SEED_POST, headers={"Authorization": f"Bearer {TOKEN}"})
@@ -3499,7 +3508,7 @@ def test_the_rate_limit_forgets_clients_whose_time_has_passed(db_path: Path, mon
     """Litestar's store dropped a client's count only when that client wrote again: every
     address that ever wrote stayed in memory (100,000 of them took 38 MB)."""
     monkeypatch.setattr(blog_api, "RATE_LIMIT_SWEEP_SECONDS", 0.2)
-    app = create_app(Config(db_path=str(db_path), rate_limit="5/second", allow_anonymous_writes=True))
+    app = create_app(Config(db_path=db_path, rate_limit="5/second", allow_anonymous_writes=True))
     counts = app.stores.get(blog_api.RATE_LIMIT_STORE)
 
     def clients_counted() -> int:
@@ -3520,7 +3529,7 @@ def test_the_rate_limit_forgets_clients_whose_time_has_passed(db_path: Path, mon
 
 @pytest.fixture
 def browser_facing(db_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Config(db_path=str(db_path), cors_origins=("https://blog.example",)))) as client:
+    with TestClient(create_app(Config(db_path=db_path, cors_origins=("https://blog.example",)))) as client:
         yield client
 
 
@@ -3647,7 +3656,7 @@ def test_a_write_from_a_site_allowed_by_cors_is_taken(browser_facing: TestClient
 
 def test_cors_for_any_origin_with_a_token(db_path: Path) -> None:
     """``--cors-origin *``: browser code on any site may read, and write with the token."""
-    config = Config(db_path=str(db_path), token=TOKEN, cors_origins=("*",))
+    config = Config(db_path=db_path, token=TOKEN, cors_origins=("*",))
     with TestClient(create_app(config)) as client:
         from_anywhere = {"Origin": "https://any.example", "Sec-Fetch-Site": "cross-site"}
         assert client.get("/api/posts", headers=from_anywhere).headers["access-control-allow-origin"] == "*"
@@ -3692,6 +3701,12 @@ def test_the_openapi_document_declares_the_bearer_scheme_only_with_a_token(secur
     assert {"BearerToken": []} in schema["security"]
     assert TOKEN not in json.dumps(schema)
     assert "securitySchemes" not in client.get("/schema/openapi.json").json().get("components", {})
+
+
+def test_config_refuses_one_cors_origin_given_as_a_string() -> None:
+    # a string is a sequence of one-character "origins": the error said only "got 'h'"
+    with pytest.raises(ValueError, match=r"cors_origins is a tuple of origins, like \('https://blog.example',\)"):
+        Config(cors_origins="https://blog.example")  # type: ignore[arg-type]
 
 
 def test_the_token_is_not_in_the_config_repr() -> None:
@@ -4089,7 +4104,7 @@ def test_if_match_on_a_missing_post_is_404(client: TestClient) -> None:
 
 def test_two_writers_with_the_same_etag_race_and_exactly_one_wins(db_path: Path, monkeypatch) -> None:
     async def race() -> list[int]:
-        async with concurrent_client(create_app(Config(db_path=str(db_path)))) as client:
+        async with concurrent_client(create_app(Config(db_path=db_path))) as client:
             post = (await client.post("/api/posts", json=SEED_POST)).json()
             url = f"/api/posts/{post['id']}"
             etag = (await client.get(url)).headers["etag"]
@@ -4105,7 +4120,7 @@ def test_two_writers_with_the_same_etag_race_and_exactly_one_wins(db_path: Path,
 
 
 def test_cache_control_of_public_draft_and_authenticated_answers(db_path: Path) -> None:
-    with TestClient(create_app(Config(db_path=str(db_path)))) as open_blog:
+    with TestClient(create_app(Config(db_path=db_path))) as open_blog:
         public = create(open_blog)
         draft = create(open_blog, title="Draft", published=False)
         assert open_blog.get(f"/api/posts/{public['id']}").headers["cache-control"] == "no-cache"
@@ -4113,7 +4128,7 @@ def test_cache_control_of_public_draft_and_authenticated_answers(db_path: Path) 
         assert open_blog.get("/api/posts").headers["cache-control"] == "private, no-store"  # a draft is on it
         assert open_blog.get("/api/posts?published=true").headers["cache-control"] == "no-cache"
         assert open_blog.get(f"/api/posts/{draft['id']}/comments").headers["cache-control"] == "private, no-store"
-    with TestClient(create_app(Config(db_path=str(db_path), token=TOKEN))) as secured:
+    with TestClient(create_app(Config(db_path=db_path, token=TOKEN))) as secured:
         assert secured.get("/api/posts").headers["cache-control"] == "no-cache"  # drafts are left out
         assert secured.get("/api/tags").headers["cache-control"] == "no-cache"
         for url in ("/api/posts", f"/api/posts/{public['id']}", "/api/tags"):
@@ -4166,7 +4181,7 @@ def test_the_same_idempotency_key_with_another_body_is_422(client: TestClient, d
 
 def test_racing_retries_with_one_idempotency_key_create_one_post(db_path: Path, monkeypatch) -> None:
     async def race() -> list[httpx.Response]:
-        async with concurrent_client(create_app(Config(db_path=str(db_path)))) as client:
+        async with concurrent_client(create_app(Config(db_path=db_path))) as client:
             batch_sizes = writes_wait_for_each_other(monkeypatch, 8)
             retries = [client.post("/api/posts", json=SEED_POST, headers={"Idempotency-Key": "k"}) for _ in range(8)]
             responses = await asyncio.gather(*retries)
@@ -4487,7 +4502,7 @@ def test_a_path_cannot_forge_or_garble_a_log_line(start_server) -> None:
 @pytest.mark.parametrize(("log_level", "lines_for_health"), [("info", 0), ("debug", 1), ("warning", None)])
 def test_the_service_writes_its_access_lines_itself_at_the_level_asked(db_path: Path, log_level, lines_for_health):
     stream = io.StringIO()
-    app = create_app(Config(db_path=str(db_path), log_level=log_level))
+    app = create_app(Config(db_path=db_path, log_level=log_level))
     blog_api.write_access_lines_directly(app)
     app.access_line_stream = stream  # where python blog_api.py has sys.stderr
     with TestClient(app) as client, log_records("blog_api.access", at_debug=False) as records:
@@ -4507,7 +4522,7 @@ def test_the_service_writes_its_access_lines_itself_at_the_level_asked(db_path: 
 
 
 def test_json_access_lines_still_go_through_logging(db_path: Path) -> None:
-    app = create_app(Config(db_path=str(db_path), log_format="json"))
+    app = create_app(Config(db_path=db_path, log_format="json"))
     blog_api.write_access_lines_directly(app)
     assert app.access_line_stream is None
 
@@ -4522,7 +4537,7 @@ def test_health_is_logged_only_at_debug_level(client: TestClient) -> None:
 def test_access_lines_under_a_root_path_name_the_path_asked_for(db_path: Path) -> None:
     """Routing replaces a request's path with the path in the app: a routed request was
     logged without the root path, a 404 with it."""
-    app = create_app(Config(db_path=str(db_path), root_path="/blog"))
+    app = create_app(Config(db_path=db_path, root_path="/blog"))
     with TestClient(app) as client, log_records("blog_api.access") as records:
         client.get("/api/posts")
         client.get("/api/post")
@@ -4549,7 +4564,7 @@ def test_request_ids_are_echoed_when_sane_and_made_otherwise(client: TestClient,
 
 
 def test_every_log_line_of_a_request_carries_its_id(db_path: Path) -> None:
-    with TestClient(create_app(Config(db_path=str(db_path), echo_sql=True))) as client, log_records() as records:
+    with TestClient(create_app(Config(db_path=db_path, echo_sql=True))) as client, log_records() as records:
         client.post("/api/posts", json=SEED_POST, headers={"X-Request-ID": "write-1"})
     lines = [(record.name, record.getMessage()) for record in records if record.request_id == "write-1"]
     sql = [message for name, message in lines if name == "blog_api.sql"]
@@ -4671,11 +4686,11 @@ def file_digest(path: Path) -> str:
 
 
 def test_read_only_serves_reads_and_answers_405_to_every_write(db_path: Path) -> None:
-    with TestClient(create_app(Config(db_path=str(db_path)))) as writable:
+    with TestClient(create_app(Config(db_path=db_path))) as writable:
         post = create(writable, tags=["python"])
         comment = comment_on(writable, post)
     digest = file_digest(db_path)
-    with TestClient(create_app(Config(db_path=str(db_path), read_only=True))) as client:
+    with TestClient(create_app(Config(db_path=db_path, read_only=True))) as client:
         assert client.get(f"/api/posts/{post['id']}").json()["id"] == post["id"]
         assert ids(client.get("/api/posts", params={"q": "litestar"}).json()) == [post["id"]]
         assert client.get("/health").json()["status"] == "ok"
@@ -4717,11 +4732,11 @@ def test_read_only_serves_a_database_in_a_folder_that_cannot_be_written(db_path:
     """A backup served from a read-only mount, as the README's mirror: SQLite reads a WAL
     database through a -shm file it makes beside it, and "unable to open database file"
     stopped the server from starting."""
-    with TestClient(create_app(Config(db_path=str(db_path)))) as writable:
+    with TestClient(create_app(Config(db_path=db_path))) as writable:
         post = create(writable, tags=["python"])
     forbid_shm_file(db_path)
     digest = file_digest(db_path)
-    mirror = create_app(Config(db_path=str(db_path), read_only=True))  # sets up logging: then listen
+    mirror = create_app(Config(db_path=db_path, read_only=True))  # sets up logging: then listen
     with log_records() as records, TestClient(mirror) as client:
         assert client.get(f"/api/posts/{post['id']}").json() == post
         assert ids(client.get("/api/posts", params={"q": "litestar", "tag": "python"}).json()) == [post["id"]]
@@ -4762,7 +4777,7 @@ def test_read_only_refuses_in_one_line_a_database_whose_wal_it_cannot_read(tmp_p
 
 
 def test_a_backup_copies_a_database_in_a_folder_that_cannot_be_written(db_path: Path, tmp_path: Path) -> None:
-    with TestClient(create_app(Config(db_path=str(db_path)))) as writable:
+    with TestClient(create_app(Config(db_path=db_path))) as writable:
         post = create(writable)
     forbid_shm_file(db_path)
     copy = tmp_path / "copy.db"
@@ -5283,7 +5298,7 @@ def test_sigterm_during_load_finishes_in_flight_work_and_exits_cleanly(tmp_path:
 
 def test_a_full_disk_is_a_503_and_corrupts_nothing(db_path: Path) -> None:
     async def fill() -> tuple[list[httpx.Response], int]:
-        app = create_app(Config(db_path=str(db_path)))
+        app = create_app(Config(db_path=db_path))
         async with concurrent_client(app) as client:
             first = (await client.post("/api/posts", json=SEED_POST)).json()
             writer = app.state.db._writer  # no small disk here: cap the file instead
@@ -5326,7 +5341,7 @@ def test_a_database_file_deleted_or_replaced_while_serving_acknowledges_no_write
     other, archive = tmp_path / "other.db", tmp_path / "archive.db"
     with TestClient(create_app(Config(db_path=str(other)))) as client:
         create(client, title="In the other file")
-    app = create_app(Config(db_path=str(db_path)))
+    app = create_app(Config(db_path=db_path))
     with log_records() as records, TestClient(app) as client:
         before = create(client)
         if how == "deleted":
@@ -5345,7 +5360,7 @@ def test_a_database_file_deleted_or_replaced_while_serving_acknowledges_no_write
         assert health.status_code == 503 and "was moved, replaced or deleted" in health.json()["database"]
     errors = [record.getMessage() for record in records if record.levelno >= logging.ERROR]
     assert errors == [moved_file_logged(db_path)]
-    with TestClient(create_app(Config(db_path=str(db_path)))) as restarted:  # what is at the path now
+    with TestClient(create_app(Config(db_path=db_path))) as restarted:  # what is at the path now
         assert restarted.get(f"/api/posts/{before['id']}").status_code == 404
         titles = [post["title"] for post in restarted.get("/api/posts").json()]
         assert titles == (["In the other file"] if how == "replaced" else [])
@@ -5360,7 +5375,7 @@ def test_a_wal_deleted_and_seen_by_health_is_emptied_into_the_database_file_at_o
 ) -> None:
     """Seen by /health before any write, the WAL deleted was emptied only at shutdown: a
     crash before it lost the writes acknowledged since the last checkpoint."""
-    app = create_app(Config(db_path=str(db_path)))
+    app = create_app(Config(db_path=db_path))
     with TestClient(app) as client:
         before = create(client)
         Path(f"{db_path}-wal").unlink()
@@ -5483,7 +5498,7 @@ def wait_until_it_has_open(pid: int, path: Path, timeout: float = 30) -> None:
 def test_ctrl_c_while_the_database_is_opened_says_so_in_one_line(db_path: Path) -> None:
     """Ctrl-C while the startup waits for a lock another program holds (up to the busy
     timeout) was a KeyboardInterrupt traceback; seed and backup said one line already."""
-    with TestClient(create_app(Config(db_path=str(db_path)))):
+    with TestClient(create_app(Config(db_path=db_path))):
         pass
     with closing(sqlite3.connect(db_path, isolation_level=None)) as holder:
         holder.execute("BEGIN IMMEDIATE")  # startup's schema check must wait for it
@@ -5597,7 +5612,7 @@ def test_a_post_from_sqlite_is_the_json_its_type_makes(client: TestClient) -> No
 
 def test_lookups_asked_together_share_one_query_and_each_gets_its_own_answer(db_path: Path, monkeypatch) -> None:
     async def check() -> tuple[list[dict], list, list[object]]:
-        app = create_app(Config(db_path=str(db_path)))
+        app = create_app(Config(db_path=db_path))
         async with concurrent_client(app) as client:
             posts = [(await client.post("/api/posts", json={**SEED_POST, "title": f"P{n}"})).json() for n in range(6)]
             keys = [post["id"] for post in posts] + [post["slug"] for post in posts] + [posts[0]["id"]] * 4
@@ -5616,7 +5631,7 @@ def test_pages_asked_together_are_read_in_one_hop(db_path: Path, monkeypatch) ->
     listings = [blog_api.Listing(), blog_api.Listing(), blog_api.Listing(offset=20), blog_api.Listing(limit=5)]
 
     async def check() -> tuple[list, list, list[object]]:
-        app = create_app(Config(db_path=str(db_path)))
+        app = create_app(Config(db_path=db_path))
         async with concurrent_client(app) as client:
             for n in range(30):
                 assert (await client.post("/api/posts", json={**SEED_POST, "title": f"P{n}"})).status_code == 201
@@ -5700,7 +5715,7 @@ def test_a_read_after_an_acknowledged_write_sees_it(db_path: Path, in_memory: bo
 
 
 def test_reading_a_post_or_a_page_again_costs_no_hop_until_the_database_changes(db_path: Path, monkeypatch):
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         post = create(client)
         first = [client.get(f"/api/posts/{post['id']}"), client.get("/api/posts")]
         hops = counting_hops(monkeypatch)
@@ -5720,9 +5735,9 @@ def test_reading_a_post_or_a_page_again_costs_no_hop_until_the_database_changes(
 def test_what_another_process_commits_is_seen_by_the_next_read(db_path: Path, read_only: bool) -> None:
     """Another worker (--workers), or any program, may write the database: the cache is
     emptied by any commit, whoever makes it."""
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         post = create(client)
-    with TestClient(create_app(Config(db_path=str(db_path), read_only=read_only))) as client:
+    with TestClient(create_app(Config(db_path=db_path, read_only=read_only))) as client:
         for _ in range(2):  # read, then read from the cache
             assert client.get(f"/api/posts/{post['id']}").json()["title"] == SEED_POST["title"]
             assert client.get("/api/posts").headers["x-total-count"] == "1"
@@ -5848,7 +5863,7 @@ async def serving(
     real socket on 127.0.0.1 by uvicorn's ``protocol_class`` in this event loop: its address.
     uvicorn's server loop, which sets the ``default_headers`` of every response once a second,
     does not run: they stay as given. ``server_root_path`` is uvicorn's ``--root-path``."""
-    app = app or create_app(Config(db_path=str(db_path), **options))
+    app = app or create_app(Config(db_path=db_path, **options))
     config = blog_api.uvicorn.Config(
         app, http=protocol_class, lifespan="off", log_level="warning", root_path=server_root_path
     )
@@ -6348,7 +6363,7 @@ async def answer_for_host(address: tuple[str, int], host: bytes) -> bytes:
 def test_without_a_token_only_names_of_this_machine_are_served(db_path: Path) -> None:
     """DNS rebinding: a page whose site points its own name at 127.0.0.1 once it has loaded
     is this server's own page to the browser, and could read the drafts and write."""
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:  # not checked: no socket
+    with TestClient(create_app(Config(db_path=db_path))) as client:  # not checked: no socket
         create(client, published=False)
 
     async def check() -> None:
@@ -6491,7 +6506,7 @@ def test_a_client_that_stops_reading_its_answer_is_cut_off_one_that_reads_slowly
     and reading nothing held 171 MB, for as long as they stayed. Here an answer that makes
     no progress for ``RESPONSE_READ_PAUSE_SECONDS`` ends its connection (nginx: send_timeout)."""
     monkeypatch.setattr(blog_api, "RESPONSE_READ_PAUSE_SECONDS", 1.0)
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         for number in range(4):
             create(client, title=f"Long {number}", content=f"{number} " * 40_000)
     page = b"GET /api/posts?limit=4 HTTP/1.1\r\nHost: localhost\r\n\r\n"
@@ -6698,7 +6713,7 @@ def test_two_workers_serve_one_database_and_stop_on_sigterm(start_server, tmp_pa
 def test_an_embedded_app_leaves_the_processes_log_records_whole(db_path: Path) -> None:
     """``python blog_api.py`` stops gathering log record fields its lines never show; an app
     embedded in someone else's process must not do that to their logs."""
-    with TestClient(create_app(Config(db_path=str(db_path)))) as client:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
         assert client.get("/").status_code == 200
     record = logging.getLogger("blog_api").makeRecord("x", logging.INFO, "f.py", 1, "m", (), None)
     assert (logging.logThreads, logging.logProcesses) == (True, True)
