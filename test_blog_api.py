@@ -5503,7 +5503,12 @@ def test_ctrl_c_while_the_database_is_opened_says_so_in_one_line(db_path: Path) 
     with closing(sqlite3.connect(db_path, isolation_level=None)) as holder:
         holder.execute("BEGIN IMMEDIATE")  # startup's schema check must wait for it
         command = [sys.executable, "blog_api.py", "--port", str(free_port()), "--db", str(db_path)]
-        starting = subprocess.Popen(command, cwd=PROJECT_DIR, stderr=subprocess.PIPE, text=True)
+        # SIGINT at its default, as a shell gives a command it runs: a job started in the
+        # background of a script (pytest's own, perhaps) passes it on ignored, and Python keeps it so
+        interruptible = partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
+        starting = subprocess.Popen(
+            command, cwd=PROJECT_DIR, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible
+        )
         wait_until_it_has_open(starting.pid, db_path)
         starting.send_signal(signal.SIGINT)
         time.sleep(0.2)
