@@ -4920,9 +4920,8 @@ def create_app(config: Config | None = None) -> Litestar:
         cors_config = CORSConfig(
             allow_origins=list(config.cors_origins),
             allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=[
+            allow_headers=[  # and Content-Type, which Litestar adds with the other safelisted ones
                 "Authorization",
-                "Content-Type",
                 "If-Match",
                 "If-None-Match",
                 "If-Modified-Since",
