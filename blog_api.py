@@ -5434,6 +5434,12 @@ def raise_open_file_limit() -> None:
 def serve(argv: list[str]) -> None:
     config = parse_args(argv)
     if config.token is None and not config.allow_anonymous_writes and not is_loopback_host(config.host):
+        if config.read_only:
+            sys.exit(
+                f"blog_api: refusing to serve {config.host} without a token: a read-only server takes no writes, "
+                "but anyone who can reach it could read the drafts. Give --token (or --token-file): only its "
+                "holders see them."
+            )
         sys.exit(
             f"blog_api: refusing to serve {config.host} without a token: anyone who can reach it could "
             "rewrite the blog. Give --token (or --token-file), or --allow-anonymous-writes if you mean it."
@@ -5459,7 +5465,10 @@ def serve(argv: list[str]) -> None:
         url = url.removesuffix(":0") + ":<port>"
     logger.info("Blog API %s on %s with database %s", __version__, url, config.db_path)
     logger.info("API docs: %s/schema/swagger (also /schema/redoc, /schema/openapi.json)", url)
-    if config.token is not None:
+    if config.read_only:
+        drafts = "only with the token" if config.token is not None else "to anyone who can reach it"
+        logger.info("Read-only (--read-only): every write answers 405; drafts are visible %s.", drafts)
+    elif config.token is not None:
         logger.info("Writes need Authorization: Bearer <token>; drafts are visible only with it.")
     elif config.allow_anonymous_writes:
         logger.info("Anyone who can reach this server may write (--allow-anonymous-writes).")

@@ -3433,6 +3433,9 @@ def test_without_a_token_writes_passed_on_by_a_proxy_on_this_machine_come_only_f
         (["--host", "127.0.0.1"], True),
         (["--host", "::1"], True),
         (["--host", "localhost"], True),
+        (["--host", "192.0.2.10", "--read-only"], False),
+        (["--host", "192.0.2.10", "--read-only", "--token", TOKEN], True),
+        (["--host", "127.0.0.1", "--read-only"], True),
     ],
 )
 def test_startup_refuses_a_public_address_without_a_token(
@@ -3443,6 +3446,9 @@ def test_startup_refuses_a_public_address_without_a_token(
     # 192.0.2.10 (kept for documentation, RFC 5737) is no address of this machine: no real binding.
     monkeypatch.setattr(blog_api, "why_not_listenable", lambda config: None)
     argv = [*argv, "--db", str(tmp_path / "blog.db")]  # startup checks the database: not one in the project
+    if "--read-only" in argv:  # serves one that exists
+        with TestClient(create_app(Config(db_path=tmp_path / "blog.db"))):
+            pass
     if starts:
         blog_api.main(argv)
         assert [options["host"] for options in started] == [argv[1]]
@@ -3450,11 +3456,19 @@ def test_startup_refuses_a_public_address_without_a_token(
         with pytest.raises(SystemExit) as exit_info:
             blog_api.main(argv)
         assert "refusing to serve 192.0.2.10 without a token" in str(exit_info.value.code)
+        if "--read-only" in argv:  # it said "anyone who can reach it could rewrite the blog"
+            assert "a read-only server takes no writes, but anyone who can reach it could read the drafts" in str(
+                exit_info.value.code
+            )
         assert started == []
     captured = capsys.readouterr()
     said = captured.out + captured.err
     assert TOKEN not in said
-    if starts and "--token" in argv:
+    if starts and "--read-only" in argv:  # it said "anyone on this machine may write"
+        drafts = "only with the token" if "--token" in argv else "to anyone who can reach it"
+        assert f"Read-only (--read-only): every write answers 405; drafts are visible {drafts}." in said
+        assert "may write" not in said
+    elif starts and "--token" in argv:
         assert "Writes need Authorization: Bearer <token>" in said
 
 
