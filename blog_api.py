@@ -5104,6 +5104,7 @@ def backup_database(source: str, target: str) -> str:
     if not os.access(target_path.parent, os.W_OK):
         raise DatabaseError(f"the folder {str(target_path.parent)!r} cannot be written; give a path in one that can")
     partial = target_path.with_name(f"{target_path.name}.partial")
+    remove_partial_copy(partial)  # a backup killed before left it: it is no database, or half of one
     try:
         if must_read_as_immutable(source):
             live = sqlite3.connect(read_only_uri(source, immutable=True), uri=True)
@@ -5114,9 +5115,14 @@ def backup_database(source: str, target: str) -> str:
             [(integrity,)] = copy.execute("PRAGMA integrity_check")
         partial.rename(target_path)
     finally:
-        for leftover in ("", "-journal", "-wal", "-shm"):  # a copy that failed (a full disk) may leave its journal
-            partial.with_name(partial.name + leftover).unlink(missing_ok=True)
+        remove_partial_copy(partial)
     return integrity
+
+
+def remove_partial_copy(partial: Path) -> None:
+    """A backup's copy not yet renamed, with the journal a copy that failed (a full disk) may leave."""
+    for leftover in ("", "-journal", "-wal", "-shm"):
+        partial.with_name(partial.name + leftover).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------

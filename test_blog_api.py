@@ -4919,6 +4919,19 @@ def test_a_backup_interrupted_leaves_no_copy_whole_or_partial(tmp_path: Path, ca
     assert sorted(path.name for path in tmp_path.iterdir()) == ["blog.db"]
 
 
+def test_a_backup_after_one_that_was_killed_replaces_what_it_left(tmp_path: Path, capsys) -> None:
+    """kill -9 leaves copy.db.partial, and maybe its journal, half written: the next backup
+    failed "cannot copy 'blog.db' to 'copy.db': file is not a database", naming neither."""
+    db_path, copy = tmp_path / "blog.db", tmp_path / "copy.db"
+    blog_api.main(["seed", "--posts", "10", "--db", str(db_path)])
+    (tmp_path / "copy.db.partial").write_bytes(b"SQLite format 3\x00" + bytes(1000))  # its first page, cut off
+    (tmp_path / "copy.db.partial-journal").write_bytes(bytes(512))
+    blog_api.main(["backup", str(copy), "--db", str(db_path)])
+    assert f"Backed up {db_path} to {copy} (integrity check: ok)" in capsys.readouterr().out
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["blog.db", "copy.db"]
+    assert stored_posts(copy) == stored_posts(db_path) and len(stored_posts(copy)) == 10
+
+
 def test_seed_adds_realistic_posts_the_same_for_the_same_seed(tmp_path: Path, capsys, monkeypatch) -> None:
     first, second, other = tmp_path / "a.db", tmp_path / "b.db", tmp_path / "c.db"
     for path, seed in [(first, "7"), (second, "7"), (other, "8")]:
