@@ -831,6 +831,18 @@ NOT_THE_LISTS_ETAG = (
 )
 
 
+class ListChanged(PreconditionFailed):
+    """412 for a list (a page of posts or of comments, the tags): If-Match names another version of it."""
+
+    detail = NOT_THE_LISTS_ETAG
+
+
+class CommentPreconditionFailed(PreconditionFailed):
+    """412 for a comment: If-Match does not name its ETag, or If-None-Match does."""
+
+    detail = "If-Match does not name the comment's ETag (its ID in quotes, which never changes), or If-None-Match does"
+
+
 class IdempotencyKeyReused(ClientException):
     """422: an Idempotency-Key already used for a request with another body."""
 
@@ -3604,14 +3616,14 @@ def if_match_failed(versions: str) -> PreconditionFailed:
 
 def failed_comment_precondition(
     if_match: str | None, if_none_match: str | None, etag: str
-) -> PreconditionFailed | None:
+) -> CommentPreconditionFailed | None:
     """RFC 9110 13.2.2 for a comment's GET or DELETE. A comment never changes, so its ETag (its ID)
     alone decides: If-Match must name it (or be ``*``), If-None-Match must not (nor be ``*``).
     It has no Last-Modified, so If-Unmodified-Since does not apply."""
     if if_match is not None and not matches_strongly(if_match, etag):
-        return PreconditionFailed(detail=NOT_THE_COMMENTS_ETAG)
+        return CommentPreconditionFailed(detail=NOT_THE_COMMENTS_ETAG)
     if if_none_match is not None and matches_weakly(if_none_match, etag):
-        return PreconditionFailed(detail=UNWANTED_COMMENT_ETAG)
+        return CommentPreconditionFailed(detail=UNWANTED_COMMENT_ETAG)
     return None
 
 
@@ -3924,7 +3936,7 @@ class PostController(Controller):
     @get(
         operation_id="listPosts",
         summary="List posts",
-        raises=[PreconditionFailed, ServiceUnavailableException],
+        raises=[ListChanged, ServiceUnavailableException],
         response_headers=documented("X-Total-Count", "Link", "ETag", "Cache-Control"),
         responses={304: NOT_MODIFIED},
     )
@@ -4060,7 +4072,7 @@ def page_response(request: Request, page: RenderedPage, if_match: str | None, if
     """A rendered page (or list) with its Cache-Control for this request; 412 if If-Match names
     another version of it (RFC 9110 13.2.2), 304 if the client's copy is current."""
     if if_match is not None and not matches_strongly(if_match, page.headers["ETag"]):
-        raise PreconditionFailed(detail=NOT_THE_LISTS_ETAG)
+        raise ListChanged()
     headers = {**page.headers, "Cache-Control": cache_control(request, page.includes_drafts)}
     if is_not_modified(if_none_match, None, headers["ETag"], 0):
         return not_modified(headers)
@@ -4125,7 +4137,7 @@ class CommentController(Controller):
     @get(
         operation_id="listComments",
         summary="List a post's comments",
-        raises=[NotFoundException, PreconditionFailed, ServiceUnavailableException],
+        raises=[NotFoundException, ListChanged, ServiceUnavailableException],
         response_headers=documented("X-Total-Count", "Link", "ETag", "Cache-Control"),
         responses={304: NOT_MODIFIED},
     )
@@ -4165,7 +4177,7 @@ class CommentController(Controller):
         "/{comment_id:str}",
         operation_id="getComment",
         summary="Get a comment",
-        raises=[NotFoundException, PreconditionFailed, ServiceUnavailableException],
+        raises=[NotFoundException, CommentPreconditionFailed, ServiceUnavailableException],
         response_headers=documented("ETag", "Cache-Control"),
         responses={304: NOT_MODIFIED},
     )
@@ -4196,7 +4208,7 @@ class CommentController(Controller):
         before_request=require_writer,
         operation_id="deleteComment",
         summary="Delete a comment",
-        raises=[NotFoundException, PreconditionFailed, *WRITE_ERRORS],
+        raises=[NotFoundException, CommentPreconditionFailed, *WRITE_ERRORS],
     )
     async def delete_comment(
         self,
@@ -4425,7 +4437,7 @@ async def health(blog: NamedDependency[Blog]) -> Response[Health]:
     operation_id="listTags",
     summary="List tags",
     tags=["tags"],
-    raises=[PreconditionFailed, ServiceUnavailableException],
+    raises=[ListChanged, ServiceUnavailableException],
     response_headers=documented("ETag", "Cache-Control"),
     responses={304: NOT_MODIFIED},
 )

@@ -864,6 +864,11 @@ def test_openapi_describes_every_route_parameter_body_and_error(client: TestClie
         assert operation["operationId"] == operation_id
         assert set(operation["responses"]) == statuses, key
         assert operation["summary"]
+    # a 412 says what changed: under the lists and comments it said "The post has changed"
+    for key, operation in operations.items():
+        if "412" in operation["responses"]:
+            what = "list" if key[1].endswith(("s", "/tags")) else key[1].split("{")[-1].removesuffix("_id}")
+            assert re.search(rf"\b{what}\b", operation["responses"]["412"]["description"]), key
     listing_parameters = [
         "published",
         "limit",
