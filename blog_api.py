@@ -831,6 +831,15 @@ NOT_THE_LISTS_ETAG = (
 )
 
 
+class DatabaseUnavailable(ServiceUnavailableException):
+    """503, as ``database_unavailable`` answers it (this class names it in the OpenAPI document)."""
+
+    detail = (
+        "The database cannot serve now: busy past the busy timeout (retry after Retry-After), its disk full "
+        "or failing, or its file moved while the server ran (it must restart)"
+    )
+
+
 class ListChanged(PreconditionFailed):
     """412 for a list (a page of posts or of comments, the tags): If-Match names another version of it."""
 
@@ -3847,7 +3856,7 @@ WRITE_ERRORS = [
     PermissionDeniedException,
     MethodNotAllowedException,
     TooManyRequestsException,
-    ServiceUnavailableException,
+    DatabaseUnavailable,
 ]
 """What any write can answer besides its own errors: no token, not from here (or from a page on another
 site), too many, busy."""
@@ -3936,7 +3945,7 @@ class PostController(Controller):
     @get(
         operation_id="listPosts",
         summary="List posts",
-        raises=[ListChanged, ServiceUnavailableException],
+        raises=[ListChanged, DatabaseUnavailable],
         response_headers=documented("X-Total-Count", "Link", "ETag", "Cache-Control"),
         responses={304: NOT_MODIFIED},
     )
@@ -3983,7 +3992,7 @@ class PostController(Controller):
         "/{post_id:str}",
         operation_id="getPost",
         summary="Get a post",
-        raises=[NotFoundException, PreconditionFailed, ServiceUnavailableException],
+        raises=[NotFoundException, PreconditionFailed, DatabaseUnavailable],
         response_headers=documented("ETag", "Last-Modified", "Cache-Control"),
         responses={304: NOT_MODIFIED},
     )
@@ -4100,7 +4109,7 @@ class CommentController(Controller):
             PermissionDeniedException,  # from a page on another site (cross_origin_refusal)
             MethodNotAllowedException,
             TooManyRequestsException,
-            ServiceUnavailableException,
+            DatabaseUnavailable,
         ],
         response_headers=documented("Location", "ETag", "Idempotent-Replayed"),
     )
@@ -4137,7 +4146,7 @@ class CommentController(Controller):
     @get(
         operation_id="listComments",
         summary="List a post's comments",
-        raises=[NotFoundException, ListChanged, ServiceUnavailableException],
+        raises=[NotFoundException, ListChanged, DatabaseUnavailable],
         response_headers=documented("X-Total-Count", "Link", "ETag", "Cache-Control"),
         responses={304: NOT_MODIFIED},
     )
@@ -4177,7 +4186,7 @@ class CommentController(Controller):
         "/{comment_id:str}",
         operation_id="getComment",
         summary="Get a comment",
-        raises=[NotFoundException, CommentPreconditionFailed, ServiceUnavailableException],
+        raises=[NotFoundException, CommentPreconditionFailed, DatabaseUnavailable],
         response_headers=documented("ETag", "Cache-Control"),
         responses={304: NOT_MODIFIED},
     )
@@ -4437,7 +4446,7 @@ async def health(blog: NamedDependency[Blog]) -> Response[Health]:
     operation_id="listTags",
     summary="List tags",
     tags=["tags"],
-    raises=[ListChanged, ServiceUnavailableException],
+    raises=[ListChanged, DatabaseUnavailable],
     response_headers=documented("ETag", "Cache-Control"),
     responses={304: NOT_MODIFIED},
 )
