@@ -5545,11 +5545,15 @@ def test_ctrl_c_while_the_database_is_opened_says_so_in_one_line(db_path: Path) 
         starting = subprocess.Popen(
             command, cwd=PROJECT_DIR, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible
         )
-        wait_until_it_has_open(starting.pid, db_path)
-        starting.send_signal(signal.SIGINT)
-        time.sleep(0.2)
-        holder.execute("ROLLBACK")  # the wait then ends at once, not at the busy timeout
-        _, stderr = starting.communicate(timeout=30)
+        try:
+            wait_until_it_has_open(starting.pid, db_path)
+            starting.send_signal(signal.SIGINT)
+            time.sleep(0.2)
+            holder.execute("ROLLBACK")  # the wait then ends at once, not at the busy timeout
+            _, stderr = starting.communicate(timeout=30)
+        finally:
+            starting.kill()  # one that missed the Ctrl-C went on serving after the test failed
+            starting.wait()
     assert starting.returncode == 130 and "Traceback" not in stderr
     assert stderr.splitlines() == ["blog_api: interrupted while opening the database, before serving"]
     assert integrity(db_path) == "ok"
