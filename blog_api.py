@@ -4563,6 +4563,9 @@ def unrouted(request: Request, exc: NotFoundException | MethodNotAllowedExceptio
         exc.detail = f"{path} does not take {request.scope['method']}; it takes {allowed}"
     response = create_exception_response(request, exc)
     response.media_type = MediaType.JSON  # not its route's: the docs' 404 for /schema/x.json was labelled HTML
+    # A shared cache may keep a 404 or a 405 for as long as it guesses (RFC 9111 4.2.2): revalidate
+    # it as a post is, since the post may be written, or the server restarted writable, meanwhile.
+    response.headers["Cache-Control"] = "no-cache"
     return response
 
 

@@ -178,6 +178,17 @@ def test_get_of_a_missing_post_is_404_with_the_tutorial_message(client: TestClie
     assert response.json() == {"status_code": 404, "detail": "Post with ID non-existent-id not found"}
 
 
+def test_a_404_is_revalidated_by_caches_as_the_post_would_be(client: TestClient) -> None:
+    """A shared cache may keep a 404 for as long as it guesses (RFC 9111 4.2.2), and had no
+    Cache-Control to stop it: the post, once written, stayed missing behind it."""
+    missing = client.get("/api/posts/soon-written")
+    assert (missing.status_code, missing.headers["cache-control"]) == (404, "no-cache")
+    assert client.get("/api/nothing-here").headers["cache-control"] == "no-cache"
+    assert client.delete("/api/tags").headers["cache-control"] == "no-cache"  # the 405 of a path
+    create(client, slug="soon-written")
+    assert client.get("/api/posts/soon-written").headers["cache-control"] == "no-cache"  # as the post's own
+
+
 def test_list_is_newest_first(client: TestClient, monkeypatch) -> None:
     fixed_clock(monkeypatch, 1_000, 2_000, 3_000)
     first, second, third = (create(client, title=title) for title in ("one", "two", "three"))
