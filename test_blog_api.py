@@ -180,7 +180,7 @@ def test_get_of_a_missing_post_is_404_with_the_tutorial_message(client: TestClie
 
 def test_a_404_is_revalidated_by_caches_as_the_post_would_be(client: TestClient) -> None:
     """A shared cache may keep a 404 for as long as it guesses (RFC 9111 4.2.2), and had no
-    Cache-Control to stop it: the post, once written, stayed missing behind it."""
+    Cache-Control to stop it: the post, once written, could stay missing behind it."""
     missing = client.get("/api/posts/soon-written")
     assert (missing.status_code, missing.headers["cache-control"]) == (404, "no-cache")
     assert client.get("/api/nothing-here").headers["cache-control"] == "no-cache"
