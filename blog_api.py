@@ -3378,11 +3378,13 @@ def http_date(microseconds: int) -> str:
 
 def is_not_modified(if_none_match: str | None, if_modified_since: str | None, etag: str, modified_us: int) -> bool:
     """RFC 9110 13.1.2 and 13.1.3: If-None-Match decides (weak comparison, ``*`` matches);
-    only without it, If-Modified-Since, to the second."""
+    only without it, If-Modified-Since, to the second. A date later than now is ignored, as
+    invalid (RFC 2616 14.25; Apache ignores it too): from a client whose clock is ahead of
+    ours, it would have every change made until then answered 304."""
     if if_none_match is not None:
         return matches_weakly(if_none_match, etag)
     since = parse_http_date(if_modified_since)
-    return since is not None and to_the_second(modified_us) <= since
+    return since is not None and to_the_second(modified_us) <= since <= to_the_second(utc_now_us())
 
 
 def matches_weakly(field_value: str, etag: str) -> bool:

@@ -3901,15 +3901,19 @@ def test_if_modified_since_is_304_to_the_second_and_yields_to_if_none_match(clie
     fixed_clock(monkeypatch, 1_741_776_155_700_944)  # 10:42:35.700944
     post = create(client)
     url = f"/api/posts/{post['id']}"
+    fixed_clock(monkeypatch, 1_741_777_200_000_000)  # now 11:00:00
     assert client.get(url, headers={"If-Modified-Since": "Wed, 12 Mar 2025 10:42:35 GMT"}).status_code == 304
     assert client.get(url, headers={"If-Modified-Since": "Wed, 12 Mar 2025 11:00:00 GMT"}).status_code == 304
     assert client.get(url, headers={"If-Modified-Since": "Wed, 12 Mar 2025 10:42:34 GMT"}).status_code == 200
     assert client.get(url, headers={"If-Modified-Since": "yesterday"}).status_code == 200
+    # later than now: invalid, so ignored; it was a 304, which hid every change until that date
+    assert client.get(url, headers={"If-Modified-Since": "Wed, 12 Mar 2025 11:00:01 GMT"}).status_code == 200
     both = {"If-Modified-Since": "Wed, 12 Mar 2025 11:00:00 GMT", "If-None-Match": '"stale"'}
     assert client.get(url, headers=both).status_code == 200
 
 
 def test_a_comment_added_or_deleted_moves_its_posts_last_modified(client: TestClient, monkeypatch) -> None:
+    real_clock = blog_api.utc_now_us
     fixed_clock(monkeypatch, 1_741_776_155_700_944)  # 10:42:35.700944
     post = create(client)
     url = f"/api/posts/{post['id']}"
@@ -3925,6 +3929,7 @@ def test_a_comment_added_or_deleted_moves_its_posts_last_modified(client: TestCl
     assert uncommented.status_code == 200 and uncommented.json()["comment_count"] == 0
     deleted_at = email.utils.parsedate_to_datetime(uncommented.headers["last-modified"])
     assert deleted_at > email.utils.parsedate_to_datetime(commented.headers["last-modified"])
+    monkeypatch.setattr(blog_api, "utc_now_us", real_clock)  # SQLite's, which dated the deletion
     assert client.get(url, headers={"If-Modified-Since": uncommented.headers["last-modified"]}).status_code == 304
 
 
