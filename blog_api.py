@@ -5012,10 +5012,15 @@ def create_app(config: Config | None = None) -> Litestar:
     )
 
 
-if __name__ != "__main__":  # run as a script, main() makes the app, from flags as well
-    app = create_app(Config.from_env())
-    """The app that ``uvicorn blog_api:app`` (and ``--workers``, ``--reload``) serves,
-    configured from ``BLOG_API_*`` variables."""
+def __getattr__(name: str) -> Any:
+    """``blog_api.app``, made when first asked for (PEP 562): the app that ``uvicorn
+    blog_api:app`` (and ``--workers``, ``--reload``) serves, configured from ``BLOG_API_*``
+    variables. Made at import, as it was, a bad variable (``BLOG_API_PORT=``) stopped
+    ``import blog_api`` itself, in code that makes its own app with its own Config."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    made = globals()["app"] = create_app(Config.from_env())
+    return made
 
 
 # --------------------------------------------------------------------------------------

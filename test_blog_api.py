@@ -1726,6 +1726,24 @@ def test_importing_has_no_side_effects(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_importing_ignores_the_environment_until_the_module_level_app_is_asked_for(tmp_path: Path) -> None:
+    """``import blog_api`` made ``blog_api.app`` from ``BLOG_API_*``: a bad variable was a
+    ValueError at import, in code that passes its own Config."""
+    code = (
+        "import blog_api; app = blog_api.create_app(blog_api.Config(db_path=':memory:')); print('imported')\n"
+        "try:\n    blog_api.app\nexcept ValueError as exc:\n    print(exc)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_DIR), "BLOG_API_PORT": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.stdout.splitlines() == ["imported", "BLOG_API_PORT must be a whole number, got ''"], result.stderr
+
+
 # --------------------------------------------------------------------------------------
 # The real service: python blog_api.py, uvicorn blog_api:app, litestar run
 # --------------------------------------------------------------------------------------
