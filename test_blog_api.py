@@ -1707,20 +1707,25 @@ def test_help_explains_every_flag() -> None:
         assert flag in result.stdout and variable in result.stdout
 
 
+def run_python_importing_blog_api(code: str, cwd: Path, **environ: str) -> subprocess.CompletedProcess:
+    """``python -c code`` in ``cwd``, which can import blog_api, with ``environ`` added."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_DIR), **environ},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def test_importing_has_no_side_effects(tmp_path: Path) -> None:
     """No file is made and no connection opened: only Litestar's daemon log thread runs."""
     code = (
         "import threading, blog_api, litestar; "
         "print(isinstance(blog_api.app, litestar.Litestar), [t.name for t in threading.enumerate() if not t.daemon])"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_python_importing_blog_api(code, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True ['MainThread']"
     assert list(tmp_path.iterdir()) == []
@@ -1733,14 +1738,7 @@ def test_importing_ignores_the_environment_until_the_module_level_app_is_asked_f
         "import blog_api; app = blog_api.create_app(blog_api.Config(db_path=':memory:')); print('imported')\n"
         "try:\n    blog_api.app\nexcept ValueError as exc:\n    print(exc)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_DIR), "BLOG_API_PORT": ""},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_python_importing_blog_api(code, tmp_path, BLOG_API_PORT="")
     assert result.stdout.splitlines() == ["imported", "BLOG_API_PORT must be a whole number, got ''"], result.stderr
 
 
