@@ -405,9 +405,11 @@ DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 
 def read_token_file(path: str) -> str:
-    """The token in a file (its first line), so that it need not appear in ``ps``."""
+    """The token in a file, so that it need not appear in ``ps``: its text, trimmed, without
+    the byte order mark a Windows editor may write first (it was refused as a character no
+    token may hold)."""
     try:
-        return Path(path).read_text(encoding="utf-8").strip()
+        return Path(path).read_text(encoding="utf-8-sig").strip()
     except OSError as exc:
         raise ValueError(f"cannot read the token file {path}: {exc.strerror}") from None
     except UnicodeDecodeError:

@@ -3769,6 +3769,8 @@ def test_token_settings_from_flags_files_and_environment(tmp_path: Path) -> None
     assert blog_api.parse_args(["--token-file", str(token_file)], {}).token == TOKEN
     assert Config.from_env({"BLOG_API_TOKEN_FILE": str(token_file)}).token == TOKEN
     assert Config.from_env({"BLOG_API_TOKEN": TOKEN}).token == TOKEN
+    token_file.write_text(f"\ufeff{TOKEN}\r\n", encoding="utf-8")  # as Notepad saves it
+    assert blog_api.parse_args(["--token-file", str(token_file)], {}).token == TOKEN
     env = {"BLOG_API_CORS_ORIGINS": "https://a.example, http://[::1]:8080", "BLOG_API_RATE_LIMIT": "5/second"}
     config = Config.from_env(env)
     assert config.cors_origins == ("https://a.example", "http://[::1]:8080") and config.writes_per == ("second", 5)
