@@ -5658,6 +5658,9 @@ ONLY_PLAIN_HTTP = "this is TLS (https://), and this server speaks plain HTTP (ht
 HTTP_2_PREFACE = "Pause on PRI/Upgrade"
 """What httptools says of ``PRI * HTTP/2.0``, the start of HTTP/2 sent with prior knowledge
 (``curl --http2-prior-knowledge``): an HTTP/2 request line, like any other a 505."""
+UNKNOWN_HTTP_VERSION = "Invalid HTTP version"
+"""What httptools says of a version it does not know (``HTTP/3.0``, ``HTTP/1.2``): a 505, as
+HTTP/2's is, not a 400 that called it no HTTP/1.1 request at all."""
 HOST = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 """RFC 3986's host (a name, an IPv4 address or an IPv6 one in brackets) and optional port."""
 REQUEST_LINE_END = re.compile(rb" HTTP/1\.[01]\r?$")
@@ -6104,7 +6107,7 @@ class BlogHttpProtocol(HttpToolsProtocol):
             target = self.url.decode("latin-1")
             status, reason = 400, "Bad Request"
             rule = f"not a valid HTTP/1.1 request (its target {target!r} is not a URL)"
-        elif str(problem) == HTTP_2_PREFACE:
+        elif str(problem) in (HTTP_2_PREFACE, UNKNOWN_HTTP_VERSION):
             status, reason, rule = 505, "HTTP Version Not Supported", ONLY_HTTP_1
         elif str(problem).startswith("Invalid char in url"):  # a control character, say
             status, reason, rule = 400, "Bad Request", f"not a valid HTTP/1.1 request ({problem}: {NOT_IN_A_URL})"

@@ -6366,6 +6366,8 @@ UNKNOWN_METHOD = "Not Implemented: the request's method is not one this server k
         (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "505 HTTP Version Not Supported", ONLY_HTTP_1),  # HTTP/2, prior knowledge
         (b"GET /api/posts HTTP/2.0\r\n\r\n", "505 HTTP Version Not Supported", ONLY_HTTP_1),  # it was ONE_HOST
         (b"GET /api/posts\r\n\r\n", "505 HTTP Version Not Supported", ONLY_HTTP_1),  # HTTP/0.9: it was ONE_HOST
+        (b"GET /api/posts HTTP/3.0\r\nHost: localhost\r\n\r\n", "505 HTTP Version Not Supported", ONLY_HTTP_1),
+        (b"GET /api/posts HTTP/1.2\r\nHost: localhost\r\n\r\n", "505 HTTP Version Not Supported", ONLY_HTTP_1),
         # RFC 9112 6.1: a coding it does not know is a 501 (it was ignored, the body read as if
         # plain); Transfer-Encoding in HTTP/1.0 is faulty framing (a way to smuggle requests).
         (
