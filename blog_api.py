@@ -5473,16 +5473,14 @@ def raise_open_file_limit() -> None:
 def serve(argv: list[str]) -> None:
     config = parse_args(argv)
     if config.token is None and not config.allow_anonymous_writes and not is_loopback_host(config.host):
-        if config.read_only:
-            sys.exit(
-                f"blog_api: refusing to serve {config.host} without a token: a read-only server takes no writes, "
-                "but anyone who can reach it could read the drafts. Give --token (or --token-file): only its "
-                "holders see them."
-            )
-        sys.exit(
-            f"blog_api: refusing to serve {config.host} without a token: anyone who can reach it could "
-            "rewrite the blog. Give --token (or --token-file), or --allow-anonymous-writes if you mean it."
+        risk = (
+            "a read-only server takes no writes, but anyone who can reach it could read the drafts. Give --token "
+            "(or --token-file): only its holders see them."
+            if config.read_only
+            else "anyone who can reach it could rewrite the blog. Give --token (or --token-file), or "
+            "--allow-anonymous-writes if you mean it."
         )
+        sys.exit(f"blog_api: refusing to serve {config.host} without a token: {risk}")
     if (reason := why_not_listenable(config)) is not None:
         sys.exit(f"blog_api: {reason}")
     if config.db_path != ":memory:":
