@@ -4556,12 +4556,12 @@ def unrouted(request: Request, exc: NotFoundException | MethodNotAllowedExceptio
     """Routing's 404 and 405, which Litestar words only ``Not Found`` and ``Method Not
     Allowed``, saying what was not found or not allowed; a handler's own (``Post with ID x not
     found``, a read-only server's 405) as they are."""
-    path = request.scope["path"]
-    in_app = path_in_app(path, request.scope.get("root_path", ""))  # under a root path, uvicorn's * is /blog*
+    path, root_path = request.scope["path"], request.scope.get("root_path", "")
+    in_app = path_in_app(path, root_path)  # under a root path, uvicorn's * is /blog*
     if in_app == "*":  # RFC 9112 3.2.4: the asterisk form, for OPTIONS alone
         return server_options(request)
     if exc.detail == HTTPStatus.NOT_FOUND.phrase:
-        exc.detail = f"No such path: {path} (the API's paths are in /schema/openapi.json)"
+        exc.detail = f"No such path: {path} (the API's paths are in {root_path}/schema/openapi.json)"
     elif exc.detail == HTTPStatus.METHOD_NOT_ALLOWED.phrase:
         allowed = request.app.allow_header(in_app)
         exc.detail = f"{path} does not take {request.scope['method']}; it takes {allowed}"

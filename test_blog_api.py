@@ -43,9 +43,10 @@ import jsonschema_rs
 import msgspec
 import pytest
 import uvicorn
-from litestar import Litestar, Response, get
+from litestar import Litestar, Response, asgi, get
 from litestar.datastructures import Cookie, ResponseHeader
 from litestar.testing import TestClient
+from litestar.types import Receive, Scope, Send
 
 import blog_api
 from blog_api import Config, Database, create_app
@@ -356,7 +357,9 @@ def test_root_path_gives_the_answers_urls_the_prefix_a_proxy_serves_them_under(d
         assert client.get("/schema/openapi.json").json()["servers"] == [{"url": "/blog"}]
         for docs, attribute in [("rapidoc", "spec-url"), ("scalar", "data-url"), ("elements", "apiDescriptionUrl")]:
             assert f'{attribute}="/blog/schema/openapi.json"' in client.get(f"/schema/{docs}").text  # was /schema/…
-        assert client.get("/api/post").json()["detail"].startswith("No such path: /blog/api/post ")
+        assert client.get("/api/post").json()["detail"] == (
+            "No such path: /blog/api/post (the API's paths are in /blog/schema/openapi.json)"
+        )
         assert client.delete("/api/tags").headers["allow"] == "GET, HEAD, OPTIONS"
     with TestClient(create_app(Config(db_path=db_path, root_path="/blog")), root_path="/by-server") as client:
         created = client.post("/by-server/api/posts", json=SEED_POST)  # the server's root path wins
@@ -402,6 +405,35 @@ def test_an_app_under_a_root_path_names_its_urls_with_it(db_path: Path) -> None:
         assert refused.headers["allow"] == "GET, HEAD, OPTIONS"
         assert refused.json()["detail"] == "/blog/api/tags does not take DELETE; it takes GET, HEAD, OPTIONS"
         assert client.options("/blog/api/tags").headers["allow"] == "GET, HEAD, OPTIONS"
+        assert client.get("/blog/api/post").json()["detail"] == (
+            "No such path: /blog/api/post (the API's paths are in /blog/schema/openapi.json)"
+        )
+        assert client.get("/blog/schema/openapi.json").status_code == 200  # where the 404 points
+
+
+def test_an_app_mounted_in_a_litestar_app_names_its_urls_with_its_root_path(db_path: Path) -> None:
+    """A Litestar mount takes its path off without setting ASGI's root_path: the README's
+    recipe gives it in the Config, and the outer app's lifespan runs the blog's."""
+    blog = create_app(Config(db_path=db_path, root_path="/blog"))
+
+    @asgi("/blog", is_mount=True, copy_scope=True)
+    async def blog_mount(scope: Scope, receive: Receive, send: Send) -> None:
+        await blog(scope, receive, send)
+
+    @asynccontextmanager
+    async def blog_lifespan(_: Litestar) -> AsyncIterator[None]:
+        async with blog.lifespan():
+            yield
+
+    with TestClient(Litestar([blog_mount], lifespan=[blog_lifespan])) as client:
+        created = client.post("/blog/api/posts", json=SEED_POST)
+        assert created.status_code == 201
+        assert created.headers["location"] == f"/blog/api/posts/{created.json()['id']}"
+        assert client.get(created.headers["location"]).json() == created.json()
+        second = client.post("/blog/api/posts", json=SEED_POST).json()
+        page = client.get("/blog/api/posts?limit=1")
+        assert page.json() == [second]
+        assert client.get(page_links(page)["next"]).json() == [created.json()]
 
 
 # --------------------------------------------------------------------------------------
