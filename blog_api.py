@@ -222,6 +222,14 @@ MAX_BUSY_TIMEOUT_MS = 2**31 - 1
 UNPRINTABLE_PATH = "path must be printable text in UTF-8, without control characters"
 BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 2.1's b64token: what a client can send
 MIN_TOKEN_LENGTH = 16  # 96 bits as base64; the README's token (24 random bytes) has 32 characters
+CONFIG_VALUE_TYPES: dict[Any, tuple[type | tuple[type, ...], str]] = {
+    int: (int, "a whole number"),
+    bool: (bool, "True or False"),
+    str: (str, "text"),
+    str | None: ((str, type(None)), "text or None"),
+    tuple[str, ...]: (tuple, "a tuple (or a list) of text"),
+}
+"""What each type of ``Config`` field takes, and how a refusal words it."""
 
 
 @dataclass(frozen=True)
@@ -259,9 +267,14 @@ class Config:
     request on: the URLs the API answers with (``Location``, ``Link``) carry it."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.db_path, str | os.PathLike):
+            raise TypeError(f"db_path must be a file's path, as text or a pathlib.Path, got {self.db_path!r}")
         object.__setattr__(self, "db_path", os.fspath(self.db_path))  # frozen: set as dataclasses do
         if isinstance(self.cors_origins, str):
             raise ValueError(f"cors_origins is a tuple of origins, like ({self.cors_origins!r},), not one string")
+        if isinstance(self.cors_origins, list):
+            object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+        self.check_value_types()
         if not self.db_path:
             raise ValueError("the database path must not be empty (use :memory: for a database in memory)")
         if not self.db_path.isprintable():
@@ -320,6 +333,21 @@ class Config:
                     "a CORS origin is a scheme and host as a browser sends them in Origin: lowercase, no path, no "
                     f"default port (an international name in its xn-- form), like https://blog.example; got {origin!r}"
                 )
+
+    def check_value_types(self) -> None:
+        """Refuse a value of another type than its field's, as code that makes a ``Config``
+        may pass one read from the environment: ``readers="4"`` failed on a comparison of
+        int and str, and ``debug="no"``, being true, showed tracebacks to every client."""
+        for name, field_ in self.__dataclass_fields__.items():
+            if field_.type not in CONFIG_VALUE_TYPES:
+                continue
+            value = getattr(self, name)
+            types, wanted = CONFIG_VALUE_TYPES[field_.type]
+            is_bool_as_number = isinstance(value, bool) and field_.type is int
+            is_tuple_of_other = field_.type == tuple[str, ...] and not all(isinstance(item, str) for item in value)
+            if not isinstance(value, types) or is_bool_as_number or is_tuple_of_other:
+                shown = repr(value) if field_.repr else type(value).__name__  # a token is never echoed
+                raise TypeError(f"{name} must be {wanted}, got {shown}")
 
     @property
     def graceful_shutdown_seconds(self) -> float:

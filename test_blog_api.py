@@ -3791,6 +3791,33 @@ def test_config_refuses_one_cors_origin_given_as_a_string() -> None:
         Config(cors_origins="https://blog.example")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("readers", "4", "readers must be a whole number, got '4'"),  # was: '<=' not supported between int and str
+        ("port", 8000.0, "port must be a whole number, got 8000.0"),
+        ("busy_timeout_ms", True, "busy_timeout_ms must be a whole number, got True"),
+        ("debug", "no", "debug must be True or False, got 'no'"),  # was accepted: "no" is true, tracebacks shown
+        ("read_only", 1, "read_only must be True or False, got 1"),
+        ("log_level", None, "log_level must be text, got None"),
+        ("rate_limit", 30, "rate_limit must be text or None, got 30"),
+        ("cors_origins", ("https://a.example", 1), "cors_origins must be a tuple (or a list) of text, got"),
+        ("db_path", None, "db_path must be a file's path, as text or a pathlib.Path, got None"),
+    ],
+)
+def test_config_refuses_a_value_of_another_type_naming_the_field(field: str, value: object, message: str) -> None:
+    with pytest.raises(TypeError) as refused:
+        Config(**{field: value})
+    assert str(refused.value).startswith(message)
+
+
+def test_config_takes_cors_origins_as_a_list_and_refuses_a_token_of_another_type_without_echoing_it() -> None:
+    assert Config(cors_origins=["https://a.example"]).cors_origins == ("https://a.example",)  # type: ignore[arg-type]
+    with pytest.raises(TypeError) as refused:
+        Config(token=TOKEN.encode())  # type: ignore[arg-type]
+    assert str(refused.value) == "token must be text or None, got bytes"
+
+
 def test_the_token_is_not_in_the_config_repr() -> None:
     assert TOKEN not in repr(Config(token=TOKEN))
 
