@@ -4952,14 +4952,20 @@ def create_app(config: Config | None = None) -> Litestar:
     """A new app on ``config``'s database. Nothing is opened until the app starts."""
     config = config or Config()
     middleware: list[Any] = []
+    rate_limit_headers: list[str] = []
     if config.writes_per is not None:  # first: a write with a wrong token counts too, so guesses are slowed
-        middleware.append(
-            RateLimitConfig(
-                rate_limit=config.writes_per,
-                check_throttle_handler=is_write,
-                identifier_for_request=rate_limited_client,
-            ).middleware
+        rate_limit = RateLimitConfig(
+            rate_limit=config.writes_per,
+            check_throttle_handler=is_write,
+            identifier_for_request=rate_limited_client,
         )
+        middleware.append(rate_limit.middleware)
+        rate_limit_headers = [
+            rate_limit.rate_limit_limit_header_key,
+            rate_limit.rate_limit_remaining_header_key,
+            rate_limit.rate_limit_reset_header_key,
+            rate_limit.rate_limit_policy_header_key,
+        ]
     openapi_security: dict[str, Any] = {}
     if config.token is not None:
         middleware.append(DefineMiddleware(BearerTokenMiddleware, token=config.token, exclude="^/health$"))
@@ -4993,6 +4999,7 @@ def create_app(config: Config | None = None) -> Litestar:
                 "Retry-After",
                 "Idempotent-Replayed",
                 "X-Request-Id",
+                *rate_limit_headers,  # so that a page can say how many writes are left, as GitHub's let it
             ],
         )
     state = State({"config": config})

@@ -3653,10 +3653,28 @@ def test_a_cors_preflight_refused_says_what_it_asked_that_is_not_allowed(
     assert response.json()["detail"].startswith(f"CORS preflight refused: {detail}")
 
 
+def exposed_headers(response: httpx.Response) -> set[str]:
+    """The headers a CORS answer lets browser code read, lowercased."""
+    return {name.strip().lower() for name in response.headers["access-control-expose-headers"].split(",")}
+
+
 def test_cors_exposes_the_headers_browser_code_needs(browser_facing: TestClient) -> None:
     response = browser_facing.get("/api/posts", headers={"Origin": "https://blog.example"})
-    exposed = {name.strip().lower() for name in response.headers["access-control-expose-headers"].split(",")}
+    exposed = exposed_headers(response)
     assert {"etag", "link", "x-total-count", "location", "idempotent-replayed", "x-request-id"} <= exposed
+    assert not any(name.startswith("ratelimit-") for name in exposed)  # none are sent without --rate-limit
+
+
+def test_cors_exposes_the_rate_limit_headers_of_a_write(db_path: Path) -> None:
+    """Browser code could read Retry-After, but not how many writes it had left."""
+    config = Config(db_path=db_path, cors_origins=("https://blog.example",), rate_limit="2/minute")
+    with TestClient(create_app(config)) as client:
+        written = client.post("/api/posts", json=SEED_POST, headers={"Origin": "https://blog.example"})
+        exposed = exposed_headers(written)
+        sent = {name for name in written.headers if name.startswith("ratelimit-")}
+        assert sent == {"ratelimit-limit", "ratelimit-remaining", "ratelimit-reset", "ratelimit-policy"}
+        assert sent <= exposed
+        assert written.headers["ratelimit-remaining"] == "1"
 
 
 @pytest.mark.parametrize(
