@@ -855,6 +855,10 @@ NOT_ITS_ETAG = (
     "If-Match names no ETag of this post: send the value of its ETag header, quotes included (a W/ one never matches)"
 )
 UNWANTED_ETAG = "The post is at an ETag that If-None-Match names (or * for any); nothing was changed"
+NOT_YET_AT_VERSION = (
+    "If-Match names a later version of this post than the one it is at ({version}), as when the database was "
+    "restored from an older copy; fetch it again"
+)
 NOT_THE_LISTS_ETAG = (
     "If-Match names no ETag of this list: it has changed since, or that is not its ETag (send the value "
     "of its ETag header, quotes included; a W/ one never matches)"
@@ -3389,9 +3393,10 @@ def comment_etag(comment_id: str) -> str:
     return f'"{comment_id}"'
 
 
-def post_id_of(etag: str) -> str:
-    """The post ID in a ``post_etag``."""
-    return etag.strip('"').rpartition(".")[0]
+def post_id_and_version(etag: str) -> tuple[str, int]:
+    """The post ID and the version a ``post_etag`` names."""
+    post_id, _, version = etag.strip('"').rpartition(".")
+    return post_id, int(version)
 
 
 def page_etag(body: bytes, headers: Mapping[str, str]) -> str:
@@ -3641,18 +3646,25 @@ def failed_read_precondition(
     if if_match is not None:
         if matches_strongly(if_match, etag):
             return None
-        return if_match_failed(versions_named(if_match, post_id_of(etag), weak_too=False))
+        post_id, version = post_id_and_version(etag)
+        return if_match_failed(versions_named(if_match, post_id, weak_too=False), version)
     since = parse_http_date(if_unmodified_since)
     if since is not None and to_the_second(modified_us) > since:
         return PreconditionFailed(detail=STALE_DATE)
     return None
 
 
-def if_match_failed(versions: str) -> PreconditionFailed:
-    """The 412 of an If-Match that the post is at none of: stale, if it names other versions
-    of the post (``versions``, from ``versions_named``); else it names none at all, which is
-    most often an ETag sent without its quotes."""
-    return PreconditionFailed() if versions != "[]" else PreconditionFailed(detail=NOT_ITS_ETAG)
+def if_match_failed(versions: str, version: int) -> PreconditionFailed:
+    """The 412 of an If-Match that the post, at ``version``, is at none of: stale, if it names
+    earlier versions of the post (``versions``, from ``versions_named``); ahead, if it names
+    only later ones; else it names none at all, which is most often an ETag sent without its
+    quotes."""
+    named = msgspec.json.decode(versions)
+    if not named:
+        return PreconditionFailed(detail=NOT_ITS_ETAG)
+    if min(named) > version:
+        return PreconditionFailed(detail=NOT_YET_AT_VERSION.format(version=version))
+    return PreconditionFailed()
 
 
 def failed_comment_precondition(
@@ -3787,7 +3799,7 @@ def precondition_failed_or_missing(connection: sqlite3.Connection, write: Mappin
         return no_post_to_write(connection, write["id"])
     [(version, modified_at)] = found
     if write["versions"] is not None and version not in msgspec.json.decode(write["versions"]):
-        return if_match_failed(write["versions"])
+        return if_match_failed(write["versions"], version)
     if write["modified_before"] is not None and modified_at >= write["modified_before"]:
         return PreconditionFailed(detail=STALE_DATE)
     return PreconditionFailed(detail=UNWANTED_ETAG)

@@ -4231,6 +4231,18 @@ def test_an_if_match_that_names_no_etag_of_the_post_is_412_saying_so(client: Tes
     assert_refused(*conditional_write(client, method, {"If-Match": '"{id}.0"'}), blog_api.PreconditionFailed.detail)
 
 
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
+def test_an_if_match_naming_only_later_versions_is_412_saying_the_post_is_behind(
+    client: TestClient, method: str
+) -> None:
+    """As after a restore from an older copy: "The post has changed since that ETag" was not so."""
+    ahead = blog_api.NOT_YET_AT_VERSION.format(version=1)
+    assert ahead.startswith("If-Match names a later version of this post than the one it is at (1)")
+    assert_refused(*conditional_write(client, method, {"If-Match": '"{id}.2", "{id}.7"'}), ahead)
+    stale_and_ahead = conditional_write(client, method, {"If-Match": '"{id}.0", "{id}.2"'})
+    assert_refused(*stale_and_ahead, blog_api.PreconditionFailed.detail)
+
+
 def test_if_match_on_a_missing_post_is_404(client: TestClient) -> None:
     response = client.put("/api/posts/missing", json={"title": "x"}, headers={"If-Match": "*"})
     assert response.status_code == 404
