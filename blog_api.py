@@ -4667,9 +4667,16 @@ async def send_error(send: Send, status: int, detail: str) -> None:
 ID_IN_ANY_CASE = re.compile(rf"(?<=/){POST_ID_SHAPE}(?=/|$)", re.IGNORECASE)
 
 
+POST_SEGMENT = re.compile(r"(?<=/api/posts/)[^/]+")
+
+
 def lowercased_ids(path: str) -> str:
-    """``path`` with each post or comment ID in it in lowercase: a slug is never shaped like one."""
-    return ID_IN_ANY_CASE.sub(lambda match: match[0].lower(), path)
+    """``path`` with each post or comment ID in it in lowercase (a UUID is the same in either
+    case), and the post's slug without capitals, which a slug never has, as WordPress finds
+    one: ``/api/posts/Hello-World`` is ``hello-world``'s. A titlecase letter (``ǅ``), which
+    a slug may hold, is left as it is."""
+    path = ID_IN_ANY_CASE.sub(lambda match: match[0].lower(), path)
+    return POST_SEGMENT.sub(lambda match: "".join(c.lower() if c.isupper() else c for c in match[0]), path, count=1)
 
 
 class BlogAPI(Litestar):
@@ -4720,6 +4727,7 @@ class BlogAPI(Litestar):
         request_headers, coded_tags = headers_as_read(scope["headers"])
         if request_headers is not scope["headers"]:
             scope = {**scope, "headers": request_headers}
+        asked_path = scope["path"]  # for the access line: the path as the client wrote it
         if not scope["path"].isascii():  # the slug it may name is composed
             scope = {**scope, "path": composed(scope["path"])}
         if not scope["path"].islower() and (path := lowercased_ids(scope["path"])) != scope["path"]:
@@ -4761,7 +4769,7 @@ class BlogAPI(Litestar):
             await super().__call__({**scope, "method": "GET"} if head else scope, receive, send_with_request_id)
         finally:
             duration_ms = round((time.perf_counter() - started) * 1000, 2)
-            self.log_access(request_id, scope["method"], requested_path, scope.get("root_path"), status, duration_ms)
+            self.log_access(request_id, scope["method"], asked_path, scope.get("root_path"), status, duration_ms)
             REQUEST_ID.reset(context)
 
     access_line_stream: TextIO | None = None

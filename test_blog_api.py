@@ -703,6 +703,26 @@ def test_ids_are_found_in_capitals_too(client: TestClient, db_path: Path) -> Non
     assert stored_posts(db_path) == [] and stored_comments(db_path) == []
 
 
+def test_slugs_are_found_in_capitals_too(client: TestClient) -> None:
+    """A slug has no capitals; one typed from its title (``Hello-World``) was a 404."""
+    post = create(client, title="Hello World")
+    comment = client.post("/api/posts/Hello-World/comments", json=COMMENT)
+    assert comment.status_code == 201 and comment.json()["post_id"] == post["id"]
+    for path in ["/api/posts/Hello-World", "/api/posts/HELLO-WORLD"]:
+        assert client.get(path).json() == client.get(f"/api/posts/{post['id']}").json()
+        assert client.get(f"{path}/comments").json() == [comment.json()]
+        assert client.get(f"{path}/comments/{comment.json()['id'].upper()}").json() == comment.json()
+    titled = create(client, title="x", slug="\u01c5emal")  # ǅ, a titlecase letter, stays as it is
+    assert client.get("/api/posts/\u01c5emal").json()["id"] == titled["id"]
+    assert client.get("/api/posts/\u01c5EMAL").json()["id"] == titled["id"]
+    with log_records("blog_api.access") as records:
+        missing = client.get("/api/posts/No-Such-Post")
+    assert missing.json()["detail"] == "Post with ID no-such-post not found"
+    assert [record.path for record in records] == ["/api/posts/No-Such-Post"]  # the access line: as asked
+    writing = client.put("/api/posts/Hello-World", json={"title": "x"})  # a write takes the ID
+    assert writing.status_code == 404 and f"is the slug of post {post['id']}" in writing.json()["detail"]
+
+
 def test_options_on_a_post_says_what_patch_takes(client: TestClient) -> None:
     post = create(client)
     response = client.options(f"/api/posts/{post['id']}")
