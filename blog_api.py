@@ -456,14 +456,23 @@ WHITESPACE = r"\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u300
 """What ``\\s`` matches in the regexes of JSON Schema (ECMA-262). Python's differs (it adds
 U+001C to U+001F and U+0085, and leaves out U+FEFF), so patterns list these characters
 instead, to mean the same to schema-driven clients as to msgspec."""
-NOT_BLANK = f"[^{WHITESPACE}]"
+INVISIBLE = (
+    r"\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f"
+    r"\u3164\ufe00-\ufe0f\uffa0\ufff0-\ufff8"
+)
+"""Unicode's Default_Ignorable_Code_Point in the BMP: the characters shown as nothing (a
+soft hyphen, a zero-width space, a direction mark, a variation selector, a Hangul filler),
+in the same escapes as ``WHITESPACE``. A title of them alone was a post with no title to see."""
+NOT_BLANK = f"[^{WHITESPACE}{INVISIBLE}]"
 """The pattern of the text a person writes (a title, a post's content, a comment's author and
-body): not whitespace alone. ``body_error`` puts msgspec's message for it in plain words."""
+body): not whitespace and invisible characters alone. ``body_error`` puts msgspec's message
+for it in plain words."""
 
 
 def written_text(max_length: int, example: str) -> Any:
-    """The type of a string that a person writes: 1 to ``max_length`` characters, not whitespace alone."""
-    description = f"1 to {max_length:,} characters, not all whitespace."
+    """The type of a string that a person writes: 1 to ``max_length`` characters, not whitespace
+    and invisible characters alone."""
+    description = f"1 to {max_length:,} characters, not all whitespace or invisible."
     return Annotated[
         str, Meta(min_length=1, max_length=max_length, pattern=NOT_BLANK, description=description, examples=[example])
     ]
@@ -1085,7 +1094,9 @@ FIELD_PATH = re.compile(r"^(?P<message>.*) - at `\$\.(?P<key>\w+)")
 NAMED_FIELD = re.compile(r"field `(?P<key>[^`]+)`")
 
 
-PLAIN_MESSAGES = {f"Expected `str` matching regex {NOT_BLANK!r}": "Expected some text, not only whitespace"}
+PLAIN_MESSAGES = {
+    f"Expected `str` matching regex {NOT_BLANK!r}": "Expected some text, not only whitespace or invisible characters"
+}
 
 
 def body_error(message: str) -> dict[str, str]:

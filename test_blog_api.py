@@ -609,6 +609,24 @@ def test_put_of_a_whole_post_as_returned_ignores_its_read_only_fields(client: Te
     assert client.get("/api/posts/other").status_code == 404
 
 
+@pytest.mark.parametrize(
+    "invisible",
+    ["\u200b", "\u00ad", " \u200d\u2060 ", "\u3164", "\ufe0f", "\u200e\u200f"],
+    ids=["zero-width space", "soft hyphen", "joiners and spaces", "Hangul filler", "variation selector", "marks"],
+)
+def test_text_of_only_invisible_characters_is_refused(client: TestClient, db_path: Path, invisible: str) -> None:
+    """A title or a comment that shows nothing was taken: a post with no title to see."""
+    for body in [{"title": invisible, "content": "x"}, {"title": "x", "content": invisible}]:
+        assert_validation_error(client.post("/api/posts", json=body), next(key for key in body if body[key] != "x"))
+    post = create(client)
+    assert_validation_error(client.patch(f"/api/posts/{post['id']}", json={"title": invisible}), "title")
+    comment = {"author": invisible, "body": "Hi"}
+    assert_validation_error(client.post(f"/api/posts/{post['id']}/comments", json=comment), "author")
+    assert [row["title"] for row in stored_posts(db_path)] == [post["title"]] and stored_comments(db_path) == []
+    kept = create(client, title=f"a{invisible}b", content=f"\u2764\ufe0f{invisible}")  # among visible ones: kept
+    assert (kept["title"], kept["content"]) == (f"a{invisible}b", f"\u2764\ufe0f{invisible}")
+
+
 def test_titles_count_characters_not_bytes(client: TestClient) -> None:
     assert create(client, title="é" * 100)["title"] == "é" * 100
     assert create(client, title="🦀" * 100)["title"] == "🦀" * 100
@@ -621,7 +639,7 @@ def test_text_of_only_whitespace_is_refused_in_plain_words(client: TestClient, d
     assert (post["title"], post["content"]) == (" Spaced out ", "\n text \n")  # kept as sent
     response = client.patch(f"/api/posts/{post['id']}", json={"title": " \t "})
     assert_validation_error(response, "title")
-    assert response.json()["extra"][0]["message"] == "Expected some text, not only whitespace"
+    assert response.json()["extra"][0]["message"] == "Expected some text, not only whitespace or invisible characters"
     assert stored_posts(db_path)[0]["title"] == " Spaced out "
     # Whitespace as JSON Schema's regexes have it, which the OpenAPI document's pattern is in:
     # Python's \s also takes U+001C to U+001F (control characters, kept like NUL), not U+FEFF.
