@@ -5438,8 +5438,19 @@ LISTEN_ERROR_HINTS = {
 def main(argv: Sequence[str] | None = None) -> None:
     """``python blog_api.py [serve|seed|backup] ...``: serve is the default."""
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and not arguments[0].startswith("-") and arguments[0] not in COMMANDS:
+        refuse_unknown_command(arguments[0])
     command = arguments.pop(0) if arguments and arguments[0] in COMMANDS else "serve"
     COMMANDS[command](arguments)
+
+
+def refuse_unknown_command(word: str) -> NoReturn:
+    """``python blog_api.py sedd``: serve's parser called it an unrecognized argument."""
+    message = f"blog_api.py: {word!r} is not a command (they are serve, seed and backup; serve is the default)"
+    if close := difflib.get_close_matches(word, COMMANDS, n=1):
+        message += f"; did you mean {close[0]}?"
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
 
 
 def seed(argv: list[str]) -> None:

@@ -5160,6 +5160,17 @@ def test_every_command_explains_itself(command: list[str], words: list[str]) -> 
     assert "%%" not in result.stdout  # argparse formats help= strings, not descriptions
 
 
+@pytest.mark.parametrize(("word", "hint"), [("sedd", "; did you mean seed?"), ("run", "")])
+def test_an_unknown_command_is_named_as_one(capsys, word: str, hint: str) -> None:
+    """It was ``unrecognized arguments: sedd``, from serve's parser."""
+    with pytest.raises(SystemExit) as exited:
+        blog_api.main([word, "--db", ":memory:"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        f"blog_api.py: {word!r} is not a command (they are serve, seed and backup; serve is the default){hint}\n"
+    )
+
+
 # --------------------------------------------------------------------------------------
 # Proof under fire: crashes, concurrency, shutdown, disk trouble
 # --------------------------------------------------------------------------------------
