@@ -4687,7 +4687,12 @@ def lowercased_ids(path: str) -> str:
     one: ``/api/posts/Hello-World`` is ``hello-world``'s. A titlecase letter (``ǅ``), which
     a slug may hold, is left as it is."""
     path = ID_IN_ANY_CASE.sub(lambda match: match[0].lower(), path)
-    return POST_SEGMENT.sub(lambda match: "".join(c.lower() if c.isupper() else c for c in match[0]), path, count=1)
+    return POST_SEGMENT.sub(lambda match: without_capitals(match[0]), path, count=1)
+
+
+def without_capitals(text: str) -> str:
+    """``text`` with its capitals (``Lu``) in lowercase, and its titlecase letters as they are."""
+    return "".join(char.lower() if char.isupper() else char for char in text)
 
 
 class BlogAPI(Litestar):
