@@ -616,8 +616,8 @@ def test_put_of_a_whole_post_as_returned_ignores_its_read_only_fields(client: Te
 )
 def test_text_of_only_invisible_characters_is_refused(client: TestClient, db_path: Path, invisible: str) -> None:
     """A title or a comment that shows nothing was taken: a post with no title to see."""
-    for body in [{"title": invisible, "content": "x"}, {"title": "x", "content": invisible}]:
-        assert_validation_error(client.post("/api/posts", json=body), next(key for key in body if body[key] != "x"))
+    assert_validation_error(client.post("/api/posts", json={"title": invisible, "content": "x"}), "title")
+    assert_validation_error(client.post("/api/posts", json={"title": "x", "content": invisible}), "content")
     post = create(client)
     assert_validation_error(client.patch(f"/api/posts/{post['id']}", json={"title": invisible}), "title")
     comment = {"author": invisible, "body": "Hi"}
