@@ -666,7 +666,7 @@ def checked_slug(slug: str) -> str:
 
 # Letters that Unicode does not decompose into a base letter and an accent.
 TRANSLITERATIONS = str.maketrans(
-    {"ß": "ss", "æ": "ae", "Æ": "ae", "œ": "oe", "Œ": "oe", "ø": "o", "Ø": "o", "đ": "d", "Đ": "d", "ł": "l",
+    {"ß": "ss", "ẞ": "ss", "æ": "ae", "Æ": "ae", "œ": "oe", "Œ": "oe", "ø": "o", "Ø": "o", "đ": "d", "Đ": "d", "ł": "l",
      "Ł": "l", "þ": "th", "Þ": "th", "ð": "d", "Ð": "d", "ı": "i"}  # noqa: RUF001 (Turkish dotless i)
 )  # fmt: skip
 

@@ -2687,6 +2687,7 @@ def test_a_slug_is_made_from_the_title(client: TestClient) -> None:
     [
         ("Café Crème Brûlée", "cafe-creme-brulee"),
         ("Straße & Smørrebrød", "strasse-smorrebrod"),
+        ("STRAẞE", "strasse"),  # the capital sharp s, which lowercased to ß: STRAẞE was straße, Straße strasse
         ("Привет, мир", "привет-мир"),
         ("Tiếng Việt", "tieng-viet"),
         # Other scripts keep their marks: й is not и, が not か, and the vowel signs of हिन्दी are the word.
