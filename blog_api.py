@@ -1613,6 +1613,15 @@ LINKED_PARAMS = ("sort", "order", "published", "created_after", "created_before"
 """The query parameters that every Link repeats, besides limit (tags last, each once, normalised)."""
 PAGE_PARAMS = ("limit", "offset", "cursor")
 PAGE_COUNTS = ("limit", "offset")
+OTHER_APIS_PAGE_PARAMS = {
+    "page": "a page is chosen with offset, or with the cursor of a Link header",
+    "_page": "a page is chosen with offset, or with the cursor of a Link header",
+    "per_page": "a page's size is limit, 1 to 100",
+    "_limit": "a page's size is limit, 1 to 100",
+}
+"""The paging parameters of GitHub's and WordPress's APIs (``page``, ``per_page``) and of
+json-server (``_page``, ``_limit``), which a client may send from habit: ignored, as other
+unknown parameters are, ``?page=2`` answered the first page again."""
 DIGITS = re.compile(r"[0-9]+")
 NO_SEARCH_WORDS = "Expected at least one word to search for"
 NOT_OUR_CURSOR = "Not a cursor this server made; follow the Link header"
@@ -1912,6 +1921,7 @@ def listing_from_query(
     """Check the query parameters together (each was checked alone by its type) and make a
     Listing; a problem is a 400 naming the parameter."""
     refuse_repeated_parameters(request, SINGLE_VALUED_LISTING_PARAMS)
+    refuse_other_apis_paging(request)
     refuse_counts_not_in_digits(request)
     search = None
     if q is not None:
@@ -2009,6 +2019,13 @@ def refuse_repeated_parameters(request: Request, single_valued: Collection[str])
         if name in seen and name in single_valued:
             raise query_error(request, name, "Expected one value, not several")
         seen.add(name)
+
+
+def refuse_other_apis_paging(request: Request) -> None:
+    """A 400 for a paging parameter of another API (``OTHER_APIS_PAGE_PARAMS``), saying this one's."""
+    for name, instead in OTHER_APIS_PAGE_PARAMS.items():
+        if name in request.query_params:
+            raise query_error(request, name, f"Not a parameter of this API: {instead}")
 
 
 def refuse_counts_not_in_digits(request: Request) -> None:
@@ -4219,6 +4236,7 @@ class CommentController(Controller):
     ) -> Response[list[Comment]]:
         """A page of the post's comments, oldest first (newest with ``order=desc``), paged like posts."""
         refuse_repeated_parameters(request, (*PAGE_PARAMS, "order"))
+        refuse_other_apis_paging(request)
         refuse_counts_not_in_digits(request)
         row = await blog.db.fetch_one(SELECT_POST_PK, {"post_id": post_id, "drafts": drafts_visible(request)})
         if row is None:

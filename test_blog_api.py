@@ -2607,6 +2607,25 @@ def test_comment_pages_refuse_a_parameter_given_twice(client: TestClient) -> Non
     assert_validation_error(response, key="limit", source="query")
 
 
+@pytest.mark.parametrize(
+    ("name", "instead"),
+    [
+        ("page", "a page is chosen with offset, or with the cursor of a Link header"),  # GitHub's, WordPress's
+        ("per_page", "a page's size is limit, 1 to 100"),
+        ("_page", "a page is chosen with offset, or with the cursor of a Link header"),  # json-server's
+        ("_limit", "a page's size is limit, 1 to 100"),
+    ],
+)
+def test_another_apis_paging_parameter_is_refused_saying_this_ones(client: TestClient, name: str, instead: str) -> None:
+    """Ignored as any unknown parameter, ``?page=2`` answered the first page again."""
+    post = create(client)
+    for path in ["/api/posts", f"/api/posts/{post['id']}/comments"]:
+        response = client.get(path, params={name: "2"})
+        assert_validation_error(response, key=name, source="query")
+        assert response.json()["extra"][0]["message"] == f"Not a parameter of this API: {instead}"
+    assert client.get("/api/posts", params={"_": "1764250000000"}).json() == [post]  # a cache-buster still goes
+
+
 def test_comment_pages_take_counts_in_digits_alone(client: TestClient) -> None:
     post = create(client)
     response = client.get(f"/api/posts/{post['id']}/comments", params={"limit": "1e1"})
