@@ -1622,6 +1622,21 @@ OTHER_APIS_PAGE_PARAMS = {
 """The paging parameters of GitHub's and WordPress's APIs (``page``, ``per_page``) and of
 json-server (``_page``, ``_limit``), which a client may send from habit: ignored, as other
 unknown parameters are, ``?page=2`` answered the first page again."""
+OTHER_APIS_POST_FILTERS = {
+    **OTHER_APIS_PAGE_PARAMS,
+    "search": "search with q",
+    "slug": "a post is found by its slug at /api/posts/{slug}",
+    "status": "drafts are chosen with published=false",
+    "tags": "posts with a tag are chosen with tag, repeated for several",
+    "since": "posts created after a moment are chosen with created_after",
+    "orderby": "the order is sort, and order (asc or desc)",
+    "_sort": "the order is sort, and order (asc or desc)",
+    "_order": "the order is sort, and order (asc or desc)",
+    "direction": "the order is sort, and order (asc or desc)",
+}
+"""The same for posts, with the filters and orders of those APIs (WordPress's ``search``,
+``slug``, ``status``, ``orderby``; GitHub's ``since``, ``direction``; json-server's
+``_sort``, ``_order``): ignored, ``?search=litestar`` answered every post."""
 DIGITS = re.compile(r"[0-9]+")
 NO_SEARCH_WORDS = "Expected at least one word to search for"
 NOT_OUR_CURSOR = "Not a cursor this server made; follow the Link header"
@@ -1921,7 +1936,7 @@ def listing_from_query(
     """Check the query parameters together (each was checked alone by its type) and make a
     Listing; a problem is a 400 naming the parameter."""
     refuse_repeated_parameters(request, SINGLE_VALUED_LISTING_PARAMS)
-    refuse_other_apis_paging(request)
+    refuse_other_apis_parameters(request, OTHER_APIS_POST_FILTERS)
     refuse_counts_not_in_digits(request)
     search = None
     if q is not None:
@@ -2021,9 +2036,10 @@ def refuse_repeated_parameters(request: Request, single_valued: Collection[str])
         seen.add(name)
 
 
-def refuse_other_apis_paging(request: Request) -> None:
-    """A 400 for a paging parameter of another API (``OTHER_APIS_PAGE_PARAMS``), saying this one's."""
-    for name, instead in OTHER_APIS_PAGE_PARAMS.items():
+def refuse_other_apis_parameters(request: Request, others: Mapping[str, str]) -> None:
+    """A 400 for a parameter of another API (``OTHER_APIS_PAGE_PARAMS``,
+    ``OTHER_APIS_POST_FILTERS``), saying what this one takes instead."""
+    for name, instead in others.items():
         if name in request.query_params:
             raise query_error(request, name, f"Not a parameter of this API: {instead}")
 
@@ -4236,7 +4252,7 @@ class CommentController(Controller):
     ) -> Response[list[Comment]]:
         """A page of the post's comments, oldest first (newest with ``order=desc``), paged like posts."""
         refuse_repeated_parameters(request, (*PAGE_PARAMS, "order"))
-        refuse_other_apis_paging(request)
+        refuse_other_apis_parameters(request, OTHER_APIS_PAGE_PARAMS)
         refuse_counts_not_in_digits(request)
         row = await blog.db.fetch_one(SELECT_POST_PK, {"post_id": post_id, "drafts": drafts_visible(request)})
         if row is None:

@@ -2607,19 +2607,37 @@ def test_comment_pages_refuse_a_parameter_given_twice(client: TestClient) -> Non
     assert_validation_error(response, key="limit", source="query")
 
 
+PAGING = "a page is chosen with offset, or with the cursor of a Link header"
+PAGE_SIZE = "a page's size is limit, 1 to 100"
+ORDER = "the order is sort, and order (asc or desc)"
+
+
 @pytest.mark.parametrize(
-    ("name", "instead"),
+    ("name", "instead", "on_comments"),
     [
-        ("page", "a page is chosen with offset, or with the cursor of a Link header"),  # GitHub's, WordPress's
-        ("per_page", "a page's size is limit, 1 to 100"),
-        ("_page", "a page is chosen with offset, or with the cursor of a Link header"),  # json-server's
-        ("_limit", "a page's size is limit, 1 to 100"),
+        ("page", PAGING, True),  # GitHub's and WordPress's
+        ("per_page", PAGE_SIZE, True),
+        ("_page", PAGING, True),  # json-server's
+        ("_limit", PAGE_SIZE, True),
+        ("search", "search with q", False),  # WordPress's
+        ("slug", "a post is found by its slug at /api/posts/{slug}", False),
+        ("status", "drafts are chosen with published=false", False),
+        ("tags", "posts with a tag are chosen with tag, repeated for several", False),
+        ("orderby", ORDER, False),
+        ("since", "posts created after a moment are chosen with created_after", False),  # GitHub's
+        ("direction", ORDER, False),
+        ("_sort", ORDER, False),  # json-server's
+        ("_order", ORDER, False),
     ],
 )
-def test_another_apis_paging_parameter_is_refused_saying_this_ones(client: TestClient, name: str, instead: str) -> None:
-    """Ignored as any unknown parameter, ``?page=2`` answered the first page again."""
+def test_another_apis_parameter_is_refused_saying_this_ones(
+    client: TestClient, name: str, instead: str, on_comments: bool
+) -> None:
+    """Ignored as any unknown parameter, ``?page=2`` answered the first page again, and
+    ``?search=litestar`` every post."""
     post = create(client)
-    for path in ["/api/posts", f"/api/posts/{post['id']}/comments"]:
+    paths = ["/api/posts", *([f"/api/posts/{post['id']}/comments"] if on_comments else [])]
+    for path in paths:
         response = client.get(path, params={name: "2"})
         assert_validation_error(response, key=name, source="query")
         assert response.json()["extra"][0]["message"] == f"Not a parameter of this API: {instead}"
