@@ -2038,9 +2038,10 @@ def refuse_repeated_parameters(request: Request, single_valued: Collection[str])
 
 def refuse_other_apis_parameters(request: Request, others: Mapping[str, str]) -> None:
     """A 400 for a parameter of another API (``OTHER_APIS_PAGE_PARAMS``,
-    ``OTHER_APIS_POST_FILTERS``), saying what this one takes instead."""
-    for name, instead in others.items():
-        if name in request.query_params:
+    ``OTHER_APIS_POST_FILTERS``), saying what this one takes instead. It looks up the few
+    parameters sent, not every name it knows: a page is asked for on every visit."""
+    for name in request.query_params:
+        if (instead := others.get(name)) is not None:
             raise query_error(request, name, f"Not a parameter of this API: {instead}")
 
 
@@ -4777,12 +4778,11 @@ class BlogAPI(Litestar):
         request_headers, coded_tags = headers_as_read(scope["headers"])
         if request_headers is not scope["headers"]:
             scope = {**scope, "headers": request_headers}
-        asked_path = scope["path"]  # for the access line: the path as the client wrote it
+        asked_path = scope["path"]  # as the client wrote it (routing replaces it): for Allow and the access line
         if not scope["path"].isascii():  # the slug it may name is composed
             scope = {**scope, "path": composed(scope["path"])}
         if not scope["path"].islower() and (path := lowercased_ids(scope["path"])) != scope["path"]:
             scope = {**scope, "path": path}
-        requested_path = scope["path"]  # routing replaces it with the path in the app
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status
@@ -4795,7 +4795,7 @@ class BlogAPI(Litestar):
                     VARIES_WITH if self.cors_config is None else VARIES_WITH_ORIGIN,
                 )
                 if status == 405 or scope["method"] == "OPTIONS":  # the answers that carry Allow
-                    in_app = path_in_app(requested_path, scope.get("root_path", ""))
+                    in_app = path_in_app(asked_path, scope.get("root_path", ""))
                     headers = self.with_full_allow_header(headers, in_app)
                 message = {**message, "headers": headers}
             elif head and message["type"] == "http.response.body":
