@@ -5019,8 +5019,13 @@ def blog_provider(state: State) -> Callable[[], Blog]:
 
 
 def create_app(config: Config | None = None) -> Litestar:
-    """A new app on ``config``'s database. Nothing is opened until the app starts."""
-    config = config or Config()
+    """A new app on ``config``'s database. Nothing is opened until the app starts.
+
+    Without a config, the ``BLOG_API_*`` variables make one, as for ``blog_api.app``: that
+    is how ``uvicorn blog_api:create_app --factory`` calls it, and with ``Config()``'s
+    defaults it served a ``BLOG_API_TOKEN`` it ignored, taking writes without it and
+    showing drafts to anyone."""
+    config = config or Config.from_env()
     middleware: list[Any] = []
     rate_limit_headers: list[str] = []
     if config.writes_per is not None:  # first: a write with a wrong token counts too, so guesses are slowed

@@ -1928,8 +1928,10 @@ def test_python_blog_api_py_serves_the_tutorials_curl_session(start_server, tmp_
     [
         ["-m", "uvicorn", "blog_api:app", "--port"],
         ["-m", "litestar", "--app", "blog_api:app", "run", "--port"],
+        ["-m", "uvicorn", "blog_api:create_app", "--factory", "--port"],
+        ["-m", "litestar", "--app", "blog_api:create_app", "run", "--port"],
     ],
-    ids=["uvicorn", "litestar-cli"],
+    ids=["uvicorn", "litestar-cli", "uvicorn-factory", "litestar-cli-factory"],
 )
 def test_other_launchers_serve_the_app_configured_from_the_environment(start_server, tmp_path, launcher) -> None:
     port = free_port()
@@ -3437,6 +3439,21 @@ def test_writes_need_the_token(secured: TestClient, db_path: Path, route: str) -
         assert (stored_posts(db_path), stored_comments(db_path)) == before
     response = secured.request(method, url, json=body, headers=EDITOR)
     assert response.status_code in (200, 201, 204)
+
+
+def test_an_app_made_without_a_config_takes_the_token_from_the_environment(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``uvicorn blog_api:create_app --factory`` calls it so: with ``Config()``'s defaults it
+    ignored ``BLOG_API_TOKEN``, took writes without it and showed drafts to anyone."""
+    monkeypatch.setenv("BLOG_API_DB", str(db_path))
+    monkeypatch.setenv("BLOG_API_TOKEN", TOKEN)
+    with TestClient(create_app()) as client:
+        assert client.post("/api/posts", json=SEED_DRAFT).status_code == 401
+        draft = create_as_editor(client, **SEED_DRAFT)
+        assert client.get("/api/posts").json() == []
+        assert client.get(f"/api/posts/{draft['id']}").status_code == 404
+    assert [row["id"] for row in stored_posts(db_path)] == [draft["id"]]
 
 
 @pytest.mark.parametrize("route", ["create post", "put post", "patch post"])
