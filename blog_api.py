@@ -14,7 +14,7 @@ Read top to bottom, one section per concern:
                               compression by Accept-Encoding (coded ETags, Vary)
     Route handlers            posts, comments, tags, health
     The app factory           create_app(config)
-    Demo data and backups     python blog_api.py seed | backup
+    Seed, import, backup      python blog_api.py seed | import | backup
     main()                    python blog_api.py [serve]: uvicorn with one send per response,
                               bounded request heads, bodies, pipelines and unread answers, the
                               refusals HTTP/1.1 asks for, in our shape (BlogHttpProtocol),
@@ -1533,6 +1533,25 @@ COUNT_DRAFTS_FROM = """
 SELECT count(*) FROM posts WHERE pk >= ? AND NOT published
 """
 
+# The columns of the posts table of the tutorial's SQLAlchemy app, in a database to import.
+SELECT_TUTORIAL_POST_COLUMNS = """
+SELECT name FROM pragma_table_info('posts')
+"""
+
+# That app's posts, oldest first: of two with one title, the first keeps the title's slug.
+# Its timestamps are text in one format (2025-03-12 10:42:35.700944): in text order, in time.
+SELECT_TUTORIAL_POSTS = """
+SELECT id, title, content, published, created_at, updated_at
+FROM posts
+ORDER BY created_at, id
+"""
+
+# One of them, with its ID, timestamps and published flag as that app stored them.
+IMPORT_POST = """
+INSERT INTO posts (id, slug, title, title_key, content, published, created_at, updated_at)
+VALUES (:id, :slug, :title, :title_key, :content, :published, :created_at, :updated_at)
+"""
+
 SEED_COMMENT = """
 INSERT INTO comments (id, post_pk, created_at, author, body)
 VALUES (?, ?, ?, ?, ?)
@@ -2585,7 +2604,8 @@ class Database:
             raise DatabaseError(
                 f"the database {self.path!r} holds tables ({', '.join(tables)}) but no blog_api "
                 "schema version, so another program made it (the tutorial's SQLAlchemy app, "
-                "perhaps); refusing to guess at its layout. Use --db to choose another file."
+                "perhaps); refusing to guess at its layout. Use --db to choose another file; "
+                f"blog_api.py import {self.path} --db blog_api.db copies the tutorial's posts into a new one."
             )
         return version
 
@@ -5136,7 +5156,7 @@ def __getattr__(name: str) -> Any:
 
 
 # --------------------------------------------------------------------------------------
-# Demo data and backups: python blog_api.py seed | backup
+# Demo data, imports and backups: python blog_api.py seed | import | backup
 # --------------------------------------------------------------------------------------
 
 DEMO_TOPICS = (  # noqa: SIM905 (a word list reads better as words)
@@ -5199,17 +5219,23 @@ SEED_BATCH = 5_000
 """Demo posts made and inserted at a time, so that memory stays flat however many are asked for."""
 
 
-def seed_database(db_path: str, posts: int, random_seed: int) -> dict[str, int]:
-    """Add ``posts`` realistic posts (with tags, comments and 10% drafts) in one transaction.
-    The same seed gives the same posts, ids and timestamps included, on the same database;
-    on one with more posts (seeded already), others, so seeding twice adds twice."""
+def make_database(db_path: str) -> None:
+    """Make a database with the schema, or upgrade an older one, as the service does when
+    it starts; a DatabaseError for one it would refuse."""
 
-    async def make_schema() -> None:
+    async def open_and_close() -> None:
         db = Database(db_path, readers=1)
         await db.open()
         await db.close()
 
-    asyncio.run(make_schema())
+    asyncio.run(open_and_close())
+
+
+def seed_database(db_path: str, posts: int, random_seed: int) -> dict[str, int]:
+    """Add ``posts`` realistic posts (with tags, comments and 10% drafts) in one transaction.
+    The same seed gives the same posts, ids and timestamps included, on the same database;
+    on one with more posts (seeded already), others, so seeding twice adds twice."""
+    make_database(db_path)
     counts = {"posts": posts, "comments": 0}
     with closing(sqlite3.connect(db_path, isolation_level=None)) as connection:
         connection.execute("PRAGMA foreign_keys = ON")
@@ -5230,6 +5256,110 @@ def seed_database(db_path: str, posts: int, random_seed: int) -> dict[str, int]:
                 counts["comments"] += len(comment_rows)
             [(counts["drafts"],)] = connection.execute(COUNT_DRAFTS_FROM, (first_pk,))
     return counts
+
+
+TUTORIAL_COLUMNS = ("id", "title", "content", "published", "created_at", "updated_at")
+"""The columns of the tutorial's ``posts`` table (its ``Post`` model) that an import reads."""
+MAX_IMPORT_PROBLEMS_SHOWN = 10
+
+
+def import_tutorial_posts(source: str, target: str) -> dict[str, int]:
+    """Copy the posts of the tutorial's SQLAlchemy app, from its database at ``source``,
+    into blog_api's at ``target`` (made if missing), in one transaction: with their IDs,
+    timestamps and published flags, and slugs made from their titles. A post imported before
+    (its ID stored already) is left as it is. All or none: a DatabaseError names the posts
+    that break this API's rules, and nothing is imported."""
+    if Path(target).exists() and Path(source).exists() and os.path.samefile(source, target):
+        raise DatabaseError(
+            f"{source!r} is the database to import into as well (--db, default blog.db, the tutorial's file name "
+            "too): give another, like --db blog_api.db"
+        )
+    posts = tutorial_posts(source)
+    make_database(target)
+    with closing(sqlite3.connect(target, isolation_level=None)) as connection:
+        connection.execute("PRAGMA foreign_keys = ON")
+        with write_transaction(connection):
+            ids = msgspec.json.encode([post["id"] for post in posts]).decode()
+            stored = {post_id for (post_id,) in connection.execute(SELECT_STORED_POST_IDS, {"ids": ids})}
+            new = [post for post in posts if post["id"] not in stored]
+            for post in new:
+                connection.execute(IMPORT_POST, {**post, "slug": free_slug(connection, slugify(post["title"]))})
+    drafts = sum(not post["published"] for post in new)
+    return {"posts": len(new), "drafts": drafts, "imported_before": len(posts) - len(new)}
+
+
+def tutorial_posts(source: str) -> list[dict[str, Any]]:
+    """The posts in the tutorial app's database at ``source``, as ``IMPORT_POST`` takes them,
+    each checked as a new post here is; a DatabaseError if the file is not that app's, or
+    naming the posts that break the rules."""
+    if not Path(source).is_file():
+        raise DatabaseError(f"there is no database at {source!r}")
+    uri = read_only_uri(source, immutable=must_read_as_immutable(source))
+    with closing(sqlite3.connect(uri, uri=True)) as connection:
+        [(version,)] = connection.execute(SELECT_SCHEMA_VERSION).fetchall()
+        if version:
+            raise DatabaseError(f"{source!r} is a blog_api database already: serve it with --db {source}")
+        columns = {name for (name,) in connection.execute(SELECT_TUTORIAL_POST_COLUMNS)}
+        if missing := [column for column in TUTORIAL_COLUMNS if column not in columns]:
+            raise DatabaseError(
+                f"{source!r} has no posts table as the tutorial's app makes it (missing: {', '.join(missing)})"
+            )
+        rows = connection.execute(SELECT_TUTORIAL_POSTS).fetchall()
+    posts, problems = [], []
+    for row in rows:
+        try:
+            posts.append(tutorial_post(*row))
+        except ValueError as exc:
+            problems.append(f"post {row[0]!r}: {exc}")
+    if problems:
+        shown = "; ".join(problems[:MAX_IMPORT_PROBLEMS_SHOWN])
+        unshown = len(problems) - MAX_IMPORT_PROBLEMS_SHOWN
+        more = f"; and {unshown} more" if unshown > 0 else ""
+        raise DatabaseError(
+            f"{counted(len(problems), 'post')} of {source!r} break this API's rules, so none was imported "
+            f"(change them in the tutorial's app, or with sqlite3): {shown}{more}"
+        )
+    return posts
+
+
+def tutorial_post(
+    post_id: Any, title: Any, content: Any, published: Any, created_at: Any, updated_at: Any
+) -> dict[str, Any]:
+    """One row of the tutorial's posts table, checked by the rules of a new post here (that
+    app checked none: a title may be blank, or longer than its VARCHAR(100)); a ValueError
+    naming the column that breaks one."""
+    if not isinstance(post_id, str) or not UUID_SHAPE.match(post_id.lower()):
+        raise ValueError("id: expected a UUID, as the tutorial's app makes them")
+    if published not in (0, 1):
+        raise ValueError(f"published: expected 0 or 1, got {published!r}")
+    try:
+        post = msgspec.convert({"title": title, "content": content, "published": bool(published)}, PostCreate)
+    except msgspec.ValidationError as exc:
+        error = body_error(str(exc))
+        raise ValueError(f"{error.get('key', 'post')}: {error['message']}") from None
+    created = tutorial_timestamp("created_at", created_at)
+    return {
+        "id": post_id.lower(),
+        "title": post.title,
+        "title_key": title_sort_key(post.title),
+        "content": post.content,
+        "published": post.published,
+        "created_at": created,
+        "updated_at": max(created, tutorial_timestamp("updated_at", updated_at)),
+    }
+
+
+def tutorial_timestamp(column: str, value: Any) -> int:
+    """A timestamp of the tutorial's app as stored here (microseconds since the epoch). That
+    app stores ``datetime.utcnow()``, which SQLAlchemy writes as text without an offset
+    (``2025-03-12 10:42:35.700944``): UTC."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{column}: expected a date and time like 2025-03-12 10:42:35.700944, got {value!r}") from None
+    if moment.utcoffset() is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - EPOCH) // timedelta(microseconds=1)
 
 
 def backup_database(source: str, target: str) -> str:
@@ -5311,6 +5441,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Serve the blog API over HTTP with uvicorn.\n\nOther commands:\n"
         "  blog_api.py seed --help     fill the database with demo posts\n"
+        "  blog_api.py import --help   copy the posts of the tutorial's app from its database\n"
         "  blog_api.py backup --help   copy the live database",
         epilog="Each flag can also be set by the environment variable named in its help.",
     )
@@ -5480,7 +5611,7 @@ LISTEN_ERROR_HINTS = {
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python blog_api.py [serve|seed|backup] ...``: serve is the default."""
+    """``python blog_api.py [serve|seed|import|backup] ...``: serve is the default."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and not arguments[0].startswith("-") and arguments[0] not in COMMANDS:
         refuse_unknown_command(arguments[0])
@@ -5490,7 +5621,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def refuse_unknown_command(word: str) -> NoReturn:
     """``python blog_api.py sedd``: serve's parser called it an unrecognized argument."""
-    message = f"blog_api.py: {word!r} is not a command (they are serve, seed and backup; serve is the default)"
+    message = f"blog_api.py: {word!r} is not a command (they are serve, seed, import and backup; serve is the default)"
     if close := difflib.get_close_matches(word, COMMANDS, n=1):
         message += f"; did you mean {close[0]}?"
     print(message, file=sys.stderr)
@@ -5504,13 +5635,7 @@ def seed(argv: list[str]) -> None:
         "10% drafts. The same --random-seed gives the same posts; seeding again adds others.",
     )
     defaults = defaults_from_env(parser)
-    parser.add_argument(
-        "--db",
-        dest="db_path",
-        type=file_path,
-        default=defaults.db_path,
-        help="database file (BLOG_API_DB; default %(default)s)",
-    )
+    add_database_argument(parser, defaults, "database file")
     parser.add_argument("--posts", type=int, default=200, help="how many posts to add (default %(default)s)")
     parser.add_argument("--random-seed", type=int, default=0, help="seed of the generator (default %(default)s)")
     args = parser.parse_args(argv)
@@ -5529,6 +5654,38 @@ def seed(argv: list[str]) -> None:
         f"Seeded {counted(counts['posts'], 'post')} ({counted(counts['drafts'], 'draft')}) and "
         f"{counted(counts['comments'], 'comment')} into {args.db_path} in {time.perf_counter() - started:.1f} s"
     )
+
+
+def import_posts(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="blog_api.py import",
+        description="Copy the posts of the tutorial's SQLAlchemy app from its database into this one, with their "
+        "IDs, timestamps and published flags; each gets a slug made from its title. All or none: posts that break "
+        "this API's rules (a blank title, say) are named, and nothing is imported. Posts imported before are left "
+        "as they are.",
+    )
+    defaults = defaults_from_env(parser)
+    parser.add_argument("source", type=file_path, help="the tutorial app's database (its blog.db)")
+    add_database_argument(parser, defaults, "database to import into, made if missing")
+    args = parser.parse_args(argv)
+    try:
+        counts = import_tutorial_posts(args.source, args.db_path)
+    except DatabaseError as exc:
+        sys.exit(f"blog_api import: {exc}")
+    except sqlite3.Error as exc:  # not a database, a full disk, a lock held past the busy timeout
+        sys.exit(f"blog_api import: cannot import {args.source!r} into {args.db_path!r}: {exc}; nothing was imported")
+    except KeyboardInterrupt:
+        exit_interrupted("blog_api import: interrupted; nothing was imported")
+    summary = f"Imported {counted(counts['posts'], 'post')} ({counted(counts['drafts'], 'draft')}) from {args.source}"
+    if before := counts["imported_before"]:
+        summary += f"; {counted(before, 'post')} imported before, left as {'it was' if before == 1 else 'they were'}"
+    print(f"{summary}; serve them with --db {args.db_path}")
+
+
+def add_database_argument(parser: argparse.ArgumentParser, defaults: Config, what: str) -> None:
+    """The ``--db`` flag of the commands that work on a database file (not ``:memory:``)."""
+    help_text = f"{what} (BLOG_API_DB; default %(default)s)"
+    parser.add_argument("--db", dest="db_path", type=file_path, default=defaults.db_path, help=help_text)
 
 
 def exit_interrupted(message: str) -> NoReturn:
@@ -5550,13 +5707,7 @@ def backup(argv: list[str]) -> None:
     )
     defaults = defaults_from_env(parser)
     parser.add_argument("path", type=file_path, help="where to write the copy (must not exist)")
-    parser.add_argument(
-        "--db",
-        dest="db_path",
-        type=file_path,
-        default=defaults.db_path,
-        help="database to copy (BLOG_API_DB; default %(default)s)",
-    )
+    add_database_argument(parser, defaults, "database to copy")
     args = parser.parse_args(argv)
     try:
         integrity = backup_database(args.db_path, args.path)
@@ -6362,7 +6513,7 @@ def exit_after_graceful_shutdown(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
-COMMANDS = {"serve": serve, "seed": seed, "backup": backup}
+COMMANDS = {"serve": serve, "seed": seed, "import": import_posts, "backup": backup}
 
 
 if __name__ == "__main__":

@@ -1604,15 +1604,26 @@ def test_refuses_a_database_from_a_newer_schema(db_path: Path, read_only: bool) 
         run(open_database(db_path, read_only=read_only))
 
 
+TUTORIAL_TABLE = (
+    "CREATE TABLE posts (id VARCHAR(36) NOT NULL, title VARCHAR(100) NOT NULL, content TEXT NOT NULL, "
+    "published BOOLEAN NOT NULL, created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL, PRIMARY KEY (id))"
+)
+"""The posts table of the tutorial's SQLAlchemy app, as its ``.schema posts`` shows it."""
+
+
+def make_tutorial_database(path: Path, rows: list[tuple] = []) -> None:  # noqa: B006 (only read)
+    """The blog.db the tutorial's app leaves, with these rows (id, title, content, published,
+    created_at, updated_at), written as SQLAlchemy writes them."""
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute(TUTORIAL_TABLE)
+        connection.executemany("INSERT INTO posts VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
 @READ_WRITE_OR_READ_ONLY
 def test_refuses_a_database_made_by_another_program(db_path: Path, read_only: bool) -> None:
     """The tutorial's SQLAlchemy app leaves a blog.db with its own posts table (read-only, it
     was told to be served once without --read-only, which refuses it)."""
-    with closing(sqlite3.connect(db_path)) as connection, connection:
-        connection.execute(
-            "CREATE TABLE posts (id VARCHAR(36) NOT NULL, title VARCHAR(100) NOT NULL, content TEXT NOT NULL, "
-            "published BOOLEAN NOT NULL, created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL, PRIMARY KEY (id))"
-        )
+    make_tutorial_database(db_path)
     with pytest.raises(blog_api.DatabaseError, match=r"holds tables \(posts\) but no blog_api schema version"):
         run(open_database(db_path, read_only=read_only))
     with closing(sqlite3.connect(db_path)) as connection, connection:  # and leaves it as it was
@@ -1960,6 +1971,7 @@ def test_startup_on_a_foreign_database_fails_with_a_clear_message(tmp_path: Path
     result = run_blog_api("--port", str(free_port()), "--db", str(foreign), timeout=30)
     assert result.returncode != 0
     assert "holds tables (posts) but no blog_api schema version" in result.stdout + result.stderr
+    assert f"blog_api.py import {foreign} --db blog_api.db copies the tutorial's posts" in result.stderr
 
 
 # --------------------------------------------------------------------------------------
@@ -5155,6 +5167,101 @@ def test_a_backup_after_one_that_was_killed_replaces_what_it_left(tmp_path: Path
     assert stored_posts(copy) == stored_posts(db_path) and len(stored_posts(copy)) == 10
 
 
+TUTORIAL_ROWS = [
+    ("692381d2-5a1b-4c3e-9f00-0123456789ab", "My First Litestar Blog Post", "Litestar makes it easy.", 1,
+     "2025-03-12 10:42:35.700944", "2025-03-12 10:42:35.700944"),
+    ("11111111-2222-4333-8444-555555555555", "Draft Post", "This is an unpublished draft post.", 0,
+     "2025-03-12 10:43:00.000001", "2025-03-13 09:00:00.000000"),
+    ("21111111-2222-4333-8444-555555555555", "My First Litestar Blog Post", "Written again.", 1,
+     "2025-03-14 08:00:00.500000", "2025-03-14 08:00:00.500000"),
+]  # fmt: skip
+
+
+def test_import_copies_the_tutorials_posts_with_their_ids_and_timestamps(tmp_path: Path, capsys) -> None:
+    """Its blog.db was refused ("another program made it"), and the API cannot set a post's
+    ID or timestamps: a tutorial app's posts could not move here with their links."""
+    tutorial, blog = tmp_path / "tutorial.db", tmp_path / "blog_api.db"
+    make_tutorial_database(tutorial, TUTORIAL_ROWS)
+    tutorial_bytes = tutorial.read_bytes()
+    blog_api.main(["import", str(tutorial), "--db", str(blog)])
+    assert capsys.readouterr().out == f"Imported 3 posts (1 draft) from {tutorial}; serve them with --db {blog}\n"
+    with TestClient(create_app(Config(db_path=blog))) as client:
+        first = client.get("/api/posts/692381d2-5a1b-4c3e-9f00-0123456789ab").json()
+        assert first == {
+            "id": "692381d2-5a1b-4c3e-9f00-0123456789ab",
+            "title": "My First Litestar Blog Post",
+            "content": "Litestar makes it easy.",
+            "created_at": "2025-03-12T10:42:35.700944Z",
+            "updated_at": "2025-03-12T10:42:35.700944Z",
+            "published": True,
+            "slug": "my-first-litestar-blog-post",
+            "tags": [],
+            "comment_count": 0,
+            "version": 1,
+        }
+        draft = client.get("/api/posts/draft-post").json()
+        assert (draft["published"], draft["updated_at"]) == (False, "2025-03-13T09:00:00.000000Z")
+        newest = client.get("/api/posts").json()
+        assert [post["slug"] for post in newest] == ["my-first-litestar-blog-post-2", "draft-post", first["slug"]]
+        assert [post["content"] for post in client.get("/api/posts", params={"q": "again"}).json()] == [
+            "Written again."
+        ]
+        assert client.get("/api/posts", params={"sort": "title", "order": "asc"}).json()[0]["title"] == "Draft Post"
+        assert client.put(f"/api/posts/{first['id']}", json={"title": "Edited"}).json()["version"] == 2
+    blog_api.main(["import", str(tutorial), "--db", str(blog)])  # again: nothing twice, the edit kept
+    assert "Imported 0 posts (0 drafts) from" in capsys.readouterr().out
+    assert sorted(row["title"] for row in stored_posts(blog)) == ["Draft Post", "Edited", TUTORIAL_ROWS[2][1]]
+    assert tutorial.read_bytes() == tutorial_bytes and sorted(path.name for path in tmp_path.iterdir()) == [
+        "blog_api.db",
+        "tutorial.db",
+    ]
+
+
+def test_import_of_posts_that_break_the_rules_names_them_and_imports_none(tmp_path: Path, capsys) -> None:
+    """The tutorial's app checks nothing: a blank title, one past its VARCHAR(100)."""
+    tutorial, blog = tmp_path / "tutorial.db", tmp_path / "blog_api.db"
+    good = TUTORIAL_ROWS[0]
+    bad = [
+        ("31111111-2222-4333-8444-555555555555", "  ", *good[2:]),
+        ("41111111-2222-4333-8444-555555555555", "x" * 101, *good[2:]),
+        ("not-a-uuid", *good[1:]),
+        ("51111111-2222-4333-8444-555555555555", *good[1:3], 2, *good[4:]),
+        ("61111111-2222-4333-8444-555555555555", *good[1:4], "yesterday", good[5]),
+    ]
+    make_tutorial_database(tutorial, [good, *bad])
+    with pytest.raises(SystemExit) as exit_info:
+        blog_api.main(["import", str(tutorial), "--db", str(blog)])
+    message = str(exit_info.value.code)
+    assert message.startswith(f"blog_api import: 5 posts of '{tutorial}' break this API's rules, so none was imported")
+    for named in [
+        "post '31111111-2222-4333-8444-555555555555': title: Expected some text, not only whitespace",
+        "post '41111111-2222-4333-8444-555555555555': title: Expected `str` of length <= 100",
+        "post 'not-a-uuid': id: expected a UUID",
+        "post '51111111-2222-4333-8444-555555555555': published: expected 0 or 1, got 2",
+        "post '61111111-2222-4333-8444-555555555555': created_at: expected a date and time",
+    ]:
+        assert named in message
+    assert not blog.exists()
+
+
+def test_import_refuses_a_file_that_is_not_the_tutorials_database(tmp_path: Path, capsys) -> None:
+    tutorial, blog, other = tmp_path / "blog.db", tmp_path / "blog_api.db", tmp_path / "other.db"
+    make_tutorial_database(tutorial, TUTORIAL_ROWS)
+    with closing(sqlite3.connect(other)) as connection, connection:
+        connection.execute("CREATE TABLE posts (id TEXT, body TEXT)")
+    blog_api.main(["seed", "--posts", "1", "--db", str(blog)])
+    for source, target, refusal in [
+        (tutorial, tutorial, "is the database to import into as well (--db, default blog.db"),
+        (blog, tmp_path / "new.db", f"is a blog_api database already: serve it with --db {blog}"),
+        (other, tmp_path / "new.db", "has no posts table as the tutorial's app makes it (missing: title, content"),
+        (tmp_path / "missing.db", tmp_path / "new.db", "there is no database at"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            blog_api.main(["import", str(source), "--db", str(target)])
+        assert refusal in str(exit_info.value.code)
+    assert len(stored_posts(blog)) == 1 and not (tmp_path / "new.db").exists()
+
+
 def test_seed_adds_realistic_posts_the_same_for_the_same_seed(tmp_path: Path, capsys, monkeypatch) -> None:
     first, second, other = tmp_path / "a.db", tmp_path / "b.db", tmp_path / "c.db"
     for path, seed in [(first, "7"), (second, "7"), (other, "8")]:
@@ -5222,7 +5329,8 @@ def test_an_unknown_command_is_named_as_one(capsys, word: str, hint: str) -> Non
         blog_api.main([word, "--db", ":memory:"])
     assert exited.value.code == 2
     assert capsys.readouterr().err == (
-        f"blog_api.py: {word!r} is not a command (they are serve, seed and backup; serve is the default){hint}\n"
+        f"blog_api.py: {word!r} is not a command (they are serve, seed, import and backup; "
+        f"serve is the default){hint}\n"
     )
 
 
