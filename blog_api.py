@@ -2568,8 +2568,12 @@ class Database:
         fires a trigger: every write here) keeps a statement journal of the pages it
         changes, and SQLite moves one that grows past 64 KiB into a file in /var/tmp. A
         batch of creates did, at about 20 pwrite() calls per create. Nothing durable is in
-        it: it only undoes a statement, and is dropped at the end of the transaction."""
+        it: it only undoes a statement, and is dropped at the end of the transaction.
+
+        A database this refuses (another program's, a newer blog_api's) is refused before
+        WAL, which stays with the file: the tutorial's blog.db, refused, was left in WAL mode."""
         if not self.in_memory:
+            self._schema_version_of_ours(connection)
             connection.execute("PRAGMA journal_mode = WAL")
         connection.execute(self._synchronous_pragma)
         connection.execute("PRAGMA temp_store = MEMORY")

@@ -1628,6 +1628,7 @@ def test_refuses_a_database_made_by_another_program(db_path: Path, read_only: bo
         run(open_database(db_path, read_only=read_only))
     with closing(sqlite3.connect(db_path)) as connection, connection:  # and leaves it as it was
         assert connection.execute("PRAGMA user_version").fetchone() == (0,)
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # it was set to WAL
 
 
 def test_refuses_a_file_that_is_not_a_database(db_path: Path) -> None:
