@@ -14,7 +14,7 @@ Read top to bottom, one section per concern:
                               compression by Accept-Encoding (coded ETags, Vary)
     Route handlers            posts, comments, tags, health
     The app factory           create_app(config)
-    Seed, import, backup      python blog_api.py seed | import | backup
+    Commands on the database  python blog_api.py seed | import | backup | restore
     main()                    python blog_api.py [serve]: uvicorn with one send per response,
                               bounded request heads, bodies, pipelines and unread answers, the
                               refusals HTTP/1.1 asks for, in our shape (BlogHttpProtocol),
@@ -1531,6 +1531,11 @@ SELECT ?, pk, ? FROM tags WHERE name = ?
 
 COUNT_DRAFTS_FROM = """
 SELECT count(*) FROM posts WHERE pk >= ? AND NOT published
+"""
+
+# What a restored database holds, as ``restore`` says it.
+COUNT_POSTS_AND_COMMENTS = """
+SELECT (SELECT count(*) FROM posts), (SELECT count(*) FROM comments)
 """
 
 # The columns of the posts table of the tutorial's SQLAlchemy app, in a database to import.
@@ -5160,7 +5165,7 @@ def __getattr__(name: str) -> Any:
 
 
 # --------------------------------------------------------------------------------------
-# Demo data, imports and backups: python blog_api.py seed | import | backup
+# Demo data, imports, backups: python blog_api.py seed | import | backup | restore
 # --------------------------------------------------------------------------------------
 
 DEMO_TOPICS = (  # noqa: SIM905 (a word list reads better as words)
@@ -5383,11 +5388,7 @@ def backup_database(source: str, target: str) -> str:
     partial = target_path.with_name(f"{target_path.name}.partial")
     remove_partial_copy(partial)  # a backup killed before left it: it is no database, or half of one
     try:
-        if must_read_as_immutable(source):
-            live = sqlite3.connect(read_only_uri(source, immutable=True), uri=True)
-        else:
-            live = sqlite3.connect(source)
-        with closing(live), closing(sqlite3.connect(partial)) as copy:
+        with closing(connect_to_copy(source)) as live, closing(sqlite3.connect(partial)) as copy:
             live.backup(copy)
             [(integrity,)] = copy.execute("PRAGMA integrity_check")
         partial.rename(target_path)
@@ -5396,8 +5397,71 @@ def backup_database(source: str, target: str) -> str:
     return integrity
 
 
+def connect_to_copy(path: str) -> sqlite3.Connection:
+    """A connection to copy ``path`` from; as an unchanging file where SQLite can read it no
+    other way (``must_read_as_immutable``)."""
+    if must_read_as_immutable(path):
+        return sqlite3.connect(read_only_uri(path, immutable=True), uri=True)
+    return sqlite3.connect(path)
+
+
+def restore_database(copy: str, target: str) -> dict[str, int]:
+    """Put ``copy`` (made by ``backup``) back in place of the database at ``target``, in one
+    transaction, with SQLite's backup API; returns how many posts and comments it holds.
+
+    A service serving ``target`` goes on, and answers from the copy from then on (its read
+    cache sees the change, as it sees any other program's). Putting the copy in place of the
+    file by hand, as the README said to do, let SQLite apply a WAL left beside the file (by a
+    crash, kill -9, a power cut) over the copy: the writes made since the backup came back,
+    or, with part of that WAL checkpointed, pages of two moments mixed. Here the target is
+    opened as a database, which takes its WAL in, and then every page is the copy's.
+
+    The copy goes through a staging file beside the target first, where it is upgraded if
+    an older blog_api made it and checked with ``PRAGMA integrity_check``."""
+    if not Path(copy).is_file():
+        raise DatabaseError(f"there is no database at {copy!r}")
+    if Path(target).exists() and os.path.samefile(copy, target):
+        raise DatabaseError(f"{copy!r} is the database to restore into as well (--db, default blog.db)")
+    with closing(connect_to_copy(copy)) as source:
+        refuse_unless_ours(copy, source, empty_is_ours=False)
+    if Path(target).exists():
+        with closing(sqlite3.connect(target)) as existing:
+            refuse_unless_ours(target, existing, empty_is_ours=True)
+    staging = Path(f"{target}.restoring")
+    remove_partial_copy(staging)  # a restore killed before left it
+    try:
+        with closing(connect_to_copy(copy)) as source, closing(sqlite3.connect(staging)) as staged:
+            source.backup(staged)
+        make_database(str(staging))  # upgraded, if an older blog_api made the copy
+        with closing(sqlite3.connect(staging)) as staged:
+            [(integrity,)] = staged.execute("PRAGMA integrity_check")
+            if integrity != "ok":
+                raise DatabaseError(f"the copy {copy!r} failed its integrity check: {integrity}")
+            with closing(sqlite3.connect(target)) as restored:
+                staged.backup(restored)
+                [(posts, comments)] = restored.execute(COUNT_POSTS_AND_COMMENTS).fetchall()
+    finally:
+        remove_partial_copy(staging)
+    return {"posts": posts, "comments": comments}
+
+
+def refuse_unless_ours(path: str, connection: sqlite3.Connection, *, empty_is_ours: bool) -> None:
+    """A DatabaseError unless ``path`` is a blog_api database this blog_api can serve (or,
+    with ``empty_is_ours``, one with no tables yet): a restore neither reads a copy of
+    another program's nor writes over one."""
+    [(version,)] = connection.execute(SELECT_SCHEMA_VERSION).fetchall()
+    if version > SCHEMA_VERSION:
+        raise DatabaseError(
+            f"{path!r} has schema version {version}, newer than this blog_api {__version__} knows "
+            f"({SCHEMA_VERSION}); run a newer blog_api"
+        )
+    if version == 0 and (empty_is_ours is False or connection.execute(SELECT_USER_TABLES).fetchall()):
+        raise DatabaseError(f"{path!r} is no blog_api database (made by backup, or served by blog_api)")
+
+
 def remove_partial_copy(partial: Path) -> None:
-    """A backup's copy not yet renamed, with the journal a copy that failed (a full disk) may leave."""
+    """A copy not yet in its place (a backup's, a restore's staging file), with the journal a
+    copy that failed (a full disk) may leave."""
     for leftover in ("", "-journal", "-wal", "-shm"):
         partial.with_name(partial.name + leftover).unlink(missing_ok=True)
 
@@ -5446,7 +5510,8 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
         description="Serve the blog API over HTTP with uvicorn.\n\nOther commands:\n"
         "  blog_api.py seed --help     fill the database with demo posts\n"
         "  blog_api.py import --help   copy the posts of the tutorial's app from its database\n"
-        "  blog_api.py backup --help   copy the live database",
+        "  blog_api.py backup --help   copy the live database\n"
+        "  blog_api.py restore --help  put a copy back in its place",
         epilog="Each flag can also be set by the environment variable named in its help.",
     )
     parser.add_argument("--version", action="version", version=versions(), help="say what is running, and exit")
@@ -5615,7 +5680,7 @@ LISTEN_ERROR_HINTS = {
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python blog_api.py [serve|seed|import|backup] ...``: serve is the default."""
+    """``python blog_api.py [serve|seed|import|backup|restore] ...``: serve is the default."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and not arguments[0].startswith("-") and arguments[0] not in COMMANDS:
         refuse_unknown_command(arguments[0])
@@ -5625,7 +5690,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def refuse_unknown_command(word: str) -> NoReturn:
     """``python blog_api.py sedd``: serve's parser called it an unrecognized argument."""
-    message = f"blog_api.py: {word!r} is not a command (they are serve, seed, import and backup; serve is the default)"
+    message = f"blog_api.py: {word!r} is not a command (they are {', '.join(COMMANDS)}; serve is the default)"
     if close := difflib.get_close_matches(word, COMMANDS, n=1):
         message += f"; did you mean {close[0]}?"
     print(message, file=sys.stderr)
@@ -5646,14 +5711,12 @@ def seed(argv: list[str]) -> None:
     if args.posts < 0:
         parser.error("--posts must not be negative")
     started = time.perf_counter()
-    try:
-        counts = seed_database(args.db_path, args.posts, args.random_seed)
-    except DatabaseError as exc:
-        sys.exit(f"blog_api seed: {exc}")
-    except sqlite3.Error as exc:  # a full disk, a lock held past the busy timeout
-        sys.exit(f"blog_api seed: cannot add posts to {args.db_path!r}: {exc}; nothing was added")
-    except KeyboardInterrupt:
-        exit_interrupted("blog_api seed: interrupted; nothing was added")
+    counts = run_command(
+        "seed",
+        lambda: seed_database(args.db_path, args.posts, args.random_seed),
+        cannot=f"cannot add posts to {args.db_path!r}",
+        undone="nothing was added",
+    )
     print(
         f"Seeded {counted(counts['posts'], 'post')} ({counted(counts['drafts'], 'draft')}) and "
         f"{counted(counts['comments'], 'comment')} into {args.db_path} in {time.perf_counter() - started:.1f} s"
@@ -5672,14 +5735,12 @@ def import_posts(argv: list[str]) -> None:
     parser.add_argument("source", type=file_path, help="the tutorial app's database (its blog.db)")
     add_database_argument(parser, defaults, "database to import into, made if missing")
     args = parser.parse_args(argv)
-    try:
-        counts = import_tutorial_posts(args.source, args.db_path)
-    except DatabaseError as exc:
-        sys.exit(f"blog_api import: {exc}")
-    except sqlite3.Error as exc:  # not a database, a full disk, a lock held past the busy timeout
-        sys.exit(f"blog_api import: cannot import {args.source!r} into {args.db_path!r}: {exc}; nothing was imported")
-    except KeyboardInterrupt:
-        exit_interrupted("blog_api import: interrupted; nothing was imported")
+    counts = run_command(
+        "import",
+        lambda: import_tutorial_posts(args.source, args.db_path),
+        cannot=f"cannot import {args.source!r} into {args.db_path!r}",
+        undone="nothing was imported",
+    )
     summary = f"Imported {counted(counts['posts'], 'post')} ({counted(counts['drafts'], 'draft')}) from {args.source}"
     if before := counts["imported_before"]:
         summary += f"; {counted(before, 'post')} imported before, left as {'it was' if before == 1 else 'they were'}"
@@ -5690,6 +5751,21 @@ def add_database_argument(parser: argparse.ArgumentParser, defaults: Config, wha
     """The ``--db`` flag of the commands that work on a database file (not ``:memory:``)."""
     help_text = f"{what} (BLOG_API_DB; default %(default)s)"
     parser.add_argument("--db", dest="db_path", type=file_path, default=defaults.db_path, help=help_text)
+
+
+def run_command(name: str, work: Callable[[], T], *, cannot: str, undone: str) -> T:
+    """What ``work`` returns; a failure ends the command ``name`` with one line, not a
+    traceback: a DatabaseError's words, or what it ``cannot`` do and SQLite's reason (a full
+    disk, a lock held past the busy timeout, a file that is no database), then what is
+    ``undone``; and Ctrl-C with the exit status a shell gives a command it interrupted."""
+    try:
+        return work()
+    except KeyboardInterrupt:
+        exit_interrupted(f"blog_api {name}: interrupted; {undone}")
+    except DatabaseError as exc:
+        sys.exit(f"blog_api {name}: {exc}")
+    except sqlite3.Error as exc:
+        sys.exit(f"blog_api {name}: {cannot}: {exc}; {undone}")
 
 
 def exit_interrupted(message: str) -> NoReturn:
@@ -5704,6 +5780,29 @@ def counted(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
+def restore(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="blog_api.py restore",
+        description="Put a copy made by backup back in place of the database, in one transaction, with SQLite's "
+        "backup API, while the service serves it or not (it answers from the copy from then on). The copy is "
+        "checked first, and upgraded if an older blog_api made it.",
+    )
+    defaults = defaults_from_env(parser)
+    parser.add_argument("path", type=file_path, help="the copy to restore, made by backup")
+    add_database_argument(parser, defaults, "database to restore it into")
+    args = parser.parse_args(argv)
+    counts = run_command(
+        "restore",
+        lambda: restore_database(args.path, args.db_path),
+        cannot=f"cannot restore {args.path!r} into {args.db_path!r}",
+        undone=f"{args.db_path} is as it was",
+    )
+    print(
+        f"Restored {args.path} into {args.db_path}: {counted(counts['posts'], 'post')} and "
+        f"{counted(counts['comments'], 'comment')} (integrity check: ok)"
+    )
+
+
 def backup(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="blog_api.py backup",
@@ -5713,14 +5812,12 @@ def backup(argv: list[str]) -> None:
     parser.add_argument("path", type=file_path, help="where to write the copy (must not exist)")
     add_database_argument(parser, defaults, "database to copy")
     args = parser.parse_args(argv)
-    try:
-        integrity = backup_database(args.db_path, args.path)
-    except KeyboardInterrupt:
-        exit_interrupted(f"blog_api backup: interrupted; nothing was written to {args.path}")
-    except DatabaseError as exc:
-        sys.exit(f"blog_api backup: {exc}")
-    except sqlite3.Error as exc:  # SQLite does not say which file; either may be at fault
-        sys.exit(f"blog_api backup: cannot copy {args.db_path!r} to {args.path!r}: {exc}")
+    integrity = run_command(
+        "backup",
+        lambda: backup_database(args.db_path, args.path),
+        cannot=f"cannot copy {args.db_path!r} to {args.path!r}",  # SQLite does not say which file is at fault
+        undone=f"nothing was written to {args.path}",
+    )
     if integrity != "ok":
         sys.exit(f"blog_api backup: the copy at {args.path} failed its integrity check: {integrity}")
     print(f"Backed up {args.db_path} to {args.path} (integrity check: ok); serve it with --db {args.path}")
@@ -6517,7 +6614,7 @@ def exit_after_graceful_shutdown(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
-COMMANDS = {"serve": serve, "seed": seed, "import": import_posts, "backup": backup}
+COMMANDS = {"serve": serve, "seed": seed, "import": import_posts, "backup": backup, "restore": restore}
 
 
 if __name__ == "__main__":

@@ -5135,7 +5135,8 @@ def test_a_backup_that_fills_the_disk_leaves_no_copy_nor_its_journal(tmp_path: P
     capsys.readouterr()
     full = run_blog_api("backup", str(copy), "--db", str(db_path), max_file_bytes=50_000)
     assert full.returncode == 1, full.stderr
-    assert re.fullmatch(f"blog_api backup: cannot copy .*: {FAILED_WRITE}\n", full.stderr)
+    written = f"nothing was written to {re.escape(str(copy))}"
+    assert re.fullmatch(f"blog_api backup: cannot copy .*: {FAILED_WRITE}; {written}\n", full.stderr)
     assert not [path.name for path in tmp_path.iterdir() if path.name.startswith("copy.db")]
 
 
@@ -5153,6 +5154,67 @@ def test_a_backup_interrupted_leaves_no_copy_whole_or_partial(tmp_path: Path, ca
     assert exit_info.value.code == 130
     assert capsys.readouterr().err == f"blog_api backup: interrupted; nothing was written to {copy}\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["blog.db"]
+
+
+def test_restore_puts_the_copy_back_not_a_wal_that_a_crash_left(tmp_path: Path, capsys) -> None:
+    """The README said to put the copy in place of blog.db by hand: SQLite then applied the
+    WAL a crash had left beside it over the copy, and what came after the backup was back."""
+    db_path, copy = tmp_path / "blog.db", tmp_path / "copy.db"
+    blog_api.main(["seed", "--posts", "20", "--db", str(db_path)])
+    blog_api.main(["backup", str(copy), "--db", str(db_path)])
+    saved = (stored_posts(copy), stored_comments(copy))
+    crash = "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('DELETE FROM posts'); c.commit()"
+    crash += "; os._exit(9)"
+    subprocess.run([sys.executable, "-c", crash, str(db_path)], check=False)  # as kill -9 after a write
+    assert (tmp_path / "blog.db-wal").stat().st_size > 0
+    capsys.readouterr()
+    blog_api.main(["restore", str(copy), "--db", str(db_path)])
+    posts, comments = saved
+    assert capsys.readouterr().out == (
+        f"Restored {copy} into {db_path}: 20 posts and {len(comments)} comments (integrity check: ok)\n"
+    )
+    assert (stored_posts(db_path), stored_comments(db_path)) == saved and len(posts) == 20
+    assert integrity(db_path) == "ok" and sorted(path.name for path in tmp_path.iterdir()) == ["blog.db", "copy.db"]
+
+
+def test_restore_while_the_service_serves_answers_from_the_copy_at_once(tmp_path: Path, capsys) -> None:
+    db_path, copy = tmp_path / "blog.db", tmp_path / "copy.db"
+    with TestClient(create_app(Config(db_path=db_path))) as client:
+        kept, doomed = create(client, title="kept"), create(client, title="doomed")
+        blog_api.main(["backup", str(copy), "--db", str(db_path)])
+        later = create(client, title="later")
+        assert client.delete(f"/api/posts/{doomed['id']}").status_code == 204
+        assert client.get("/api/posts").headers["x-total-count"] == "2"  # read, so that the cache holds it
+        blog_api.main(["restore", str(copy), "--db", str(db_path)])
+        assert [post["title"] for post in client.get("/api/posts").json()] == ["doomed", "kept"]
+        assert client.get(f"/api/posts/{later['id']}").status_code == 404
+        assert client.get(f"/api/posts/{doomed['id']}").json() == doomed
+        assert create(client, title="after")["slug"] == "after"  # and writes go on
+    assert [row["title"] for row in stored_posts(db_path)] == [kept["title"], "doomed", "after"]
+    assert "Restored" in capsys.readouterr().out
+
+
+def test_restore_refuses_what_is_not_a_blog_api_copy_and_changes_nothing(tmp_path: Path, capsys) -> None:
+    db_path, copy, tutorial = tmp_path / "blog.db", tmp_path / "copy.db", tmp_path / "tutorial.db"
+    blog_api.main(["seed", "--posts", "3", "--db", str(db_path)])
+    blog_api.main(["backup", str(copy), "--db", str(db_path)])
+    make_tutorial_database(tutorial, TUTORIAL_ROWS)
+    newer = tmp_path / "newer.db"
+    with closing(sqlite3.connect(newer)) as connection:
+        connection.execute("PRAGMA user_version = 99")
+    before = (stored_posts(db_path), tutorial.read_bytes())
+    for source, target, refusal in [
+        (tutorial, db_path, f"'{tutorial}' is no blog_api database (made by backup, or served by blog_api)"),
+        (copy, tutorial, f"'{tutorial}' is no blog_api database"),
+        (newer, db_path, "has schema version 99, newer than this blog_api"),
+        (copy, copy, "is the database to restore into as well"),
+        (tmp_path / "missing.db", db_path, "there is no database at"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            blog_api.main(["restore", str(source), "--db", str(target)])
+        assert refusal in str(exit_info.value.code)
+    assert (stored_posts(db_path), tutorial.read_bytes()) == before
+    assert not [path.name for path in tmp_path.iterdir() if "restoring" in path.name]
 
 
 def test_a_backup_after_one_that_was_killed_replaces_what_it_left(tmp_path: Path, capsys) -> None:
@@ -5330,7 +5392,7 @@ def test_an_unknown_command_is_named_as_one(capsys, word: str, hint: str) -> Non
         blog_api.main([word, "--db", ":memory:"])
     assert exited.value.code == 2
     assert capsys.readouterr().err == (
-        f"blog_api.py: {word!r} is not a command (they are serve, seed, import and backup; "
+        f"blog_api.py: {word!r} is not a command (they are serve, seed, import, backup, restore; "
         f"serve is the default){hint}\n"
     )
 
