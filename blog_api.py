@@ -5455,7 +5455,7 @@ def refuse_unless_ours(path: str, connection: sqlite3.Connection, *, empty_is_ou
             f"{path!r} has schema version {version}, newer than this blog_api {__version__} knows "
             f"({SCHEMA_VERSION}); run a newer blog_api"
         )
-    if version == 0 and (empty_is_ours is False or connection.execute(SELECT_USER_TABLES).fetchall()):
+    if version == 0 and (not empty_is_ours or connection.execute(SELECT_USER_TABLES).fetchall()):
         raise DatabaseError(f"{path!r} is no blog_api database (made by backup, or served by blog_api)")
 
 
