@@ -1583,6 +1583,11 @@ def format_timestamp(microseconds: int) -> str:
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def stored_timestamp(moment: datetime) -> int:
+    """A moment (with its offset) as timestamps are stored: microseconds since the epoch."""
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
 def json_array(items: Iterable[str]) -> bytes:
     """A JSON array of items that are JSON already."""
     return f"[{','.join(items)}]".encode()
@@ -2031,7 +2036,7 @@ def parse_moment(request: Request, name: str, value: str | None) -> int | None:
         elif rfc3339_moment(LEAP_SECOND.sub(":59", value)) is not None:
             message += "; a leap second (:60) is not taken here: send :59"
         raise query_error(request, name, message)
-    return (moment - EPOCH) // timedelta(microseconds=1)
+    return stored_timestamp(moment)
 
 
 PLUS_READ_AS_SPACE = re.compile(r" (?=\d\d:\d\d$)")
@@ -5368,7 +5373,7 @@ def tutorial_timestamp(column: str, value: Any) -> int:
         raise ValueError(f"{column}: expected a date and time like 2025-03-12 10:42:35.700944, got {value!r}") from None
     if moment.utcoffset() is None:
         moment = moment.replace(tzinfo=UTC)
-    return (moment - EPOCH) // timedelta(microseconds=1)
+    return stored_timestamp(moment)
 
 
 def backup_database(source: str, target: str) -> str:
@@ -5422,16 +5427,16 @@ def restore_database(copy: str, target: str) -> dict[str, int]:
         raise DatabaseError(f"there is no database at {copy!r}")
     if Path(target).exists() and os.path.samefile(copy, target):
         raise DatabaseError(f"{copy!r} is the database to restore into as well (--db, default blog.db)")
-    with closing(connect_to_copy(copy)) as source:
-        refuse_unless_ours(copy, source, empty_is_ours=False)
     if Path(target).exists():
         with closing(sqlite3.connect(target)) as existing:
             refuse_unless_ours(target, existing, empty_is_ours=True)
     staging = Path(f"{target}.restoring")
     remove_partial_copy(staging)  # a restore killed before left it
     try:
-        with closing(connect_to_copy(copy)) as source, closing(sqlite3.connect(staging)) as staged:
-            source.backup(staged)
+        with closing(connect_to_copy(copy)) as source:
+            refuse_unless_ours(copy, source, empty_is_ours=False)
+            with closing(sqlite3.connect(staging)) as staged:
+                source.backup(staged)
         make_database(str(staging))  # upgraded, if an older blog_api made the copy
         with closing(sqlite3.connect(staging)) as staged:
             [(integrity,)] = staged.execute("PRAGMA integrity_check")
@@ -5697,6 +5702,39 @@ def refuse_unknown_command(word: str) -> NoReturn:
     raise SystemExit(2)
 
 
+def add_database_argument(parser: argparse.ArgumentParser, defaults: Config, what: str) -> None:
+    """The ``--db`` flag of the commands that work on a database file (not ``:memory:``)."""
+    help_text = f"{what} (BLOG_API_DB; default %(default)s)"
+    parser.add_argument("--db", dest="db_path", type=file_path, default=defaults.db_path, help=help_text)
+
+
+def run_command(name: str, work: Callable[[], T], *, cannot: str, undone: str) -> T:
+    """What ``work`` returns; a failure ends the command ``name`` with one line, not a
+    traceback: a DatabaseError's words, or what it ``cannot`` do and SQLite's reason (a full
+    disk, a lock held past the busy timeout, a file that is no database), then what is
+    ``undone``; and Ctrl-C with the exit status a shell gives a command it interrupted."""
+    try:
+        return work()
+    except KeyboardInterrupt:
+        exit_interrupted(f"blog_api {name}: interrupted; {undone}")
+    except DatabaseError as exc:
+        sys.exit(f"blog_api {name}: {exc}")
+    except sqlite3.Error as exc:
+        sys.exit(f"blog_api {name}: {cannot}: {exc}; {undone}")
+
+
+def exit_interrupted(message: str) -> NoReturn:
+    """End a command stopped by Ctrl-C with what it left behind, not a traceback, and the
+    exit status a shell gives a command killed by SIGINT (128 + 2)."""
+    print(message, file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
+
+
+def counted(number: int, noun: str) -> str:
+    """``1 post``, ``2 posts``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def seed(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="blog_api.py seed",
@@ -5747,37 +5785,24 @@ def import_posts(argv: list[str]) -> None:
     print(f"{summary}; serve them with --db {args.db_path}")
 
 
-def add_database_argument(parser: argparse.ArgumentParser, defaults: Config, what: str) -> None:
-    """The ``--db`` flag of the commands that work on a database file (not ``:memory:``)."""
-    help_text = f"{what} (BLOG_API_DB; default %(default)s)"
-    parser.add_argument("--db", dest="db_path", type=file_path, default=defaults.db_path, help=help_text)
-
-
-def run_command(name: str, work: Callable[[], T], *, cannot: str, undone: str) -> T:
-    """What ``work`` returns; a failure ends the command ``name`` with one line, not a
-    traceback: a DatabaseError's words, or what it ``cannot`` do and SQLite's reason (a full
-    disk, a lock held past the busy timeout, a file that is no database), then what is
-    ``undone``; and Ctrl-C with the exit status a shell gives a command it interrupted."""
-    try:
-        return work()
-    except KeyboardInterrupt:
-        exit_interrupted(f"blog_api {name}: interrupted; {undone}")
-    except DatabaseError as exc:
-        sys.exit(f"blog_api {name}: {exc}")
-    except sqlite3.Error as exc:
-        sys.exit(f"blog_api {name}: {cannot}: {exc}; {undone}")
-
-
-def exit_interrupted(message: str) -> NoReturn:
-    """End a command stopped by Ctrl-C with what it left behind, not a traceback, and the
-    exit status a shell gives a command killed by SIGINT (128 + 2)."""
-    print(message, file=sys.stderr)
-    sys.exit(128 + signal.SIGINT)
-
-
-def counted(number: int, noun: str) -> str:
-    """``1 post``, ``2 posts``."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"
+def backup(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="blog_api.py backup",
+        description="Copy the live database, while the service keeps serving, with SQLite's online backup API.",
+    )
+    defaults = defaults_from_env(parser)
+    parser.add_argument("path", type=file_path, help="where to write the copy (must not exist)")
+    add_database_argument(parser, defaults, "database to copy")
+    args = parser.parse_args(argv)
+    integrity = run_command(
+        "backup",
+        lambda: backup_database(args.db_path, args.path),
+        cannot=f"cannot copy {args.db_path!r} to {args.path!r}",  # SQLite does not say which file is at fault
+        undone=f"nothing was written to {args.path}",
+    )
+    if integrity != "ok":
+        sys.exit(f"blog_api backup: the copy at {args.path} failed its integrity check: {integrity}")
+    print(f"Backed up {args.db_path} to {args.path} (integrity check: ok); serve it with --db {args.path}")
 
 
 def restore(argv: list[str]) -> None:
@@ -5801,26 +5826,6 @@ def restore(argv: list[str]) -> None:
         f"Restored {args.path} into {args.db_path}: {counted(counts['posts'], 'post')} and "
         f"{counted(counts['comments'], 'comment')} (integrity check: ok)"
     )
-
-
-def backup(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="blog_api.py backup",
-        description="Copy the live database, while the service keeps serving, with SQLite's online backup API.",
-    )
-    defaults = defaults_from_env(parser)
-    parser.add_argument("path", type=file_path, help="where to write the copy (must not exist)")
-    add_database_argument(parser, defaults, "database to copy")
-    args = parser.parse_args(argv)
-    integrity = run_command(
-        "backup",
-        lambda: backup_database(args.db_path, args.path),
-        cannot=f"cannot copy {args.db_path!r} to {args.path!r}",  # SQLite does not say which file is at fault
-        undone=f"nothing was written to {args.path}",
-    )
-    if integrity != "ok":
-        sys.exit(f"blog_api backup: the copy at {args.path} failed its integrity check: {integrity}")
-    print(f"Backed up {args.db_path} to {args.path} (integrity check: ok); serve it with --db {args.path}")
 
 
 OPEN_FILES_WHEN_UNLIMITED = 1 << 16
