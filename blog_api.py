@@ -843,7 +843,8 @@ SearchText = Annotated[
         min_length=1,
         max_length=200,
         description="Words to find in title or content, all of them; `lite*` matches a prefix "
-        "(of 2 characters or more). Results rank by relevance (bm25, title above content) unless `sort` is given.",
+        '(of 2 characters or more), `"exact phrase"` words in a row, and `-word` or `-"a phrase"` leaves out '
+        "the posts that have it. Results rank by relevance (bm25, title above content) unless `sort` is given.",
     ),
 ]
 
@@ -1593,16 +1594,52 @@ def json_array(items: Iterable[str]) -> bytes:
     return f"[{','.join(items)}]".encode()
 
 
-def search_sql(terms: list[str]) -> str:
-    """An FTS5 query in which every term must match, a trailing ``*`` matching a prefix.
-    Terms are words (``SEARCH_TERM``), quoted, so no input is an FTS5 syntax error."""
-    return " ".join(f'"{term[:-1]}"*' if term.endswith("*") else f'"{term}"' for term in terms)
-
-
+SEARCH_ITEM = re.compile(r'(?P<left_out>-?)(?:"(?P<phrase>[^"]*)"?|(?P<words>[^\s"]+))')
+"""An item of a search, between spaces, as WordPress and GitHub read one: words (``node.js``
+is two, both wanted) or a "phrase in quotes" (a quote not closed runs to the end), either
+with a ``-`` before it for posts without it (``-django``; a hyphen inside, ``e-mail``, only
+parts words)."""
 SEARCH_TERM = re.compile(r"\w+\*?")
 """A word of a search, in text composed first (NFC): a word character takes no combining
 accent, so "cre" and U+0300 then "me", decomposed, was two words, where SQLite's tokenizer
 sees one (creme)."""
+PHRASE_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class SearchItem:
+    """Words of a search that a post must have, or not have (``left_out``), anywhere in its
+    title or content, or in a row (``phrase``)."""
+
+    words: list[str]
+    phrase: bool = False
+    left_out: bool = False
+
+    def fts5(self) -> str:
+        """The item in FTS5's syntax, every word quoted, so no input is an FTS5 syntax error."""
+        if self.phrase:
+            return f'"{" ".join(self.words)}"'
+        return " ".join(f'"{word[:-1]}"*' if word.endswith("*") else f'"{word}"' for word in self.words)
+
+
+def search_items(text: str) -> list[SearchItem]:
+    """The items of a search that have words; FTS5's own syntax (AND, OR, NOT, NEAR, ``:``,
+    ``^``, parentheses) is words or punctuation here."""
+    items = []
+    for item in SEARCH_ITEM.finditer(text):
+        phrase = item["phrase"] is not None
+        words = PHRASE_WORD.findall(item["phrase"]) if phrase else SEARCH_TERM.findall(item["words"])
+        if words:
+            items.append(SearchItem(words, phrase=phrase, left_out=bool(item["left_out"])))
+    return items
+
+
+def search_sql(items: list[SearchItem]) -> str:
+    """An FTS5 query that every wanted item matches (a trailing ``*`` matching a prefix, a
+    phrase its words in a row) and no item left out does."""
+    wanted = " ".join(item.fts5() for item in items if not item.left_out)
+    left_out = [f" NOT ({item.fts5()})" for item in items if item.left_out]
+    return f"({wanted}){''.join(left_out)}" if left_out else wanted
 
 
 def comment_from_row(row: Sequence[Any]) -> Comment:
@@ -1668,6 +1705,7 @@ OTHER_APIS_POST_FILTERS = {
 ``_sort``, ``_order``): ignored, ``?search=litestar`` answered every post."""
 DIGITS = re.compile(r"[0-9]+")
 NO_SEARCH_WORDS = "Expected at least one word to search for"
+ONLY_LEFT_OUT_WORDS = "Expected a word to search for, besides the ones to leave out (-word)"
 NOT_OUR_CURSOR = "Not a cursor this server made; follow the Link header"
 SINGLE_VALUED_LISTING_PARAMS = frozenset(PAGE_PARAMS + LINKED_PARAMS) - {"tag"}
 
@@ -1969,7 +2007,8 @@ def listing_from_query(
     refuse_counts_not_in_digits(request)
     search = None
     if q is not None:
-        terms = SEARCH_TERM.findall(composed(q))
+        items = search_items(composed(q))
+        terms = [word for item in items for word in item.words]
         if not terms:
             raise query_error(request, "q", NO_SEARCH_WORDS)
         if len(terms) > MAX_SEARCH_TERMS:
@@ -1977,7 +2016,9 @@ def listing_from_query(
         if short := next((term for term in terms if term.endswith("*") and len(term) <= MIN_PREFIX_LENGTH), None):
             message = f"Expected {MIN_PREFIX_LENGTH} characters or more before a *, not {short}: fewer match most words"
             raise query_error(request, "q", message)
-        search = search_sql(terms)
+        if all(item.left_out for item in items):
+            raise query_error(request, "q", ONLY_LEFT_OUT_WORDS)
+        search = search_sql(items)
     tags = tuple(dict.fromkeys(normalized_tag(name) for name in tag or ()))  # one that cannot exist matches nothing
     if "" in tags:  # ?tag=$TAG with TAG unset, say: it matched nothing, a page as empty as a right one
         raise query_error(request, "tag", "Expected a tag's name, not a blank one")

@@ -2176,6 +2176,53 @@ def test_a_prefix_of_one_character_is_refused_and_two_are_taken(client: TestClie
         assert ids(client.get("/api/posts", params={"q": typed}).json()) == [lite["id"]]
 
 
+def found_by(client: TestClient, typed: str, **params: str) -> list[str]:
+    """The titles a search finds, and its ``X-Total-Count`` checked against them."""
+    response = client.get("/api/posts", params={"q": typed, "limit": 100, **params})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-total-count"] == str(len(response.json()))
+    return sorted(post["title"] for post in response.json())
+
+
+def test_search_leaves_out_the_posts_with_a_word_after_a_minus(client: TestClient) -> None:
+    """As WordPress and GitHub read ``-word``: ``python -django`` found only the posts about
+    Django (the ``-`` dropped as punctuation), the opposite of what was asked."""
+    create(client, title="Django notes", content="python web framework", tags=["web"])
+    create(client, title="Flask notes", content="python web microframework", tags=["web"])
+    create(client, title="Litestar notes", content="python web, fast", tags=["web"])
+    create(client, title="E-mail tips", content="python smtp")
+    assert found_by(client, "python -django") == ["E-mail tips", "Flask notes", "Litestar notes"]
+    assert found_by(client, "python -django -flask* -smtp") == ["Litestar notes"]
+    assert found_by(client, 'python -"web framework"') == ["E-mail tips", "Flask notes", "Litestar notes"]
+    assert found_by(client, "python -django", tag="web", sort="title") == ["Flask notes", "Litestar notes"]
+    assert found_by(client, "e-mail") == ["E-mail tips"]  # a hyphen inside a word parts it, leaves nothing out
+    assert found_by(client, "python - django") == ["Django notes"]  # a hyphen alone is no item
+
+
+def test_search_finds_a_phrase_in_quotes_as_words_in_a_row(client: TestClient) -> None:
+    create(client, title="Web python", content="notes")
+    create(client, title="Python web", content="notes")
+    create(client, title="Python on the web", content="notes")
+    assert found_by(client, "python web") == ["Python on the web", "Python web", "Web python"]
+    assert found_by(client, '"python web"') == ["Python web"]
+    assert found_by(client, '"python web') == ["Python web"]  # a quote not closed runs to the end
+    assert found_by(client, 'notes -"python web"') == ["Python on the web", "Web python"]
+
+
+def test_a_search_of_words_to_leave_out_alone_is_refused(client: TestClient) -> None:
+    create(client, title="Django notes", content="python")
+    for typed in ("-django", '-django -"web framework"'):
+        response = client.get("/api/posts", params={"q": typed})
+        assert response.status_code == 400
+        assert response.json()["extra"] == [
+            {
+                "message": "Expected a word to search for, besides the ones to leave out (-word)",
+                "key": "q",
+                "source": "query",
+            }
+        ]
+
+
 @pytest.mark.parametrize("typed", ["cre\u0300me", "CRE\u0300ME", "Tie\u0302\u0301ng", "ελληνικα\u0301"])
 def test_search_finds_words_typed_with_combining_accents(client: TestClient, typed: str) -> None:
     """A decomposed accent (e then U+0300, as macOS and some keyboards send it) split the
@@ -2212,11 +2259,15 @@ def test_search_sorted_by_a_column_gives_the_same_answer_either_way(client, monk
     for post in posts[::2]:
         client.patch(f"/api/posts/{post['id']}", json={"content": "alpha beta", "published": False})
     monkeypatch.setattr(blog_api, "SEARCH_PLAN_THRESHOLD", threshold)
-    expected = [post for post in posts[::2]][::-1]
-    for published in (None, "false"):
-        params = {"q": "beta", "sort": "created_at", "limit": 4} | ({"published": published} if published else {})
+    for typed, published, expected in [
+        ("beta", None, posts[::2]),
+        ("beta", "false", posts[::2]),
+        ("alpha -beta", None, posts[1::2]),
+        ("alpha -beta", "false", []),
+    ]:
+        params = {"q": typed, "sort": "created_at", "limit": 4} | ({"published": published} if published else {})
         pages = walk(client, "/api/posts?" + urlencode(params))
-        assert ids([post for page in pages for post in page.json()]) == ids(expected)
+        assert ids([post for page in pages for post in page.json()]) == ids(expected[::-1])
         assert pages[0].headers["x-total-count"] == str(len(expected))
 
 
