@@ -1595,10 +1595,10 @@ def json_array(items: Iterable[str]) -> bytes:
 
 
 SEARCH_ITEM = re.compile(r'(?P<left_out>-?)(?:"(?P<phrase>[^"]*)"?|(?P<words>[^\s"]+))')
-"""An item of a search, between spaces, as WordPress and GitHub read one: words (``node.js``
-is two, both wanted) or a "phrase in quotes" (a quote not closed runs to the end), either
-with a ``-`` before it for posts without it (``-django``; a hyphen inside, ``e-mail``, only
-parts words)."""
+"""An item of a search, between spaces: words (``node.js`` is two, both wanted) or a "phrase
+in quotes" (a quote not closed runs to the end), either with a ``-`` before it for the posts
+without it, as WordPress and GitHub read ``-django``. A hyphen inside (``e-mail``) only
+parts words."""
 SEARCH_TERM = re.compile(r"\w+\*?")
 """A word of a search, in text composed first (NFC): a word character takes no combining
 accent, so "cre" and U+0300 then "me", decomposed, was two words, where SQLite's tokenizer

@@ -6280,11 +6280,6 @@ def test_the_read_cache_keeps_within_its_budget_dropping_the_oldest_first() -> N
     assert cache.get("one more") is None
 
 
-def live(kind: type) -> list:
-    gc.collect()
-    return [thing for thing in gc.get_objects() if isinstance(thing, kind)]
-
-
 def test_a_page_read_is_let_go_of_once_answered(client: TestClient) -> None:
     """aiosqlite's thread holds its last call and that call's result until its next call:
     an idle reader kept the last pages it read (after 64 requests at once for pages of 100
@@ -6294,7 +6289,8 @@ def test_a_page_read_is_let_go_of_once_answered(client: TestClient) -> None:
         assert client.post("/api/posts", json=long_post).status_code == 201
     response = client.get("/api/posts", params={"limit": 100})
     assert response.status_code == 200 and len(response.json()) == 6
-    assert live(blog_api.Page) == []
+    gc.collect()
+    assert [thing for thing in gc.get_objects() if isinstance(thing, blog_api.Page)] == []
 
 
 def test_synchronous_can_be_chosen_and_is_full_unless_said(db_path: Path) -> None:
