@@ -1703,6 +1703,24 @@ OTHER_APIS_POST_FILTERS = {
 """The same for posts, with the filters and orders of those APIs (WordPress's ``search``,
 ``slug``, ``status``, ``orderby``; GitHub's ``since``, ``direction``; json-server's
 ``_sort``, ``_order``): ignored, ``?search=litestar`` answered every post."""
+COMMENT_ORDER = "comments are listed oldest first, or newest first with order=desc"
+NOT_SEARCHED = "a post's comments are not searched (q searches posts)"
+NOT_BY_DATE = "a post's comments are not chosen by date; follow the Link header through their pages"
+NOT_COMMENT_PARAMS = {
+    "sort": COMMENT_ORDER,
+    "orderby": COMMENT_ORDER,
+    "_sort": COMMENT_ORDER,
+    "direction": COMMENT_ORDER,
+    "_order": COMMENT_ORDER,
+    "q": NOT_SEARCHED,
+    "search": NOT_SEARCHED,
+    "created_after": NOT_BY_DATE,
+    "created_before": NOT_BY_DATE,
+    "since": NOT_BY_DATE,
+}
+"""What a client may send to a post's comments as it does to posts (``sort``, ``q``,
+``created_after``), or as GitHub's and WordPress's comment APIs take it (``since``,
+``search``, ``orderby``): ignored, ``?q=thanks`` answered every comment."""
 DIGITS = re.compile(r"[0-9]+")
 NO_SEARCH_WORDS = "Expected at least one word to search for"
 ONLY_LEFT_OUT_WORDS = "Expected a word to search for, besides the ones to leave out (-word)"
@@ -2106,13 +2124,14 @@ def refuse_repeated_parameters(request: Request, single_valued: Collection[str])
         seen.add(name)
 
 
-def refuse_other_apis_parameters(request: Request, others: Mapping[str, str]) -> None:
+def refuse_other_apis_parameters(request: Request, others: Mapping[str, str], of: str = "this API") -> None:
     """A 400 for a parameter of another API (``OTHER_APIS_PAGE_PARAMS``,
-    ``OTHER_APIS_POST_FILTERS``), saying what this one takes instead. It looks up the few
-    parameters sent, not every name it knows: a page is asked for on every visit."""
+    ``OTHER_APIS_POST_FILTERS``), or of another listing (``NOT_COMMENT_PARAMS``), saying what
+    this one takes instead. It looks up the few parameters sent, not every name it knows: a
+    page is asked for on every visit."""
     for name in request.query_params:
         if (instead := others.get(name)) is not None:
-            raise query_error(request, name, f"Not a parameter of this API: {instead}")
+            raise query_error(request, name, f"Not a parameter of {of}: {instead}")
 
 
 def refuse_counts_not_in_digits(request: Request) -> None:
@@ -4354,6 +4373,7 @@ class CommentController(Controller):
         """A page of the post's comments, oldest first (newest with ``order=desc``), paged like posts."""
         refuse_repeated_parameters(request, (*PAGE_PARAMS, "order"))
         refuse_other_apis_parameters(request, OTHER_APIS_PAGE_PARAMS)
+        refuse_other_apis_parameters(request, NOT_COMMENT_PARAMS, of="a post's comments")
         refuse_counts_not_in_digits(request)
         row = await blog.db.fetch_one(SELECT_POST_PK, {"post_id": post_id, "drafts": drafts_visible(request)})
         if row is None:

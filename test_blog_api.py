@@ -2710,6 +2710,32 @@ def test_another_apis_parameter_is_refused_saying_this_ones(
     assert client.get("/api/posts", params={"_": "1764250000000"}).json() == [post]  # a cache-buster still goes
 
 
+COMMENT_ORDER = "comments are listed oldest first, or newest first with order=desc"
+
+
+@pytest.mark.parametrize(
+    ("name", "instead"),
+    [
+        ("sort", COMMENT_ORDER),  # the posts' own
+        ("q", "a post's comments are not searched (q searches posts)"),
+        ("created_after", "a post's comments are not chosen by date; follow the Link header through their pages"),
+        ("created_before", "a post's comments are not chosen by date; follow the Link header through their pages"),
+        ("since", "a post's comments are not chosen by date; follow the Link header through their pages"),  # GitHub's
+        ("search", "a post's comments are not searched (q searches posts)"),  # WordPress's
+        ("orderby", COMMENT_ORDER),
+        ("direction", COMMENT_ORDER),
+        ("_sort", COMMENT_ORDER),  # json-server's
+    ],
+)
+def test_a_posts_listing_parameter_sent_to_comments_is_refused(client: TestClient, name: str, instead: str) -> None:
+    """Ignored as any unknown parameter, ``?q=thanks`` answered every comment, as if each matched."""
+    post = create(client)
+    client.post(f"/api/posts/{post['id']}/comments", json={"author": "Ada", "body": "Thanks"})
+    response = client.get(f"/api/posts/{post['id']}/comments", params={name: "thanks"})
+    assert_validation_error(response, key=name, source="query")
+    assert response.json()["extra"][0]["message"] == f"Not a parameter of a post's comments: {instead}"
+
+
 def test_comment_pages_take_counts_in_digits_alone(client: TestClient) -> None:
     post = create(client)
     response = client.get(f"/api/posts/{post['id']}/comments", params={"limit": "1e1"})
