@@ -1721,6 +1721,17 @@ NOT_COMMENT_PARAMS = {
 """What a client may send to a post's comments as it does to posts (``sort``, ``q``,
 ``created_after``), or as GitHub's and WordPress's comment APIs take it (``since``,
 ``search``, ``orderby``): ignored, ``?q=thanks`` answered every comment."""
+TAGS_NOT_PAGED = "tags are not paged: the answer holds every tag in use"
+TAGS_NOT_SEARCHED = "tags are not searched: the answer holds every tag in use"
+TAGS_BY_NAME = "tags are listed by name"
+NOT_TAG_PARAMS = {
+    **dict.fromkeys(("limit", "offset", "cursor", *OTHER_APIS_PAGE_PARAMS), TAGS_NOT_PAGED),
+    **dict.fromkeys(("q", "search"), TAGS_NOT_SEARCHED),
+    **dict.fromkeys(("sort", "order", "orderby", "_sort", "_order", "direction"), TAGS_BY_NAME),
+}
+"""What a client may send to the tags as it does to posts, or as WordPress's paged list of
+tags takes it: ignored, ``?page=2`` answered every tag again, which a client paging until
+a page comes back empty asked for without end."""
 DIGITS = re.compile(r"[0-9]+")
 NO_SEARCH_WORDS = "Expected at least one word to search for"
 ONLY_LEFT_OUT_WORDS = "Expected a word to search for, besides the ones to leave out (-word)"
@@ -2126,9 +2137,9 @@ def refuse_repeated_parameters(request: Request, single_valued: Collection[str])
 
 def refuse_other_apis_parameters(request: Request, others: Mapping[str, str], of: str = "this API") -> None:
     """A 400 for a parameter of another API (``OTHER_APIS_PAGE_PARAMS``,
-    ``OTHER_APIS_POST_FILTERS``), or of another listing (``NOT_COMMENT_PARAMS``), saying what
-    this one takes instead. It looks up the few parameters sent, not every name it knows: a
-    page is asked for on every visit."""
+    ``OTHER_APIS_POST_FILTERS``), or of another listing (``NOT_COMMENT_PARAMS``,
+    ``NOT_TAG_PARAMS``), saying what this one takes instead. It looks up the few parameters
+    sent, not every name it knows: a page is asked for on every visit."""
     for name in request.query_params:
         if (instead := others.get(name)) is not None:
             raise query_error(request, name, f"Not a parameter of {of}: {instead}")
@@ -4665,6 +4676,7 @@ async def list_tags(
 ) -> Response[list[TagCount]]:
     """Every tag some post has, by name, with how many posts have it (of those the caller may
     see: the counts may include drafts, so then they are private)."""
+    refuse_other_apis_parameters(request, NOT_TAG_PARAMS, of="/api/tags")
     rows = await blog.db.fetch_all(SELECT_TAG_COUNTS, {"drafts": drafts_visible(request)})
     body = msgspec.json.encode([TagCount(name=name, post_count=count) for name, count in rows])
     tags = RenderedPage(body, {"ETag": page_etag(body, {})}, includes_drafts=drafts_visible(request))

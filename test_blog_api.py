@@ -2736,6 +2736,36 @@ def test_a_posts_listing_parameter_sent_to_comments_is_refused(client: TestClien
     assert response.json()["extra"][0]["message"] == f"Not a parameter of a post's comments: {instead}"
 
 
+TAGS_NOT_PAGED = "tags are not paged: the answer holds every tag in use"
+
+
+@pytest.mark.parametrize(
+    ("name", "instead"),
+    [
+        ("limit", TAGS_NOT_PAGED),  # the posts' own
+        ("offset", TAGS_NOT_PAGED),
+        ("cursor", TAGS_NOT_PAGED),
+        ("page", TAGS_NOT_PAGED),  # WordPress's list of tags is paged
+        ("per_page", TAGS_NOT_PAGED),
+        ("q", "tags are not searched: the answer holds every tag in use"),
+        ("search", "tags are not searched: the answer holds every tag in use"),
+        ("sort", "tags are listed by name"),
+        ("orderby", "tags are listed by name"),
+    ],
+)
+def test_a_listing_parameter_sent_to_the_tags_is_refused(client: TestClient, name: str, instead: str) -> None:
+    """Ignored as any unknown parameter, ``?page=2`` answered every tag again: a client that
+    pages until a page comes back empty asked for ever."""
+    create(client, tags=["python", "litestar"])
+    response = client.get("/api/tags", params={name: "2"})
+    assert_validation_error(response, key=name, source="query")
+    assert response.json()["extra"][0]["message"] == f"Not a parameter of /api/tags: {instead}"
+    assert client.get("/api/tags", params={"_": "1764250000000"}).json() == [  # a cache-buster still goes
+        {"name": "litestar", "post_count": 1},
+        {"name": "python", "post_count": 1},
+    ]
+
+
 def test_comment_pages_take_counts_in_digits_alone(client: TestClient) -> None:
     post = create(client)
     response = client.get(f"/api/posts/{post['id']}/comments", params={"limit": "1e1"})
