@@ -1986,11 +1986,11 @@ def page_links(response: httpx.Response) -> dict[str, str]:
     return {part.split('rel="')[1].rstrip('"'): part.split(">")[0].lstrip("<") for part in header.split(", ") if part}
 
 
-def walk(client: TestClient, url: str, max_pages: int = 100) -> list[httpx.Response]:
+def walk(client: TestClient, url: str, max_pages: int = 100, headers: dict | None = None) -> list[httpx.Response]:
     """Follow rel="next" from ``url`` to the end."""
     pages = []
     while url and len(pages) < max_pages:
-        response = client.get(url)
+        response = client.get(url, headers=headers)
         assert response.status_code == 200, response.text
         pages.append(response)
         url = page_links(response).get("next")
@@ -3226,6 +3226,40 @@ def test_tag_filter_needs_every_tag_and_combines_with_listing(client: TestClient
     assert ids([post for page in pages for post in page.json()]) == ids([p for p in both if p["published"]][::-1])
     assert page_links(pages[0])["next"].count("tag=") == 2
     assert client.get("/api/posts", params={"tag": "nothing"}).json() == []
+
+
+@pytest.mark.parametrize("threshold", [0, 10_000], ids=["walk the sort index", "list the tag's posts"])
+def test_a_tag_filter_answers_the_same_for_every_viewer_either_way(secured: TestClient, monkeypatch, threshold) -> None:
+    """A tag on many posts is counted from the tags table and paged by asking each post in
+    turn down the sort index (it listed all of the tag's posts, twice: 18 ms for one on 10,116
+    of 100,000 posts); on few, as before. Both must answer what the posts hold."""
+    monkeypatch.setattr(blog_api, "SEARCH_PLAN_THRESHOLD", threshold)
+    rng = random.Random(5)
+    posts = [
+        create_as_editor(secured, title=f"Post {n}", tags=rng.sample(["python", "web", "api"], rng.randint(0, 2)),
+                         published=rng.random() < 0.6)
+        for n in range(24)
+    ]  # fmt: skip
+    for tags in (["python"], ["python", "web"], ["nothing"]):
+        for headers in ({}, EDITOR):
+            for published in (None, "true", "false"):
+                expected = [
+                    post
+                    for post in posts[::-1]
+                    if set(tags) <= set(post["tags"])
+                    and (post["published"] or headers)
+                    and (published is None or post["published"] == (published == "true"))
+                ]
+                params = [("limit", "4"), *(("tag", tag) for tag in tags)] + (
+                    [("published", published)] if published else []
+                )
+                pages = walk(secured, "/api/posts?" + urlencode(params), headers=headers)
+                assert ids([post for page in pages for post in page.json()]) == ids(expected), (
+                    tags,
+                    headers,
+                    published,
+                )
+                assert pages[0].headers["x-total-count"] == str(len(expected))
 
 
 def test_a_tag_filter_takes_ten_tags_at_most_and_its_links_name_each_once(client: TestClient) -> None:
