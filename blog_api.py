@@ -1723,16 +1723,9 @@ COMMENT_ORDER = "comments are listed oldest first, or newest first with order=de
 NOT_SEARCHED = "a post's comments are not searched (q searches posts)"
 NOT_BY_DATE = "a post's comments are not chosen by date; follow the Link header through their pages"
 NOT_COMMENT_PARAMS = {
-    "sort": COMMENT_ORDER,
-    "orderby": COMMENT_ORDER,
-    "_sort": COMMENT_ORDER,
-    "direction": COMMENT_ORDER,
-    "_order": COMMENT_ORDER,
-    "q": NOT_SEARCHED,
-    "search": NOT_SEARCHED,
-    "created_after": NOT_BY_DATE,
-    "created_before": NOT_BY_DATE,
-    "since": NOT_BY_DATE,
+    **dict.fromkeys(("sort", "orderby", "_sort", "direction", "_order"), COMMENT_ORDER),
+    **dict.fromkeys(("q", "search"), NOT_SEARCHED),
+    **dict.fromkeys(("created_after", "created_before", "since"), NOT_BY_DATE),
 }
 """What a client may send to a post's comments as it does to posts (``sort``, ``q``,
 ``created_after``), or as GitHub's and WordPress's comment APIs take it (``since``,
@@ -2062,7 +2055,7 @@ def listing_from_query(
     """Check the query parameters together (each was checked alone by its type) and make a
     Listing; a problem is a 400 naming the parameter."""
     refuse_repeated_parameters(request, SINGLE_VALUED_LISTING_PARAMS)
-    refuse_other_apis_parameters(request, OTHER_APIS_POST_FILTERS)
+    refuse_foreign_parameters(request, OTHER_APIS_POST_FILTERS)
     refuse_counts_not_in_digits(request)
     search = None
     if q is not None:
@@ -2165,7 +2158,7 @@ def refuse_repeated_parameters(request: Request, single_valued: Collection[str])
         seen.add(name)
 
 
-def refuse_other_apis_parameters(request: Request, others: Mapping[str, str], of: str = "this API") -> None:
+def refuse_foreign_parameters(request: Request, others: Mapping[str, str], of: str = "this API") -> None:
     """A 400 for a parameter of another API (``OTHER_APIS_PAGE_PARAMS``,
     ``OTHER_APIS_POST_FILTERS``), or of another listing (``NOT_COMMENT_PARAMS``,
     ``NOT_TAG_PARAMS``), saying what this one takes instead. It looks up the few parameters
@@ -4413,8 +4406,8 @@ class CommentController(Controller):
     ) -> Response[list[Comment]]:
         """A page of the post's comments, oldest first (newest with ``order=desc``), paged like posts."""
         refuse_repeated_parameters(request, (*PAGE_PARAMS, "order"))
-        refuse_other_apis_parameters(request, OTHER_APIS_PAGE_PARAMS)
-        refuse_other_apis_parameters(request, NOT_COMMENT_PARAMS, of="a post's comments")
+        refuse_foreign_parameters(request, OTHER_APIS_PAGE_PARAMS)
+        refuse_foreign_parameters(request, NOT_COMMENT_PARAMS, of="a post's comments")
         refuse_counts_not_in_digits(request)
         row = await blog.db.fetch_one(SELECT_POST_PK, {"post_id": post_id, "drafts": drafts_visible(request)})
         if row is None:
@@ -4706,7 +4699,7 @@ async def list_tags(
 ) -> Response[list[TagCount]]:
     """Every tag some post has, by name, with how many posts have it (of those the caller may
     see: the counts may include drafts, so then they are private)."""
-    refuse_other_apis_parameters(request, NOT_TAG_PARAMS, of="/api/tags")
+    refuse_foreign_parameters(request, NOT_TAG_PARAMS, of="/api/tags")
     rows = await blog.db.fetch_all(SELECT_TAG_COUNTS, {"drafts": drafts_visible(request)})
     body = msgspec.json.encode([TagCount(name=name, post_count=count) for name, count in rows])
     tags = RenderedPage(body, {"ETag": page_etag(body, {})}, includes_drafts=drafts_visible(request))
