@@ -182,6 +182,10 @@ def main() -> None:
                     (f"page at {middle:,} by offset", f"/api/posts?offset={middle}"),
                     ("?published=false", "/api/posts?published=false"),
                     (f"?q={WORD}", f"/api/posts?q={WORD}"),
+                    (
+                        f"?q={WORD}&published=true (as a reader without the token sees it)",
+                        f"/api/posts?q={WORD}&published=true",
+                    ),
                     (f"?q={RARE_WORD} (rare)", f"/api/posts?q={RARE_WORD}"),
                     (f"?tag={TAG}", f"/api/posts?tag={TAG}"),
                     (f"?q={COMMON_WORD} (in half the posts; not a target)", f"/api/posts?q={COMMON_WORD}"),

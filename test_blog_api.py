@@ -2271,6 +2271,41 @@ def test_search_sorted_by_a_column_gives_the_same_answer_either_way(client, monk
         assert pages[0].headers["x-total-count"] == str(len(expected))
 
 
+def test_a_search_answers_each_viewer_the_posts_they_may_see(secured: TestClient, monkeypatch) -> None:
+    """A search ranked by relevance, without a date filter, is counted and ranked without
+    reading posts, asking the list of drafts whether a match is one; with a date filter,
+    through posts. Both must answer what the posts hold, to an editor and to anyone else."""
+    fixed_clock(monkeypatch, *(1_741_776_155_000_000 + n * 1_000_000 for n in range(24)))
+    rng = random.Random(7)
+    posts = [
+        create_as_editor(secured, title=f"Post {n}", content=rng.choice(["alpha beta", "alpha gamma"]),
+                         published=rng.random() < 0.6, tags=rng.sample(["python"], rng.randint(0, 1)))
+        for n in range(24)
+    ]  # fmt: skip
+    for typed in ("alpha", "beta", "alpha -beta", "nothing"):
+        words = typed.split()
+        for headers in ({}, EDITOR):
+            for published in (None, "true", "false"):
+                for created_after, tag in ((None, None), (posts[3]["created_at"], None), (None, "python")):
+                    expected = [
+                        post
+                        for post in posts[::-1]
+                        if all((word[1:] not in post["content"]) if word[0] == "-" else word in post["content"]
+                               for word in words)
+                        and (post["published"] or headers)
+                        and (published is None or post["published"] == (published == "true"))
+                        and (created_after is None or post["created_at"] > created_after)
+                        and (tag is None or tag in post["tags"])
+                    ]  # fmt: skip
+                    params = {"q": typed, "limit": 4, "published": published, "created_after": created_after}
+                    params["tag"] = tag
+                    url = "/api/posts?" + urlencode({name: value for name, value in params.items() if value})
+                    pages = walk(secured, url, headers=headers)
+                    case = (typed, headers, published, created_after, tag)
+                    assert ids([post for page in pages for post in page.json()]) == ids(expected), case
+                    assert pages[0].headers["x-total-count"] == str(len(expected)), case
+
+
 def test_search_stays_in_sync_after_update_and_delete(client: TestClient) -> None:
     post = create(client, title="Original title", content="searchable words")
     client.put(f"/api/posts/{post['id']}", json={"title": "Renamed", "content": "different text"})
@@ -2827,7 +2862,7 @@ def test_benchmark_script_runs_and_prints_its_table() -> None:
     assert rows[0] == "| case | matches | p50 ms | p99 ms | p50 / page 1 | p50 ms from the read cache |"
     cases = [row.split(" | ")[0].lstrip("| ") for row in rows[2:]]
     assert cases[:3] == ["page 1", "page at 150 by cursor", "page at 150 by offset"]
-    assert len(cases) == 9
+    assert len(cases) == 10
 
 
 # --------------------------------------------------------------------------------------
