@@ -1519,6 +1519,9 @@ PUBLISHED_ONLY = "published = 1"
 # + keeps SQLite from turning a search around, to ask the search index once per draft (0.4 s).
 IS_DRAFT = "+pk IN (SELECT pk FROM posts WHERE published = 0)"
 IS_NOT_DRAFT = "+pk NOT IN (SELECT pk FROM posts WHERE published = 0)"
+# And asked of each match's row, where SQLite sorts the few matches of a search or a tag: the +
+# keeps it from walking the index of published posts instead (for 7 matches: 20 ms, not 0.3).
+OF_EACH_MATCH = {HAS_PUBLISHED: "+published = :published", PUBLISHED_ONLY: "+published = 1"}
 CREATED_AFTER = "created_at > :created_after"
 CREATED_BEFORE = "created_at < :created_before"
 # Rows past a cursor's (key, tiebreak), written so that SQLite searches the sort index by
@@ -1895,6 +1898,8 @@ class Listing:
             one_value_of_published = self.published is not None or not self.drafts_visible
             index_hint = f" INDEXED BY {SORT_INDEXES[self.sort][one_value_of_published]}"
             conditions = [POST_HAS_TAGS if condition == HAS_TAGS else condition for condition in conditions]
+        elif has_membership_filter and not by_relevance:
+            conditions = [OF_EACH_MATCH.get(condition, condition) for condition in conditions]
         direction = "DESC" if descending else "ASC"
         page = template.format(
             sort_key=key,

@@ -2274,7 +2274,8 @@ def test_search_sorted_by_a_column_gives_the_same_answer_either_way(client, monk
 def test_a_search_answers_each_viewer_the_posts_they_may_see(secured: TestClient, monkeypatch) -> None:
     """A search ranked by relevance, without a date filter, is counted and ranked without
     reading posts, asking the list of drafts whether a match is one; with a date filter,
-    through posts. Both must answer what the posts hold, to an editor and to anyone else."""
+    through posts; by date, each of its few matches' rows. Each must answer what the posts
+    hold, to an editor and to anyone else."""
     fixed_clock(monkeypatch, *(1_741_776_155_000_000 + n * 1_000_000 for n in range(24)))
     rng = random.Random(7)
     posts = [
@@ -2286,7 +2287,13 @@ def test_a_search_answers_each_viewer_the_posts_they_may_see(secured: TestClient
         words = typed.split()
         for headers in ({}, EDITOR):
             for published in (None, "true", "false"):
-                for created_after, tag in ((None, None), (posts[3]["created_at"], None), (None, "python")):
+                for created_after, tag, sort in (
+                    (None, None, None),
+                    (posts[3]["created_at"], None, None),
+                    (None, "python", None),
+                    (None, None, "created_at"),
+                    (None, "python", "created_at"),
+                ):
                     expected = [
                         post
                         for post in posts[::-1]
@@ -2298,10 +2305,10 @@ def test_a_search_answers_each_viewer_the_posts_they_may_see(secured: TestClient
                         and (tag is None or tag in post["tags"])
                     ]  # fmt: skip
                     params = {"q": typed, "limit": 4, "published": published, "created_after": created_after}
-                    params["tag"] = tag
+                    params |= {"tag": tag, "sort": sort}
                     url = "/api/posts?" + urlencode({name: value for name, value in params.items() if value})
                     pages = walk(secured, url, headers=headers)
-                    case = (typed, headers, published, created_after, tag)
+                    case = (typed, headers, published, created_after, tag, sort)
                     assert ids([post for page in pages for post in page.json()]) == ids(expected), case
                     assert pages[0].headers["x-total-count"] == str(len(expected)), case
 
