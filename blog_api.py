@@ -1514,9 +1514,9 @@ HAS_PUBLISHED = "published = :published"
 PUBLISHED_ONLY = "published = 1"
 # The same two filters where a search's matches are counted or ranked without reading posts:
 # asked of the list of drafts, which the index of posts by published holds (a blog's drafts
-# are few), not of each match's row (at 100,000 posts, a draft filter on a search of any
-# word scanned the index's 90,000 published posts: 18 ms, with no match as with 2,000). The
-# + keeps SQLite from turning a search around, to ask the search index once per draft (0.4 s).
+# are few), not of each match's row (at 100,000 posts, SQLite counted a search's published
+# matches by scanning the index's 90,000 published posts: 18 ms, for no match as for 2,000).
+# The + keeps SQLite from turning a search around, to ask the search index once per draft (0.4 s).
 IS_DRAFT = "+pk IN (SELECT pk FROM posts WHERE published = 0)"
 IS_NOT_DRAFT = "+pk NOT IN (SELECT pk FROM posts WHERE published = 0)"
 # And asked of each match's row, where SQLite sorts the few matches of a search or a tag: the +
@@ -1948,10 +1948,6 @@ class CommentListing:
         oldest-first cursor made before ``order`` was taken is still valid)."""
         query = ["comments", CURSOR_VERSION, self.post_pk, *(["desc"] if self.descending else [])]
         return hashlib.sha256(msgspec.json.encode(query)).hexdigest()[:16]
-
-    @property
-    def filters_by_date(self) -> bool:
-        return self.created_after is not None or self.created_before is not None
 
     def count_sql(self) -> tuple[str, dict[str, Any]]:
         return COUNT_COMMENTS, {"post_pk": self.post_pk}
