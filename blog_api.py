@@ -1480,13 +1480,16 @@ WHERE {conditions}
 MATCHES_SEARCH = "pk IN (SELECT rowid FROM posts_fts WHERE posts_fts MATCH :search)"
 # The posts that have every tag of :tags, a JSON array of distinct names.
 TAGGED_POSTS = """
-SELECT post_tags.post_pk
+SELECT post_tags.post_pk AS pk
 FROM post_tags JOIN tags ON tags.pk = post_tags.tag_pk
 WHERE tags.name IN (SELECT value FROM json_each(:tags))
 GROUP BY post_tags.post_pk
 HAVING count(*) = json_array_length(:tags)
 """
 HAS_TAGS = f"pk IN ({TAGGED_POSTS})"
+# Asked of a search's matches: the + keeps SQLite from turning the search around, to ask the
+# search index once per post of the tags (0.44 s for a tag on 10,000 posts).
+MATCH_HAS_TAGS = f"+{HAS_TAGS}"
 # The same, asked of each post in turn: for a walk down a sort index that stops at a full
 # page, where listing every post of the tag first (10,116 of them for a tag on a tenth of
 # 100,000 posts) took 11 ms, and this 0.7.
@@ -1509,19 +1512,22 @@ SELECT count(*)
 FROM ({TAGGED_POSTS})
 WHERE {{conditions}}
 """
-TAGGED_POST_MATCHES_SEARCH = "post_pk IN (SELECT rowid FROM posts_fts WHERE posts_fts MATCH :search)"
 HAS_PUBLISHED = "published = :published"
 PUBLISHED_ONLY = "published = 1"
-# The same two filters where a search's matches are counted or ranked without reading posts:
-# asked of the list of drafts, which the index of posts by published holds (a blog's drafts
-# are few), not of each match's row (at 100,000 posts, SQLite counted a search's published
-# matches by scanning the index's 90,000 published posts: 18 ms, for no match as for 2,000).
-# The + keeps SQLite from turning a search around, to ask the search index once per draft (0.4 s).
+# The same two filters where the matches of a search or of tags are counted, or ranked,
+# without reading posts: asked of the list of drafts, which the index of posts by published
+# holds (a blog's drafts are few), not of each match's row (at 100,000 posts, SQLite counted a
+# search's published matches by scanning the index's 90,000 published posts: 18 ms, for no
+# match as for 2,000). The + keeps SQLite from turning a search around, to ask the search
+# index once per draft (0.4 s).
 IS_DRAFT = "+pk IN (SELECT pk FROM posts WHERE published = 0)"
 IS_NOT_DRAFT = "+pk NOT IN (SELECT pk FROM posts WHERE published = 0)"
 # And asked of each match's row, where SQLite sorts the few matches of a search or a tag: the +
 # keeps it from walking the index of published posts instead (for 7 matches: 20 ms, not 0.3).
 OF_EACH_MATCH = {HAS_PUBLISHED: "+published = :published", PUBLISHED_ONLY: "+published = 1"}
+# False, which SQLite sees before it reads anything (finding that drafts hidden from the
+# caller were not among the drafts it asked for took up to 50 ms).
+NO_POSTS = "0"
 CREATED_AFTER = "created_at > :created_after"
 CREATED_BEFORE = "created_at < :created_before"
 # Rows past a cursor's (key, tiebreak), written so that SQLite searches the sort index by
@@ -1823,22 +1829,24 @@ class Listing:
         query += [self.created_after, self.created_before, self.search, sorted(self.tags)]
         return hashlib.sha256(msgspec.json.encode(query)).hexdigest()[:16]
 
-    def conditions(self, *, with_search: bool, drafts_listed: bool = False) -> tuple[list[str], dict[str, Any]]:
+    def conditions(
+        self, *, with_search: bool, with_tags: bool = True, without_posts: bool = False
+    ) -> tuple[list[str], dict[str, Any]]:
         """The WHERE conditions and parameters of the filters (not of the page); with
-        ``drafts_listed``, whether a post is published is asked of the list of drafts, not of
-        its row in posts."""
+        ``without_posts``, asked of the matches of a search or of the tags without reading
+        their rows in posts: whether one is published, of the list of drafts."""
         conditions, parameters = [], {}
         if self.search is not None:
             parameters["search"] = self.search
             if with_search:
                 conditions.append(MATCHES_SEARCH)
-        if self.published is not None and drafts_listed:
+        if self.published is not None and without_posts:
             conditions.append(IS_NOT_DRAFT if self.published else IS_DRAFT)
         elif self.published is not None:
             conditions.append(HAS_PUBLISHED)
             parameters["published"] = self.published
         if not self.drafts_visible and self.published is not True:
-            conditions.append(IS_NOT_DRAFT if drafts_listed else PUBLISHED_ONLY)
+            conditions.append(IS_NOT_DRAFT if without_posts else PUBLISHED_ONLY)
         if self.created_after is not None:
             conditions.append(CREATED_AFTER)
             parameters["created_after"] = self.created_after
@@ -1846,8 +1854,11 @@ class Listing:
             conditions.append(CREATED_BEFORE)
             parameters["created_before"] = self.created_before
         if self.tags:
-            conditions.append(HAS_TAGS)
             parameters["tags"] = msgspec.json.encode(self.tags).decode()
+            if with_tags:
+                conditions.append(MATCH_HAS_TAGS if without_posts else HAS_TAGS)
+        if self.published is False and not self.drafts_visible:
+            conditions = [NO_POSTS]  # drafts, asked for by a caller who may not see them
         return conditions, parameters
 
     @property
@@ -1855,23 +1866,24 @@ class Listing:
         return self.created_after is not None or self.created_before is not None
 
     def count_sql(self) -> tuple[str, dict[str, Any]]:
-        """How to count the matches: from the search index (and the list of drafts) or the
-        tags alone when no filter needs a column of posts, otherwise through posts."""
-        if self.search is not None and not self.tags and not self.filters_by_date:
-            conditions, parameters = self.conditions(with_search=False, drafts_listed=True)
+        """How to count the matches: without a filter by date, from the search index, the
+        tags table's counts or the list of the tags' posts (and the list of drafts); with one,
+        through posts."""
+        if self.search is not None and not self.filters_by_date:
+            conditions, parameters = self.conditions(with_search=False, without_posts=True)
             return COUNT_SEARCH_MATCHES.format(conditions=all_of(conditions)), parameters
-        conditions, parameters = self.conditions(with_search=True)
-        if (count := self.tag_count_column(conditions)) is not None:
+        if (count := self.tag_count_column()) is not None:
             return COUNT_POSTS_OF_TAG.format(count=count), {"tag": self.tags[0]}
-        if self.tags and set(conditions) <= {MATCHES_SEARCH, HAS_TAGS}:
-            search = [TAGGED_POST_MATCHES_SEARCH] if self.search is not None else []
-            return COUNT_TAGGED_POSTS.format(conditions=all_of(search)), parameters
+        if self.tags and self.search is None and not self.filters_by_date:
+            conditions, parameters = self.conditions(with_search=False, with_tags=False, without_posts=True)
+            return COUNT_TAGGED_POSTS.format(conditions=all_of(conditions)), parameters
+        conditions, parameters = self.conditions(with_search=True)
         return COUNT_POSTS.format(conditions=all_of(conditions)), parameters
 
-    def tag_count_column(self, conditions: list[str]) -> str | None:
+    def tag_count_column(self) -> str | None:
         """The column of ``tags`` that counts the matches, when they are the posts of one tag
         that the caller may see, published or drafts (7 ms of counting for a tag on 10,000 posts)."""
-        if len(self.tags) != 1 or not set(conditions) <= {HAS_TAGS, HAS_PUBLISHED, PUBLISHED_ONLY}:
+        if len(self.tags) != 1 or self.search is not None or self.filters_by_date:
             return None
         if self.published is None:
             return ALL_POSTS_OF_TAG if self.drafts_visible else PUBLISHED_POSTS_OF_TAG
@@ -1884,8 +1896,9 @@ class Listing:
         cursor is read walking backwards, and turned around by ``fetch_page``."""
         by_relevance = self.sort == "relevance"
         join_posts = by_relevance and self.filters_by_date  # ranking alone reads no column of posts
-        drafts_listed = by_relevance and not self.filters_by_date
-        conditions, parameters = self.conditions(with_search=not by_relevance, drafts_listed=drafts_listed)
+        conditions, parameters = self.conditions(
+            with_search=not by_relevance, without_posts=by_relevance and not join_posts
+        )
         backwards = self.cursor is not None and self.cursor.before
         descending = self.descending != backwards
         key = SORT_KEYS[self.sort]

@@ -2280,19 +2280,20 @@ def test_a_search_answers_each_viewer_the_posts_they_may_see(secured: TestClient
     rng = random.Random(7)
     posts = [
         create_as_editor(secured, title=f"Post {n}", content=rng.choice(["alpha beta", "alpha gamma"]),
-                         published=rng.random() < 0.6, tags=rng.sample(["python"], rng.randint(0, 1)))
+                         published=rng.random() < 0.6, tags=rng.sample(["python", "web"], rng.randint(0, 2)))
         for n in range(24)
     ]  # fmt: skip
     for typed in ("alpha", "beta", "alpha -beta", "nothing"):
         words = typed.split()
         for headers in ({}, EDITOR):
             for published in (None, "true", "false"):
-                for created_after, tag, sort in (
-                    (None, None, None),
-                    (posts[3]["created_at"], None, None),
-                    (None, "python", None),
-                    (None, None, "created_at"),
-                    (None, "python", "created_at"),
+                for created_after, tags, sort in (
+                    (None, [], None),
+                    (posts[3]["created_at"], [], None),
+                    (None, ["python"], None),
+                    (None, ["python", "web"], None),
+                    (None, [], "created_at"),
+                    (None, ["python", "web"], "created_at"),
                 ):
                     expected = [
                         post
@@ -2302,13 +2303,15 @@ def test_a_search_answers_each_viewer_the_posts_they_may_see(secured: TestClient
                         and (post["published"] or headers)
                         and (published is None or post["published"] == (published == "true"))
                         and (created_after is None or post["created_at"] > created_after)
-                        and (tag is None or tag in post["tags"])
+                        and set(tags) <= set(post["tags"])
                     ]  # fmt: skip
                     params = {"q": typed, "limit": 4, "published": published, "created_after": created_after}
-                    params |= {"tag": tag, "sort": sort}
-                    url = "/api/posts?" + urlencode({name: value for name, value in params.items() if value})
+                    params |= {"tag": tags, "sort": sort}
+                    url = "/api/posts?" + urlencode(
+                        {name: value for name, value in params.items() if value}, doseq=True
+                    )
                     pages = walk(secured, url, headers=headers)
-                    case = (typed, headers, published, created_after, tag, sort)
+                    case = (typed, headers, published, created_after, tags, sort)
                     assert ids([post for page in pages for post in page.json()]) == ids(expected), case
                     assert pages[0].headers["x-total-count"] == str(len(expected)), case
 
