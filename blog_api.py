@@ -1525,8 +1525,8 @@ IS_NOT_DRAFT = "+pk NOT IN (SELECT pk FROM posts WHERE published = 0)"
 # And asked of each match's row, where SQLite sorts the few matches of a search or a tag: the +
 # keeps it from walking the index of published posts instead (for 7 matches: 20 ms, not 0.3).
 OF_EACH_MATCH = {HAS_PUBLISHED: "+published = :published", PUBLISHED_ONLY: "+published = 1"}
-# False, which SQLite sees before it reads anything (finding that drafts hidden from the
-# caller were not among the drafts it asked for took up to 50 ms).
+# A condition no post meets, for drafts asked for by a caller who may not see them: SQLite
+# sees it before reading anything (it took up to 50 ms to find no such draft).
 NO_POSTS = "0"
 CREATED_AFTER = "created_at > :created_after"
 CREATED_BEFORE = "created_at < :created_before"
