@@ -1845,7 +1845,7 @@ class Listing:
         elif self.published is not None:
             conditions.append(HAS_PUBLISHED)
             parameters["published"] = self.published
-        if not self.drafts_visible and self.published is not True:
+        if not self.drafts_visible and self.published is None:  # published=false: NO_POSTS, below
             conditions.append(IS_NOT_DRAFT if without_posts else PUBLISHED_ONLY)
         if self.created_after is not None:
             conditions.append(CREATED_AFTER)
