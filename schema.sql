@@ -50,6 +50,10 @@ CREATE INDEX IF NOT EXISTS posts_by_title ON posts (title_key, id);
 CREATE INDEX IF NOT EXISTS posts_by_published_created_at ON posts (published, created_at, id);
 CREATE INDEX IF NOT EXISTS posts_by_published_updated_at ON posts (published, updated_at, id);
 CREATE INDEX IF NOT EXISTS posts_by_published_title ON posts (published, title_key, id);
+-- The drafts alone, by pk: whether each match of a search or of tags is a draft is looked up
+-- here (0.3 µs), not in its row in posts (3 µs: the rows are large), for a reader who may not
+-- see drafts. A blog's drafts are few, so this index is small.
+CREATE INDEX IF NOT EXISTS posts_drafts ON posts (pk) WHERE published = 0;
 
 -- A title changed without its key (by another program, or to one with the same key) is
 -- given it anew.
@@ -228,4 +232,4 @@ CREATE TABLE IF NOT EXISTS meta (
 
 INSERT OR IGNORE INTO meta (key, value) VALUES ('cursor_secret', randomblob(32));
 
-PRAGMA user_version = 5;
+PRAGMA user_version = 6;

@@ -2389,7 +2389,15 @@ def test_writes_committed_together_leave_the_search_index_matching_every_post(db
         assert connection.execute("SELECT count(*) FROM posts_fts_pending").fetchone() == (0,)
 
 
-VERSION_4_TITLES_IN_NOCASE = """
+VERSION_5_WITHOUT_DRAFTS_INDEX = """
+DROP INDEX posts_drafts;
+PRAGMA user_version = 5;
+"""
+"""What schema version 5 lacked: the index of drafts."""
+
+VERSION_4_TITLES_IN_NOCASE = (
+    VERSION_5_WITHOUT_DRAFTS_INDEX
+    + """
 DROP TRIGGER posts_title_key_after_retitling;
 DROP INDEX posts_by_title;
 DROP INDEX posts_by_published_title;
@@ -2398,6 +2406,7 @@ CREATE INDEX posts_by_title ON posts (title COLLATE NOCASE, id);
 CREATE INDEX posts_by_published_title ON posts (published, title COLLATE NOCASE, id);
 PRAGMA user_version = 4;
 """
+)
 """What schema version 4 had instead of posts.title_key: titles sorted in SQLite's NOCASE."""
 
 VERSION_3_TAG_COUNTS = (
@@ -2478,7 +2487,7 @@ def test_a_version_1_database_is_upgraded_and_its_search_index_kept(db_path: Pat
         assert ids(client.get("/api/posts", params={"q": "renamed version"}).json()) == [old["id"]]
         assert ids(client.get("/api/posts", params={"q": "written"}).json()) == [new["id"]]
     with closing(sqlite3.connect(db_path)) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (5,)
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (6,)
         triggers = {name for (name,) in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'trigger'")}
     assert not triggers & {"posts_fts_after_insert", "posts_fts_after_delete", "posts_fts_after_update"}
     assert search_index_problem(db_path) is None
@@ -2501,7 +2510,7 @@ def test_a_version_2_database_is_upgraded_and_its_comments_move_last_modified(db
         assert client.delete(f"{url}/comments/{comment['id']}").status_code == 204
         assert client.get(url).json()["comment_count"] == 0
     with closing(sqlite3.connect(db_path)) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (5,)
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (6,)
         [(changed_at,)] = connection.execute("SELECT comments_changed_at FROM posts").fetchall()
     assert changed_at >= upgrade_began.timestamp() * 1_000_000
 
@@ -2524,7 +2533,7 @@ def test_a_version_3_database_is_upgraded_with_its_tags_and_comments_counted(db_
         comment_on(secured, create_as_editor(secured, tags=["python"]))
         assert secured.get("/api/tags").json()[0] == {"name": "python", "post_count": 2}
     with closing(sqlite3.connect(db_path)) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (5,)
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (6,)
     assert stored_tag_counts(db_path) == tag_counts_from_links(db_path)
     assert [(count, counted) for _, count, counted in stored_comment_counts(db_path)] == [(2, 2), (0, 0), (1, 1)]
 
@@ -2561,9 +2570,36 @@ def test_a_version_4_database_is_upgraded_and_sorts_titles_by_their_letters(db_p
         assert titles_in_title_order(client) == ["apple", "Émile", "zebra"]  # NOCASE: Émile last
     assert stored_title_keys(db_path) == {"zebra": "zebra", "Émile": "emile", "apple": "apple"}
     with closing(sqlite3.connect(db_path)) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (5,)
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (6,)
         plan = connection.execute("EXPLAIN QUERY PLAN SELECT id FROM posts ORDER BY title_key, id").fetchall()
     assert "USING COVERING INDEX posts_by_title" in plan[0][-1]
+
+
+def test_a_version_5_database_is_upgraded_and_its_searches_still_hide_drafts(db_path: Path) -> None:
+    """A search's matches are asked whether they are drafts of the index of drafts, which
+    version 5 lacked: the upgrade makes it, over the drafts already there."""
+    with TestClient(create_app(Config(db_path=db_path, token=TOKEN))) as secured:
+        published = create_as_editor(secured, title="Spring notes", tags=["garden"])
+        draft = create_as_editor(secured, title="Spring draft", tags=["garden"], published=False)
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as connection:
+        connection.executescript(VERSION_5_WITHOUT_DRAFTS_INDEX)
+    with TestClient(create_app(Config(db_path=db_path, token=TOKEN))) as secured:
+        for params, headers, expected in [
+            ({"q": "spring"}, {}, [published]),
+            ({"q": "spring", "tag": "garden"}, {}, [published]),
+            ({"q": "spring", "published": "false"}, EDITOR, [draft]),
+            ({"q": "spring", "published": "true", "tag": "garden"}, EDITOR, [published]),
+        ]:
+            response = secured.get("/api/posts", params=params, headers=headers)
+            assert response.status_code == 200, response.text
+            assert ids(response.json()) == ids(expected) and response.headers["x-total-count"] == str(len(expected))
+    with closing(sqlite3.connect(db_path)) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (6,)
+        drafts_index = "SELECT pk FROM posts INDEXED BY posts_drafts WHERE published = 0"
+        assert (
+            connection.execute(drafts_index).fetchall()
+            == connection.execute("SELECT pk FROM posts WHERE id = ?", (draft["id"],)).fetchall()
+        )
 
 
 def test_a_title_another_program_writes_or_changes_is_sorted_once_blog_api_writes(db_path: Path) -> None:
