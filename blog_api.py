@@ -1489,9 +1489,13 @@ GROUP BY post_tags.post_pk
 HAVING count(*) = json_array_length(:tags)
 """
 HAS_TAGS = f"pk IN ({TAGGED_POSTS})"
+# The posts of one tag, :tag, as the index of posts by tag lists them, where TAGGED_POSTS
+# would sort and group them (for a tag on 10,116 posts: 0.7 ms, and 6.7).
+HAS_TAG = "pk IN (SELECT post_pk FROM post_tags WHERE tag_pk = (SELECT pk FROM tags WHERE name = :tag))"
 # Asked of a search's matches: the + keeps SQLite from turning the search around, to ask the
 # search index once per post of the tags (0.44 s for a tag on 10,000 posts).
 MATCH_HAS_TAGS = f"+{HAS_TAGS}"
+MATCH_HAS_TAG = f"+{HAS_TAG}"
 # The same, asked of each post in turn: for a walk down a sort index that stops at a full
 # page, where listing every post of the tag first (10,116 of them for a tag on a tenth of
 # 100,000 posts) took 11 ms, and this 0.7.
@@ -1860,7 +1864,10 @@ class Listing:
             parameters["created_before"] = self.created_before
         if self.tags:
             parameters["tags"] = msgspec.json.encode(self.tags).decode()
-            if with_tags:
+            if with_tags and len(self.tags) == 1:
+                parameters["tag"] = self.tags[0]
+                conditions.append(MATCH_HAS_TAG if matches else HAS_TAG)
+            elif with_tags:
                 conditions.append(MATCH_HAS_TAGS if matches else HAS_TAGS)
         if self.published is False and not self.drafts_visible:
             conditions = [NO_POSTS]  # drafts, asked for by a caller who may not see them
@@ -1915,7 +1922,7 @@ class Listing:
         if has_membership_filter and not by_relevance and total > SEARCH_PLAN_THRESHOLD:
             one_value_of_published = self.published is not None or not self.drafts_visible
             index_hint = f" INDEXED BY {SORT_INDEXES[self.sort][one_value_of_published]}"
-            conditions = [POST_HAS_TAGS if condition == HAS_TAGS else condition for condition in conditions]
+            conditions = [POST_HAS_TAGS if condition in (HAS_TAG, HAS_TAGS) else condition for condition in conditions]
         elif has_membership_filter and not by_relevance:
             conditions = [OF_EACH_MATCH.get(condition, condition) for condition in conditions]
         direction = "DESC" if descending else "ASC"
