@@ -2576,8 +2576,8 @@ def test_a_version_4_database_is_upgraded_and_sorts_titles_by_their_letters(db_p
 
 
 def test_a_version_5_database_is_upgraded_and_its_searches_still_hide_drafts(db_path: Path) -> None:
-    """A search's matches are asked whether they are drafts of the index of drafts, which
-    version 5 lacked: the upgrade makes it, over the drafts already there."""
+    """Whether a search's match is a draft is looked up in the index of drafts, which version
+    5 lacked: the upgrade makes it, with the drafts already there."""
     with TestClient(create_app(Config(db_path=db_path, token=TOKEN))) as secured:
         published = create_as_editor(secured, title="Spring notes", tags=["garden"])
         draft = create_as_editor(secured, title="Spring draft", tags=["garden"], published=False)
