@@ -32,6 +32,7 @@ WORD = "litestar"  # in 2% of posts: a typical search
 RARE_WORD = "zanzibar"  # in 10 posts
 COMMON_WORD = "the"  # in about half the posts: the worst case for ranking, not a target
 TAG = "python"  # on 10% of posts
+OTHER_TAG = "topic-1"  # on about 15% of posts
 TAG_NAMES = [f"topic-{n}" for n in range(60)]  # the other tags, Zipf-like
 
 
@@ -188,6 +189,8 @@ def main() -> None:
                     ),
                     (f"?q={RARE_WORD} (rare)", f"/api/posts?q={RARE_WORD}"),
                     (f"?tag={TAG}", f"/api/posts?tag={TAG}"),
+                    (f"?q={WORD}&tag={TAG} (a search within a tag)", f"/api/posts?q={WORD}&tag={TAG}"),
+                    (f"?tag={TAG}&tag={OTHER_TAG} (posts with both)", f"/api/posts?tag={TAG}&tag={OTHER_TAG}"),
                     (f"?q={COMMON_WORD} (in half the posts; not a target)", f"/api/posts?q={COMMON_WORD}"),
                     (
                         f"?q={COMMON_WORD}&sort=created_at (the same, by date)",

@@ -2908,7 +2908,7 @@ def test_benchmark_script_runs_and_prints_its_table() -> None:
     assert rows[0] == "| case | matches | p50 ms | p99 ms | p50 / page 1 | p50 ms from the read cache |"
     cases = [row.split(" | ")[0].lstrip("| ") for row in rows[2:]]
     assert cases[:3] == ["page 1", "page at 150 by cursor", "page at 150 by offset"]
-    assert len(cases) == 10
+    assert len(cases) == 12
 
 
 # --------------------------------------------------------------------------------------
