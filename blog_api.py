@@ -1859,7 +1859,6 @@ class Listing:
             conditions.append(CREATED_BEFORE)
             parameters["created_before"] = self.created_before
         if self.tags:
-            parameters["tags"] = msgspec.json.encode(self.tags).decode()
             parameters.update(self.tag_parameters)
             if with_tags:
                 conditions.append((MATCH_HAS_TAGS if matches else HAS_TAGS).format(tagged_posts=self.tagged_posts))
@@ -1922,6 +1921,7 @@ class Listing:
         )
         if walks_index and self.tags:
             conditions.append(POST_HAS_TAGS)
+            parameters["tags"] = msgspec.json.encode(self.tags).decode()
         backwards = self.cursor is not None and self.cursor.before
         descending = self.descending != backwards
         key = SORT_KEYS[self.sort]
