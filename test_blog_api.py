@@ -2274,16 +2274,18 @@ def test_search_sorted_by_a_column_gives_the_same_answer_either_way(client, monk
 def test_a_search_answers_each_viewer_the_posts_they_may_see(secured: TestClient, monkeypatch) -> None:
     """A search ranked by relevance, without a date filter, is counted and ranked without
     reading posts, asking the list of drafts whether a match is one; with a date filter,
-    through posts; by date, each of its few matches' rows. Each must answer what the posts
-    hold, to an editor and to anyone else."""
+    through posts; by date, each of its few matches' rows. With tags, a search with few
+    matches (zeta) asks each whether it has them, one with many looks them up in the list of
+    the tags' posts. Each must answer what the posts hold, to an editor and to anyone else."""
     fixed_clock(monkeypatch, *(1_741_776_155_000_000 + n * 1_000_000 for n in range(24)))
     rng = random.Random(7)
+    rare = {n: "zeta" if n % 5 == 2 else "omega" for n in range(24)}  # one length: ranks tie
     posts = [
-        create_as_editor(secured, title=f"Post {n}", content=rng.choice(["alpha beta", "alpha gamma"]),
+        create_as_editor(secured, title=f"Post {n}", content=rng.choice(["alpha beta", "alpha gamma"]) + f" {rare[n]}",
                          published=rng.random() < 0.6, tags=rng.sample(["python", "web"], rng.randint(0, 2)))
         for n in range(24)
     ]  # fmt: skip
-    for typed in ("alpha", "beta", "alpha -beta", "nothing"):
+    for typed in ("alpha", "beta", "alpha -beta", "zeta", "nothing"):
         words = typed.split()
         for headers in ({}, EDITOR):
             for published in (None, "true", "false"):
