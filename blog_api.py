@@ -1545,9 +1545,9 @@ HAS_PUBLISHED = "published = :published"
 PUBLISHED_ONLY = "published = 1"
 # The same two filters where the matches of a search or of tags are counted, or ranked,
 # without reading posts: each match ({match_pk}) looked up in the index of drafts, not in its
-# row, which took 3 µs to find. Listing the drafts first
-# cost 3 to 4 ms at 10,000 drafts: at 100,000 posts, ?q=litestar with drafts hidden took 3.8
-# ms to count and 7.8 to rank that way, and 1.0 and 5.4 this way (the editor's: 0.3 and 5.3).
+# row, which took 3 µs to find. Listing the drafts first cost 3 to 4 ms at 10,000 drafts: at
+# 100,000 posts, ?q=litestar with drafts hidden took 3.8 ms to count and 7.8 to rank that
+# way, and 1.0 and 5.4 this way (the editor's: 0.3 and 5.3).
 IS_DRAFT = """EXISTS (
     SELECT 1
     FROM posts AS draft INDEXED BY posts_drafts
