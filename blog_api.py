@@ -1862,8 +1862,7 @@ class Listing:
             return self
         if self.filters_by_date and self.sort != "relevance":  # counted and paged through posts
             return self
-        tags = msgspec.json.encode(self.tags).decode()
-        parameters = {"search": self.search, "tags": tags, "cost": ASKING_A_MATCH_COSTS}
+        parameters = {"search": self.search, "tags": self.tags_json, "cost": ASKING_A_MATCH_COSTS}
         [(fewer,)] = connection.execute(FEWER_MATCHES_THAN_TAGGED_POSTS, parameters).fetchall()
         return replace(self, asks_matches_for_tags=bool(fewer))
 
@@ -1927,6 +1926,11 @@ class Listing:
         return {f"tag_{number}": tag for number, tag in enumerate(self.tags)}
 
     @property
+    def tags_json(self) -> str:
+        """The tags as a JSON array, as :tags in the SQL."""
+        return msgspec.json.encode(self.tags).decode()
+
+    @property
     def tagged_posts(self) -> str:
         """The SQL that lists the posts that have every tag asked for."""
         first, *others = self.tag_parameters
@@ -1972,7 +1976,7 @@ class Listing:
         )
         if walks_index and self.tags:
             conditions.append(POST_HAS_TAGS)
-            parameters["tags"] = msgspec.json.encode(self.tags).decode()
+            parameters["tags"] = self.tags_json
         backwards = self.cursor is not None and self.cursor.before
         descending = self.descending != backwards
         key = SORT_KEYS[self.sort]
