@@ -1476,6 +1476,14 @@ FROM posts
 WHERE {conditions}
 """
 
+# All the posts, the drafts, or the published ones (all but the drafts), for a listing with no
+# filter but published. Without a WHERE, SQLite counts an index's entries a page at a time;
+# with one, even WHERE 1, it reads each entry: at 100,000 posts, 1.2 ms against 5.1, and
+# counting the 89,943 published posts in the index by published took 10.6 ms, this 1.4.
+COUNT_ALL_POSTS = "SELECT count(*) FROM posts"
+COUNT_DRAFTS = "SELECT count(*) FROM posts INDEXED BY posts_drafts WHERE published = 0"
+COUNT_PUBLISHED_POSTS = f"SELECT ({COUNT_ALL_POSTS}) - ({COUNT_DRAFTS})"
+
 COUNT_SEARCH_MATCHES = """
 SELECT count(*)
 FROM (SELECT rowid AS pk FROM posts_fts WHERE posts_fts MATCH :search) AS matches
@@ -1938,8 +1946,8 @@ class Listing:
 
     def count_sql(self) -> tuple[str, dict[str, Any]]:
         """How to count the matches: without a filter by date, from the search index, the
-        tags table's counts or the list of the tags' posts (and the index of drafts); with one,
-        through posts."""
+        tags table's counts, the list of the tags' posts (and the index of drafts), or, with
+        no filter but published, all the posts and the index of drafts; with one, through posts."""
         if self.search is not None and not self.filters_by_date:
             conditions, parameters = self.conditions(with_search=False, match_pk="matches.pk")
             return COUNT_SEARCH_MATCHES.format(conditions=all_of(conditions)), parameters
@@ -1948,8 +1956,21 @@ class Listing:
         if self.tags and self.search is None and not self.filters_by_date:
             conditions, parameters = self.conditions(with_search=False, with_tags=False, match_pk="matches.pk")
             return COUNT_TAGGED_POSTS.format(tagged_posts=self.tagged_posts, conditions=all_of(conditions)), parameters
+        if (count := self.posts_count_sql()) is not None:
+            return count, {}
         conditions, parameters = self.conditions(with_search=True)
         return COUNT_POSTS.format(conditions=all_of(conditions)), parameters
+
+    def posts_count_sql(self) -> str | None:
+        """How to count the matches when no filter but published chooses them (the first page
+        of a blog, say): all the posts, the drafts, or all but the drafts."""
+        if self.search is not None or self.tags or self.filters_by_date or self.asks_for_hidden_drafts:
+            return None
+        if self.published is False:
+            return COUNT_DRAFTS
+        if self.published is None and self.drafts_visible:
+            return COUNT_ALL_POSTS
+        return COUNT_PUBLISHED_POSTS
 
     def tag_count_column(self) -> str | None:
         """The column of ``tags`` that counts the matches, when they are the posts of one tag

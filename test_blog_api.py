@@ -3760,6 +3760,28 @@ def test_drafts_are_invisible_without_the_token_everywhere(secured: TestClient) 
     assert secured.get(f"/api/posts/{draft['id']}/comments", headers=EDITOR).json() == [draft_comment]
 
 
+def test_the_total_of_all_posts_counts_those_each_viewer_may_see(secured: TestClient, db_path: Path) -> None:
+    posts = [create_as_editor(secured, title=f"Post {n}", published=n % 3 != 0) for n in range(7)]
+    secured.put(f"/api/posts/{posts[0]['id']}", json={"published": True}, headers=EDITOR)
+    secured.delete(f"/api/posts/{posts[1]['id']}", headers=EDITOR)
+    stored = [bool(post["published"]) for post in stored_posts(db_path)]
+    published, drafts = stored.count(True), stored.count(False)
+    assert (published, drafts) == (4, 2)
+
+    expected = [
+        (EDITOR, {}, published + drafts),
+        (EDITOR, {"published": "true"}, published),
+        (EDITOR, {"published": "false"}, drafts),
+        ({}, {}, published),
+        ({}, {"published": "true"}, published),
+        ({}, {"published": "false"}, 0),
+    ]
+    for headers, params, total in expected:
+        response = secured.get("/api/posts", params=params, headers=headers)
+        assert response.headers["x-total-count"] == str(total), (headers, params)
+        assert len(response.json()) == total
+
+
 def test_anyone_may_comment_on_a_published_post(secured: TestClient) -> None:
     post = create_as_editor(secured)
     assert secured.post(f"/api/posts/{post['id']}/comments", json=COMMENT).status_code == 201
