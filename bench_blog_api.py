@@ -179,6 +179,7 @@ def main() -> None:
                 middle = args.posts // 2
                 cases = [
                     ("page 1", "/api/posts"),
+                    ("?published=true (page 1 as a reader without the token sees it)", "/api/posts?published=true"),
                     (f"page at {middle:,} by cursor", f"/api/posts?cursor={cursor_at(client, middle)}"),
                     (f"page at {middle:,} by offset", f"/api/posts?offset={middle}"),
                     ("?published=false", "/api/posts?published=false"),

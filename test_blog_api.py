@@ -2909,8 +2909,9 @@ def test_benchmark_script_runs_and_prints_its_table() -> None:
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert rows[0] == "| case | matches | p50 ms | p99 ms | p50 / page 1 | p50 ms from the read cache |"
     cases = [row.split(" | ")[0].lstrip("| ") for row in rows[2:]]
-    assert cases[:3] == ["page 1", "page at 150 by cursor", "page at 150 by offset"]
-    assert len(cases) == 12
+    reader_page = "?published=true (page 1 as a reader without the token sees it)"
+    assert cases[:4] == ["page 1", reader_page, "page at 150 by cursor", "page at 150 by offset"]
+    assert len(cases) == 13
 
 
 # --------------------------------------------------------------------------------------
