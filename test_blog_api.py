@@ -3470,6 +3470,22 @@ def test_comments_are_listed_oldest_first_and_counted_on_the_post(client: TestCl
     assert listed == {post["id"]: 3, other["id"]: 1}
 
 
+def test_the_total_of_a_posts_comments_follows_every_write_to_them(client: TestClient, db_path: Path) -> None:
+    post = create(client)
+    comments = [comment_on(client, post, body=f"comment {n}") for n in range(3)]
+    assert client.delete(f"/api/posts/{post['id']}/comments/{comments[1]['id']}").status_code == 204
+    [stored] = stored_posts(db_path)
+    with closing(sqlite3.connect(db_path)) as other_program, other_program:
+        other_program.execute(
+            "INSERT INTO comments (id, post_pk, created_at, author, body) VALUES (?, ?, ?, 'Ann', 'Written elsewhere')",
+            (str(uuid.uuid4()), stored["pk"], stored["created_at"] + 1),
+        )
+    stored_count = sum(row["post_pk"] == stored["pk"] for row in stored_rows(db_path, "comments"))
+    response = client.get(f"/api/posts/{post['id']}/comments", params={"limit": 1})
+    assert response.headers["x-total-count"] == str(stored_count) == "3"
+    assert client.get(f"/api/posts/{post['id']}").json()["comment_count"] == 3
+
+
 def test_comments_page_like_posts(client: TestClient, monkeypatch) -> None:
     post = create(client)
     fixed_clock(monkeypatch, *range(1_000_000, 1_100_000, 1_000))
