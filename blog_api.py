@@ -1946,9 +1946,10 @@ class Listing:
         return POSTS_OF_TAG.format(tag=first) + "".join(ALSO_OF_TAG.format(tag=name) for name in others)
 
     def count_sql(self) -> tuple[str, dict[str, Any]]:
-        """How to count the matches: without a filter by date, from the search index, the
-        tags table's counts, the list of the tags' posts (and the index of drafts), or, with
-        no filter but published, all the posts and the index of drafts; with one, through posts."""
+        """How to count the matches: of a search or tags without a filter by date, from the
+        search index, the tags table's counts or the list of the tags' posts (and the index of
+        drafts); with no filter but published, from all the posts and the index of drafts; with
+        a filter by date, through posts."""
         if self.search is not None and not self.filters_by_date:
             conditions, parameters = self.conditions(with_search=False, match_pk="matches.pk")
             return COUNT_SEARCH_MATCHES.format(conditions=all_of(conditions)), parameters

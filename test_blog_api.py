@@ -3779,8 +3779,8 @@ def test_drafts_are_invisible_without_the_token_everywhere(secured: TestClient) 
 
 def test_the_total_of_all_posts_counts_those_each_viewer_may_see(secured: TestClient, db_path: Path) -> None:
     posts = [create_as_editor(secured, title=f"Post {n}", published=n % 3 != 0) for n in range(7)]
-    secured.put(f"/api/posts/{posts[0]['id']}", json={"published": True}, headers=EDITOR)
-    secured.delete(f"/api/posts/{posts[1]['id']}", headers=EDITOR)
+    assert secured.put(f"/api/posts/{posts[0]['id']}", json={"published": True}, headers=EDITOR).status_code == 200
+    assert secured.delete(f"/api/posts/{posts[1]['id']}", headers=EDITOR).status_code == 204
     stored = [bool(post["published"]) for post in stored_posts(db_path)]
     published, drafts = stored.count(True), stored.count(False)
     assert (published, drafts) == (4, 2)
