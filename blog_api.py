@@ -3183,7 +3183,7 @@ LISTING_BYTES = 640
 Listing); its query string counts twice more, as the key and in the listing's Link parameters."""
 
 
-class ListingMemo(BoundedStore[tuple[bytes, bool], "Listing"]):
+class ListingMemo(BoundedStore[tuple[bytes, bool], Listing]):
     """The Listing each query string made, for callers who may see drafts and for those who
     may not: a blog's pages are asked for with the same few queries over and over, and
     checking one again (``listing_from_query``) took 12.6% of the instructions of a page of 20
@@ -3194,10 +3194,10 @@ class ListingMemo(BoundedStore[tuple[bytes, bool], "Listing"]):
     def __init__(self) -> None:
         super().__init__(LISTINGS_KEPT_BYTES, largest_share=16)
 
-    def get(self, query_string: bytes, drafts_visible: bool) -> "Listing | None":
+    def get(self, query_string: bytes, drafts_visible: bool) -> Listing | None:
         return self._get((query_string, drafts_visible))
 
-    def keep(self, query_string: bytes, drafts_visible: bool, listing: "Listing") -> None:
+    def keep(self, query_string: bytes, drafts_visible: bool, listing: Listing) -> None:
         self._put((query_string, drafts_visible), listing, LISTING_BYTES + 2 * len(query_string))
 
 
