@@ -2489,7 +2489,7 @@ def test_a_version_1_database_is_upgraded_and_its_search_index_kept(db_path: Pat
         assert ids(client.get("/api/posts", params={"q": "renamed version"}).json()) == [old["id"]]
         assert ids(client.get("/api/posts", params={"q": "written"}).json()) == [new["id"]]
     with closing(sqlite3.connect(db_path)) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (6,)
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (7,)
         triggers = {name for (name,) in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'trigger'")}
     assert not triggers & {"posts_fts_after_insert", "posts_fts_after_delete", "posts_fts_after_update"}
     assert search_index_problem(db_path) is None
@@ -2512,7 +2512,7 @@ def test_a_version_2_database_is_upgraded_and_its_comments_move_last_modified(db
         assert client.delete(f"{url}/comments/{comment['id']}").status_code == 204
         assert client.get(url).json()["comment_count"] == 0
     with closing(sqlite3.connect(db_path)) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (6,)
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (7,)
         [(changed_at,)] = connection.execute("SELECT comments_changed_at FROM posts").fetchall()
     assert changed_at >= upgrade_began.timestamp() * 1_000_000
 
@@ -2535,7 +2535,7 @@ def test_a_version_3_database_is_upgraded_with_its_tags_and_comments_counted(db_
         comment_on(secured, create_as_editor(secured, tags=["python"]))
         assert secured.get("/api/tags").json()[0] == {"name": "python", "post_count": 2}
     with closing(sqlite3.connect(db_path)) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (6,)
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (7,)
     assert stored_tag_counts(db_path) == tag_counts_from_links(db_path)
     assert [(count, counted) for _, count, counted in stored_comment_counts(db_path)] == [(2, 2), (0, 0), (1, 1)]
 
@@ -2572,7 +2572,7 @@ def test_a_version_4_database_is_upgraded_and_sorts_titles_by_their_letters(db_p
         assert titles_in_title_order(client) == ["apple", "Émile", "zebra"]  # NOCASE: Émile last
     assert stored_title_keys(db_path) == {"zebra": "zebra", "Émile": "emile", "apple": "apple"}
     with closing(sqlite3.connect(db_path)) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (6,)
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (7,)
         plan = connection.execute("EXPLAIN QUERY PLAN SELECT id FROM posts ORDER BY title_key, id").fetchall()
     assert "USING COVERING INDEX posts_by_title" in plan[0][-1]
 
@@ -2596,12 +2596,56 @@ def test_a_version_5_database_is_upgraded_and_its_searches_still_hide_drafts(db_
             assert response.status_code == 200, response.text
             assert ids(response.json()) == ids(expected) and response.headers["x-total-count"] == str(len(expected))
     with closing(sqlite3.connect(db_path)) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (6,)
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (7,)
         drafts_index = "SELECT pk FROM posts INDEXED BY posts_drafts WHERE published = 0"
         assert (
             connection.execute(drafts_index).fetchall()
             == connection.execute("SELECT pk FROM posts WHERE id = ?", (draft["id"],)).fetchall()
         )
+
+
+VERSION_6_MERGING_FOUR_AT_A_TIME = """
+DELETE FROM posts_fts_config WHERE k IN ('automerge', 'crisismerge');
+PRAGMA user_version = 6;
+"""
+"""What schema version 6 lacked: posts_fts merging its b-trees 16 at a time (FTS5's default: 4)."""
+
+MERGING_SIXTEEN_AT_A_TIME = {"automerge": 16, "crisismerge": 64}
+
+
+def search_index_merge_settings(db_path: Path) -> dict[str, int]:
+    with closing(sqlite3.connect(db_path)) as connection:
+        query = "SELECT k, v FROM posts_fts_config WHERE k IN ('automerge', 'crisismerge')"
+        return dict(connection.execute(query).fetchall())
+
+
+def test_a_search_index_of_many_writes_merges_sixteen_at_a_time_and_finds_every_post(db_path: Path) -> None:
+    """Each write transaction adds a b-tree to the index; 40 of them are merged on the way
+    (from the 16th), and every post is still found, by its own word and by one they share."""
+    with TestClient(create_app(Config(db_path=db_path))) as client:
+        posts = [create(client, title=f"Merged {n}", content=f"word{n} shared") for n in range(40)]
+        for n in (0, 15, 16, 39):
+            assert ids(client.get("/api/posts", params={"q": f"word{n}"}).json()) == [posts[n]["id"]]
+        response = client.get("/api/posts", params={"q": "shared", "limit": 100})
+        assert sorted(ids(response.json())) == sorted(ids(posts)) and response.headers["x-total-count"] == "40"
+    assert search_index_merge_settings(db_path) == MERGING_SIXTEEN_AT_A_TIME
+    assert search_index_problem(db_path) is None
+
+
+def test_a_version_6_database_is_upgraded_to_merge_its_search_index_sixteen_at_a_time(db_path: Path) -> None:
+    with TestClient(create_app(Config(db_path=db_path))) as client:
+        before = create(client, title="Written under version six")
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as connection:
+        connection.executescript(VERSION_6_MERGING_FOUR_AT_A_TIME)
+    assert search_index_merge_settings(db_path) == {}
+    with TestClient(create_app(Config(db_path=db_path))) as client:
+        after = create(client, title="Written under version seven")
+        assert ids(client.get("/api/posts", params={"q": "six"}).json()) == [before["id"]]
+        assert ids(client.get("/api/posts", params={"q": "written"}).json()) == [after["id"], before["id"]]
+    with closing(sqlite3.connect(db_path)) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (blog_api.SCHEMA_VERSION,) == (7,)
+    assert search_index_merge_settings(db_path) == MERGING_SIXTEEN_AT_A_TIME
+    assert search_index_problem(db_path) is None
 
 
 def test_a_title_another_program_writes_or_changes_is_sorted_once_blog_api_writes(db_path: Path) -> None:
