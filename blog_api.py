@@ -1306,18 +1306,25 @@ JOIN tags ON tags.name = tag.value
 """
 
 # The posts in posts_fts_pending (see schema.sql): take out of posts_fts what it holds for
-# them, index their text as it is now, and empty the table; a statement each for a batch.
-UNINDEX_PENDING_POSTS = """
-INSERT INTO posts_fts (posts_fts, rowid, title, content)
-SELECT 'delete', pk, indexed_title, indexed_content
-FROM posts_fts_pending
-WHERE indexed_title IS NOT NULL
-"""
-
+# them ('delete' in the column named after the table) and index their text as it is now
+# (NULL there: a plain insert), in one statement for a batch; then empty the table. In post
+# order, each post's 'delete' before its insert: FTS5 writes out what it has gathered
+# whenever a post comes before the one it took last, and at the end of every statement, so
+# in this order a batch makes one b-tree in the index. As two statements, all the deletes
+# and then all the inserts, a batch of updates made two, and an update took 150k
+# instructions more (SQL alone, batches of 32; a create 4k fewer, without the sort).
 INDEX_PENDING_POSTS = """
-INSERT INTO posts_fts (rowid, title, content)
-SELECT posts.pk, posts.title, posts.content
-FROM posts_fts_pending JOIN posts ON posts.pk = posts_fts_pending.pk
+INSERT INTO posts_fts (posts_fts, rowid, title, content)
+SELECT command, pk, title, content
+FROM (
+    SELECT 'delete' AS command, pk, indexed_title AS title, indexed_content AS content, 0 AS step
+    FROM posts_fts_pending
+    WHERE indexed_title IS NOT NULL
+    UNION ALL
+    SELECT NULL, posts.pk, posts.title, posts.content, 1
+    FROM posts_fts_pending JOIN posts ON posts.pk = posts_fts_pending.pk
+)
+ORDER BY pk, step
 """
 
 CLEAR_PENDING_POSTS = """
@@ -2481,7 +2488,7 @@ def immediate_transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Co
 def index_pending_posts(connection: sqlite3.Connection) -> None:
     """Bring the search index up to date with every post written in this transaction (or by
     another program since blog_api last did)."""
-    for statement in (UNINDEX_PENDING_POSTS, INDEX_PENDING_POSTS, CLEAR_PENDING_POSTS):
+    for statement in (INDEX_PENDING_POSTS, CLEAR_PENDING_POSTS):
         connection.execute(statement)
 
 

@@ -2632,6 +2632,27 @@ def test_a_search_index_of_many_writes_merges_sixteen_at_a_time_and_finds_every_
     assert search_index_problem(db_path) is None
 
 
+def search_index_pages(db_path: Path) -> int:
+    with closing(sqlite3.connect(db_path)) as connection:
+        return connection.execute("SELECT count(*) FROM posts_fts_data").fetchone()[0]
+
+
+def test_an_edit_adds_one_b_tree_to_the_search_index_and_is_found_by_its_new_words(db_path: Path) -> None:
+    """What the index held for the post is taken out and its new text put in by one
+    statement, which FTS5 writes as one b-tree (one page, for a short post); as two, the
+    taking out and the putting in made one each."""
+    with TestClient(create_app(Config(db_path=db_path))) as client:
+        post = create(client, title="Before the edit", content="old words")
+        pages = search_index_pages(db_path)
+        response = client.put(f"/api/posts/{post['id']}", json={"title": "After the edit", "content": "new words"})
+        assert response.status_code == 200, response.text
+        assert search_index_pages(db_path) == pages + 1
+        assert ids(client.get("/api/posts", params={"q": "new after"}).json()) == [post["id"]]
+        assert client.get("/api/posts", params={"q": "old"}).json() == []
+        assert client.get("/api/posts", params={"q": "before"}).json() == []
+    assert search_index_problem(db_path) is None
+
+
 def test_a_version_6_database_is_upgraded_to_merge_its_search_index_sixteen_at_a_time(db_path: Path) -> None:
     with TestClient(create_app(Config(db_path=db_path))) as client:
         before = create(client, title="Written under version six")
