@@ -1308,11 +1308,12 @@ JOIN tags ON tags.name = tag.value
 # The posts in posts_fts_pending (see schema.sql): take out of posts_fts what it holds for
 # them ('delete' in the column named after the table) and index their text as it is now
 # (NULL there: a plain insert), in one statement for a batch; then empty the table. In post
-# order, each post's 'delete' before its insert: FTS5 writes out what it has gathered
-# whenever a post comes before the one it took last, and at the end of every statement, so
-# in this order a batch makes one b-tree in the index. As two statements, all the deletes
-# and then all the inserts, a batch of updates made two, and an update took 150k
-# instructions more (SQL alone, batches of 32; a create 4k fewer, without the sort).
+# order, each post's 'delete' before its insert: FTS5 writes out what it has gathered at
+# the end of every statement, and whenever a post comes before the one it took last (any
+# order is correct, this one cheapest), so a batch makes one b-tree in the index. As two
+# statements, all the deletes and then all the inserts, a batch of updates made two, and
+# an update took 150k instructions more (SQL alone, batches of 32); a create takes 4k more
+# here, for the sort.
 INDEX_PENDING_POSTS = """
 INSERT INTO posts_fts (posts_fts, rowid, title, content)
 SELECT command, pk, title, content

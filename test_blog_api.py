@@ -2620,8 +2620,8 @@ def search_index_merge_settings(db_path: Path) -> dict[str, int]:
 
 
 def test_a_search_index_of_many_writes_merges_sixteen_at_a_time_and_finds_every_post(db_path: Path) -> None:
-    """Each write transaction adds a b-tree to the index; 40 of them are merged on the way
-    (from the 16th), and every post is still found, by its own word and by one they share."""
+    """Each write transaction adds a b-tree to the index, which FTS5 merges 16 of a level at
+    a time; after 40 writes every post is found, by its own word and by one they share."""
     with TestClient(create_app(Config(db_path=db_path))) as client:
         posts = [create(client, title=f"Merged {n}", content=f"word{n} shared") for n in range(40)]
         for n in (0, 15, 16, 39):
