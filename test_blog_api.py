@@ -1475,8 +1475,45 @@ def test_closing_stops_every_connection_thread(db_path: Path) -> None:
         await db.close()
         return during
 
-    assert run(open_and_close()) == before + 4
+    assert run(open_and_close()) == before + 5  # the writer, three readers, the checkpointer
     assert threading.active_count() == before
+
+
+def posts_in_the_database_file_alone(db_path: Path, tmp_path: Path) -> list[str]:
+    """The IDs of the posts in the database file itself, without its WAL: what has been
+    checkpointed into it. A copy caught mid-checkpoint may be unreadable: none, then."""
+    alone = tmp_path / f"alone-{uuid.uuid4().hex}.db"
+    shutil.copy(db_path, alone)
+    try:
+        with closing(sqlite3.connect(alone)) as connection:
+            return [post_id for (post_id,) in connection.execute("SELECT id FROM posts")]
+    except sqlite3.DatabaseError:
+        return []
+
+
+def test_a_write_reaches_the_database_file_soon_after_its_commit(client: TestClient, db_path: Path, tmp_path) -> None:
+    """The checkpointer copies the WAL into the database file after commits. SQLite,
+    checkpointing in the writer, waited for 1,000 pages in the WAL: a post stayed there
+    alone until then, or until shutdown."""
+    post = create(client)
+    wait_until(lambda: posts_in_the_database_file_alone(db_path, tmp_path) == [post["id"]], timeout=10)
+    assert posts_in_the_database_file_alone(db_path, tmp_path) == [post["id"]]
+    assert stored_posts(db_path)[0]["id"] == post["id"]
+
+
+def test_a_failed_checkpoint_is_logged_and_writes_go_on(db_path: Path, monkeypatch) -> None:
+    """A checkpoint that fails loses nothing (the WAL keeps every commit), so it is a warning
+    and the next commit tries again."""
+    monkeypatch.setattr(blog_api, "CHECKPOINT_WAL", "SELECT * FROM no_such_table")
+    with TestClient(create_app(Config(db_path=db_path))) as client, log_records() as records:
+        first = create(client)
+        wait_until(lambda: any(record.levelno == logging.WARNING for record in records), timeout=10)
+        second = create(client, title="After a failed checkpoint")
+    warnings = [record.getMessage() for record in records if record.levelno >= logging.WARNING]
+    assert warnings[0] == (
+        f"could not copy the WAL of {str(db_path)!r} into the database file: no such table: no_such_table"
+    )
+    assert [post["id"] for post in stored_posts(db_path)] == [first["id"], second["id"]]
 
 
 def test_an_app_started_and_stopped_leaves_no_thread_behind(db_path: Path) -> None:
@@ -6571,17 +6608,20 @@ def test_a_page_read_is_let_go_of_once_answered(client: TestClient) -> None:
 
 
 def test_synchronous_can_be_chosen_and_is_full_unless_said(db_path: Path) -> None:
-    async def synchronous_of(**options) -> int:
+    async def synchronous_of(**options) -> tuple[int, int]:
+        """The writer's, and the checkpointer's: its fsyncs make the database file durable
+        before the writer may write over the WAL's frames."""
         db = await open_database(db_path, **options)
         try:
             [(mode,)] = await db.write(partial(fetch_rows, "PRAGMA synchronous"))
-            return mode
+            [(checkpointers,)] = await db._checkpointer.execute_fetchall("PRAGMA synchronous")
+            return mode, checkpointers
         finally:
             await db.close()
 
-    assert run(synchronous_of()) == 2
-    assert run(synchronous_of(synchronous="normal")) == 1
-    assert run(synchronous_of(synchronous="off")) == 0
+    assert run(synchronous_of()) == (2, 2)
+    assert run(synchronous_of(synchronous="normal")) == (1, 1)
+    assert run(synchronous_of(synchronous="off")) == (0, 0)
     assert blog_api.parse_args(["--synchronous", "off"]).synchronous == "off"
     assert Config.from_env({"BLOG_API_SYNCHRONOUS": "NORMAL"}).synchronous == "normal"
 
