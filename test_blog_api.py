@@ -1501,6 +1501,54 @@ def test_a_write_reaches_the_database_file_soon_after_its_commit(client: TestCli
     assert stored_posts(db_path)[0]["id"] == post["id"]
 
 
+def test_a_write_waits_for_a_running_checkpoint_and_a_read_does_not(db_path: Path, monkeypatch) -> None:
+    """A checkpoint that a write appends to as it runs cannot copy every frame, so the WAL is
+    not written from its start again but grows: to 16 MB in 40 s of POSTs to one worker
+    (3 MB when the writer waits). Readers are not held up."""
+    held, let_go = threading.Event(), threading.Event()
+    monkeypatch.setattr(blog_api, "CHECKPOINT_WAL", "SELECT hold_the_checkpoint()")
+
+    def hold_the_checkpoint() -> None:
+        held.set()
+        let_go.wait(5)
+
+    async def check() -> tuple[bool, list]:
+        db = await open_database(db_path)
+        try:
+            await db._checkpointer.create_function("hold_the_checkpoint", 0, hold_the_checkpoint)
+            await db.write(partial(insert_post, "first"))
+            await asyncio.to_thread(held.wait, 5)
+            second = asyncio.create_task(db.write(partial(insert_post, "second")))
+            await asyncio.sleep(0.3)
+            second_waited = not second.done()
+            read_meanwhile = await db.read(partial(fetch_rows, "SELECT id FROM posts"))
+            let_go.set()
+            await second
+            return second_waited, read_meanwhile
+        finally:
+            let_go.set()
+            await db.close()
+
+    assert run(check()) == (True, [("first",)])
+    assert [post["id"] for post in stored_posts(db_path)] == ["first", "second"]
+
+
+def test_with_workers_the_writers_commit_checkpoints_as_sqlite_does(db_path: Path) -> None:
+    """With ``--workers`` (``write_lock``), a checkpoint must hold the other workers' writers
+    off, as a COMMIT does; without, the checkpointer checkpoints and the writer never does."""
+
+    async def checkpointing(**options) -> tuple[int, bool]:
+        db = await open_database(db_path, **options)
+        try:
+            [(pages,)] = await db.write(partial(fetch_rows, "PRAGMA wal_autocheckpoint"))
+            return pages, db._checkpointer is not None
+        finally:
+            await db.close()
+
+    assert run(checkpointing()) == (0, True)
+    assert run(checkpointing(write_lock=True)) == (1000, False)
+
+
 def test_a_failed_checkpoint_is_logged_and_writes_go_on(db_path: Path, monkeypatch) -> None:
     """A checkpoint that fails loses nothing (the WAL keeps every commit), so it is a warning
     and the next commit tries again."""
