@@ -2883,8 +2883,8 @@ class Database:
         return connection
 
     def _prepare_writer(self, connection: sqlite3.Connection) -> bytes:
-        """WAL, durability, no checkpoints (the checkpointer's), statement journals in memory,
-        the schema; returns the secret that signs page cursors.
+        """WAL, durability, who checkpoints (``_checkpoints_apart``), statement journals in
+        memory, the schema; returns the secret that signs page cursors.
 
         Inside a transaction, each statement that may have to be undone alone (any that
         fires a trigger: every write here) keeps a statement journal of the pages it
@@ -3007,16 +3007,16 @@ class Database:
 
     def _checkpoint_soon(self) -> None:
         """After a commit, have the checkpointer copy the WAL's pages into the database file
-        (a PASSIVE checkpoint, which blocks neither the writer nor the readers), unless its
-        last checkpoint is still running or began less than ``CHECKPOINT_INTERVAL_SECONDS``
-        ago.
+        (a PASSIVE checkpoint, which does not hold up the readers), unless its last
+        checkpoint is still running or began less than ``CHECKPOINT_INTERVAL_SECONDS`` ago.
 
         SQLite checkpoints in the connection that commits, once the WAL holds 1,000 pages:
         under POST load, every tenth batch or so, whose COMMIT then also wrote those pages
         into the database file and waited for its fsync (15 ms at the median, up to 21:
-        strace), and every write queued behind it waited too. Here the writer does not (``wal_autocheckpoint``
-        0), and the checkpointer's fsync runs in its own thread, without the GIL. In A/Bs of
-        wrk rounds: POST at 1.06 to 1.11 times the rate (see the README's Throughput)."""
+        strace), and the batch's clients waited with it. Here the writer does not
+        (``wal_autocheckpoint`` 0): the checkpointer's fsync runs in its own thread while the
+        event loop answers those clients and reads their next writes. In an A/B of 8 wrk
+        rounds, POST and PUT at 1.07 times the rate (see the README's Throughput)."""
         if self._checkpointer is None or (self._checkpoint is not None and not self._checkpoint.done()):
             return
         now = time.monotonic()
