@@ -1492,9 +1492,10 @@ def posts_in_the_database_file_alone(db_path: Path, tmp_path: Path) -> list[str]
 
 
 def test_a_write_reaches_the_database_file_soon_after_its_commit(client: TestClient, db_path: Path, tmp_path) -> None:
-    """The checkpointer copies the WAL into the database file after commits. SQLite,
-    checkpointing in the writer, waited for 1,000 pages in the WAL: a post stayed there
-    alone until then, or until shutdown."""
+    """The checkpointer copies the WAL into the database file after a commit (one 0.1 s or
+    more after its last checkpoint began; here, the first). SQLite, checkpointing in the
+    writer, waited for 1,000 pages in the WAL: a post stayed there alone until then, or
+    until shutdown."""
     post = create(client)
     wait_until(lambda: posts_in_the_database_file_alone(db_path, tmp_path) == [post["id"]], timeout=10)
     assert posts_in_the_database_file_alone(db_path, tmp_path) == [post["id"]]
